@@ -1,0 +1,761 @@
+"""A fast, resumable Soft Actor-Critic for state-based DeepMind Control experts.
+
+Written for a CPU with few cores: the two critics are one batched ensemble (``torch.baddbmm``),
+the replay buffer is one preallocated tensor sampled with a single gather, the networks are
+plain tensors (no ``nn.Module`` dispatch), and several dm_control environments are stepped in
+lockstep as a small "vector" so acting costs one batched forward pass.
+
+Every random choice (network initialisation, exploration, replay sampling, policy noise,
+environment initial states) is drawn from generators seeded by :attr:`SACConfig.seed`, and a
+checkpoint holds all of their states, so an interrupted run resumes bit-for-bit.
+
+Command line::
+
+    python -m masklam_bench.experts.sac --task cheetah-run --steps 1000000 \\
+        --out runs/experts/cheetah-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from masklam_bench.envs.tasks import EPISODE_STEPS, flatten_state, get_task
+
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+CHECKPOINT_NAME = "checkpoint.pt"
+EVAL_LOG_NAME = "eval.csv"
+
+
+@dataclass
+class SACConfig:
+    """Hyperparameters of one SAC run (defaults tuned for wall-clock speed on one CPU core)."""
+
+    task: str = "cheetah-run"
+    """Task name, e.g. ``cheetah-run`` (or its short name ``cheetah``)."""
+    seed: int = 0
+    """Seeds every generator of the run: networks, exploration, replay sampling, environments."""
+    total_steps: int = 1_000_000
+    """Environment (control) steps to train for, summed over the parallel environments."""
+    num_envs: int = 1
+    """dm_control environments stepped in lockstep; each agent step adds one transition each."""
+    episode_steps: int = EPISODE_STEPS
+    """Control steps per training episode (dm_control's own limit is 1000; tests use fewer)."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor and of each critic."""
+    critic_layer_norm: bool = False
+    """Apply LayerNorm after every hidden layer of the critics."""
+    batch_size: int = 256
+    """Transitions per gradient update."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity in transitions (the oldest are overwritten)."""
+    learning_starts: int = 5_000
+    """Environment steps of uniform random actions before learning starts."""
+    updates_per_step: float = 1.0
+    """Critic gradient updates per environment step (update-to-data ratio)."""
+    actor_every: int = 2
+    """Update the actor (and temperature) once every this many critic updates."""
+    n_step: int = 3
+    """Length of the n-step bootstrapped return used as the critic target."""
+    gamma: float = 0.99
+    """Discount factor per environment step."""
+    tau: float = 0.005
+    """Polyak averaging rate of the target critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the log-temperature."""
+    init_alpha: float = 0.1
+    """Initial entropy temperature."""
+    target_entropy_scale: float = 1.0
+    """The temperature is tuned towards an entropy of ``-scale * action_dim``."""
+    eval_every: int = 10_000
+    """Evaluate the deterministic policy every this many environment steps (at episode ends)."""
+    eval_episodes: int = 5
+    """Episodes per evaluation (fixed initial states, so evaluations are comparable)."""
+    checkpoint_every: int = 50_000
+    """Write a checkpoint every this many environment steps (at the next episode end)."""
+    save_buffer: bool = True
+    """Include the replay buffer in checkpoints (needed for an exact resume)."""
+    num_threads: int = 1
+    """``torch.set_num_threads`` for the training process."""
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.task = get_task(self.task).name
+        if not 0 < self.episode_steps <= EPISODE_STEPS:
+            raise ValueError(f"episode_steps must be in 1..{EPISODE_STEPS}, got {self.episode_steps}")
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {self.n_step}")
+
+
+# --------------------------------------------------------------------------------------------
+# Networks as plain tensors
+# --------------------------------------------------------------------------------------------
+
+
+def _uniform(shape: tuple[int, ...], bound: float, gen: torch.Generator) -> torch.Tensor:
+    return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+
+
+def init_actor(obs_dim: int, act_dim: int, hidden: tuple[int, ...], gen: torch.Generator):
+    """Actor MLP ``obs -> hidden... -> (mean, log_std)``; PyTorch's default Linear init."""
+    sizes = [obs_dim, *hidden, 2 * act_dim]
+    params: dict[str, torch.Tensor] = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1.0 / math.sqrt(fan_in)
+        params[f"w{i}"] = _uniform((fan_in, fan_out), bound, gen)
+        params[f"b{i}"] = _uniform((fan_out,), bound, gen)
+    return params
+
+
+def init_critics(
+    in_dim: int, hidden: tuple[int, ...], layer_norm: bool, gen: torch.Generator, n: int = 2
+):
+    """``n`` critics ``(obs, act) -> Q`` as one ensemble: weights ``(n, in, out)``."""
+    sizes = [in_dim, *hidden, 1]
+    params: dict[str, torch.Tensor] = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1.0 / math.sqrt(fan_in)
+        params[f"w{i}"] = _uniform((n, fan_in, fan_out), bound, gen)
+        params[f"b{i}"] = _uniform((n, 1, fan_out), bound, gen)
+        if layer_norm and i < len(sizes) - 2:
+            params[f"g{i}"] = torch.ones(n, 1, fan_out)
+            params[f"h{i}"] = torch.zeros(n, 1, fan_out)
+    return params
+
+
+def actor_forward(p: dict[str, torch.Tensor], obs: torch.Tensor, n_layers: int):
+    """Return the Gaussian mean and log-std (squashed into [LOG_STD_MIN, LOG_STD_MAX])."""
+    x = obs
+    for i in range(n_layers):
+        x = torch.addmm(p[f"b{i}"], x, p[f"w{i}"])
+        if i < n_layers - 1:
+            x = F.relu(x)
+    mean, log_std = x.chunk(2, dim=-1)
+    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+    return mean, log_std
+
+
+def critic_forward(p: dict[str, torch.Tensor], x: torch.Tensor, n_layers: int, layer_norm: bool):
+    """Q-values ``(n, B, 1)`` of the ensemble; ``x`` is ``(B, in)`` or ``(n, B, in)``."""
+    n = p["w0"].shape[0]
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(n, -1, -1)
+    for i in range(n_layers):
+        x = torch.baddbmm(p[f"b{i}"], x, p[f"w{i}"])
+        if i < n_layers - 1:
+            if layer_norm:
+                x = F.layer_norm(x, x.shape[-1:]) * p[f"g{i}"] + p[f"h{i}"]
+            x = F.relu(x)
+    return x
+
+
+def sample_action(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor):
+    """Reparameterised tanh-Gaussian sample and its log-probability ``(B, 1)``."""
+    u = mean + noise * log_std.exp()
+    a = torch.tanh(u)
+    # log N(u) - log|d tanh(u)/du|, the latter written stably as 2 (log 2 - u - softplus(-2u)).
+    logp = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1, keepdim=True)
+    logp = logp - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1, keepdim=True)
+    return a, logp
+
+
+# --------------------------------------------------------------------------------------------
+# Replay buffer with n-step returns
+# --------------------------------------------------------------------------------------------
+
+
+class ReplayBuffer:
+    """Preallocated ring buffer of rows ``[obs, act, reward, discount, next_obs]``.
+
+    ``discount`` already includes ``gamma**n`` of the (possibly shortened) n-step return, so the
+    critic target is simply ``reward + discount * V(next_obs)``.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity = capacity
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.width = 2 * obs_dim + act_dim + 2
+        self.data = torch.zeros(capacity, self.width, dtype=torch.float32)
+        self.ptr = 0
+        self.size = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        n = rows.shape[0]
+        end = self.ptr + n
+        if end <= self.capacity:
+            self.data[self.ptr : end] = rows
+        else:
+            k = self.capacity - self.ptr
+            self.data[self.ptr :] = rows[:k]
+            self.data[: n - k] = rows[k:]
+        self.ptr = end % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, gen: torch.Generator):
+        idx = torch.randint(0, self.size, (batch_size,), generator=gen)
+        rows = self.data.index_select(0, idx)
+        o, a = self.obs_dim, self.act_dim
+        return (
+            rows[:, :o],
+            rows[:, o : o + a],
+            rows[:, o + a : o + a + 1],
+            rows[:, o + a + 1 : o + a + 2],
+            rows[:, o + a + 2 :],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data": self.data[: self.size].clone(), "ptr": self.ptr, "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data[: state["size"]] = state["data"]
+        self.ptr, self.size = int(state["ptr"]), int(state["size"])
+
+
+class NStepAccumulator:
+    """Turns one environment's transitions into n-step rows; flushed at every episode end."""
+
+    def __init__(self, n: int, gamma: float):
+        self.n, self.gamma = n, gamma
+        self.pending: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+
+    def push(self, obs, act, reward: float, discount: float, next_obs) -> list[np.ndarray]:
+        self.pending.append((obs, act, reward, discount))
+        # Every pending transition's return grows by this step's reward.
+        rows = []
+        if len(self.pending) == self.n:
+            rows.append(self._row(next_obs))
+            self.pending.pop(0)
+        return rows
+
+    def flush(self, next_obs) -> list[np.ndarray]:
+        rows = []
+        while self.pending:
+            rows.append(self._row(next_obs))
+            self.pending.pop(0)
+        return rows
+
+    def _row(self, next_obs) -> np.ndarray:
+        ret, disc = 0.0, 1.0
+        for _, _, r, d in self.pending:
+            ret += disc * r
+            disc *= self.gamma * d
+        obs, act = self.pending[0][0], self.pending[0][1]
+        return np.concatenate([obs, act, [ret, disc], next_obs]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Environments
+# --------------------------------------------------------------------------------------------
+
+
+def make_env(task: str, seed: int):
+    """A state-based dm_control environment whose initial states are drawn with ``seed``."""
+    from dm_control import suite
+
+    t = get_task(task)
+    return suite.load(t.domain, t.task, task_kwargs={"random": seed})
+
+
+class VectorEnv:
+    """``n`` dm_control environments stepped in lockstep (all episodes have the same length)."""
+
+    def __init__(self, task: str, n: int, seed: int, episode_steps: int):
+        self.envs = [make_env(task, seed * 1000 + i) for i in range(n)]
+        self.episode_steps = episode_steps
+        spec = self.envs[0].action_spec()
+        self.act_dim = int(np.prod(spec.shape))
+        self.t = 0
+
+    def reset(self) -> np.ndarray:
+        self.t = 0
+        return np.stack([flatten_state(e.reset().observation) for e in self.envs])
+
+    def step(self, actions: np.ndarray):
+        obs, rew, disc = [], [], []
+        for env, a in zip(self.envs, actions):
+            ts = env.step(a)
+            obs.append(flatten_state(ts.observation))
+            rew.append(ts.reward or 0.0)
+            disc.append(1.0 if ts.discount is None else ts.discount)
+        self.t += 1
+        done = self.t >= self.episode_steps
+        return np.stack(obs), np.asarray(rew, np.float64), np.asarray(disc, np.float64), done
+
+    def random_states(self) -> list:
+        return [e.task.random.get_state() for e in self.envs]
+
+    def set_random_states(self, states: list) -> None:
+        for e, s in zip(self.envs, states):
+            e.task.random.set_state(s)
+
+
+def task_dims(task: str) -> tuple[int, int]:
+    env = make_env(task, 0)
+    obs = flatten_state(env.reset().observation)
+    return int(obs.size), int(np.prod(env.action_spec().shape))
+
+
+# --------------------------------------------------------------------------------------------
+# The agent
+# --------------------------------------------------------------------------------------------
+
+
+class SAC:
+    """Networks, optimisers and the update step; all state lives in tensors and generators."""
+
+    def __init__(self, cfg: SACConfig, obs_dim: int, act_dim: int):
+        self.cfg = cfg
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.n_layers = len(cfg.hidden) + 1
+        self.actor = init_actor(obs_dim, act_dim, cfg.hidden, self.gen)
+        self.critic = init_critics(obs_dim + act_dim, cfg.hidden, cfg.critic_layer_norm, self.gen)
+        self.critic_target = {k: v.clone() for k, v in self.critic.items()}
+        self.log_alpha = torch.tensor([math.log(cfg.init_alpha)])
+        for p in [*self.actor.values(), *self.critic.values(), self.log_alpha]:
+            p.requires_grad_(True)
+        self.target_entropy = -cfg.target_entropy_scale * act_dim
+        self.actor_opt = torch.optim.Adam(list(self.actor.values()), lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(
+            list(self.critic.values()), lr=cfg.critic_lr, fused=True
+        )
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
+        self.num_updates = 0
+        self._critic_list = list(self.critic.values())
+        self._target_list = list(self.critic_target.values())
+        self._actor_list = list(self.actor.values())
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        mean, log_std = actor_forward(self.actor, torch.from_numpy(obs), self.n_layers)
+        if deterministic:
+            return torch.tanh(mean).numpy()
+        noise = torch.randn(mean.shape, generator=self.gen)
+        return torch.tanh(mean + noise * log_std.exp()).numpy()
+
+    def update(self, buffer: ReplayBuffer) -> dict[str, torch.Tensor]:
+        cfg, L, ln = self.cfg, self.n_layers, self.cfg.critic_layer_norm
+        obs, act, rew, disc, next_obs = buffer.sample(cfg.batch_size, self.gen)
+        noise = torch.randn((2, cfg.batch_size, self.act_dim), generator=self.gen)
+        alpha = self.log_alpha.detach().exp()
+
+        with torch.no_grad():
+            mean, log_std = actor_forward(self.actor, next_obs, L)
+            next_act, next_logp = sample_action(mean, log_std, noise[0])
+            q_next = critic_forward(self.critic_target, torch.cat([next_obs, next_act], -1), L, ln)
+            v_next = q_next.min(0).values - alpha * next_logp
+            target = rew + disc * v_next
+
+        q = critic_forward(self.critic, torch.cat([obs, act], -1), L, ln)
+        critic_loss = (q - target).pow(2).mean(dim=(1, 2)).sum()
+        grads = torch.autograd.grad(critic_loss, self._critic_list)
+        for p, g in zip(self._critic_list, grads):
+            p.grad = g
+        self.critic_opt.step()
+        torch._foreach_lerp_(self._target_list, [p.detach() for p in self._critic_list], cfg.tau)
+        self.num_updates += 1
+        info = {"critic_loss": critic_loss.detach()}
+
+        if self.num_updates % cfg.actor_every == 0:
+            mean, log_std = actor_forward(self.actor, obs, L)
+            new_act, logp = sample_action(mean, log_std, noise[1])
+            frozen = {k: v.detach() for k, v in self.critic.items()}
+            q_new = critic_forward(frozen, torch.cat([obs, new_act], -1), L, ln).min(0).values
+            actor_loss = (alpha * logp - q_new).mean()
+            grads = torch.autograd.grad(actor_loss, self._actor_list)
+            for p, g in zip(self._actor_list, grads):
+                p.grad = g
+            self.actor_opt.step()
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy).mean()).sum()
+            (g,) = torch.autograd.grad(alpha_loss, [self.log_alpha])
+            self.log_alpha.grad = g
+            self.alpha_opt.step()
+            info.update(actor_loss=actor_loss.detach(), entropy=-logp.detach().mean())
+        return info
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": {k: v.detach().clone() for k, v in self.actor.items()},
+            "critic": {k: v.detach().clone() for k, v in self.critic.items()},
+            "critic_target": {k: v.clone() for k, v in self.critic_target.items()},
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for mine, theirs in (
+                (self.actor, s["actor"]),
+                (self.critic, s["critic"]),
+                (self.critic_target, s["critic_target"]),
+            ):
+                for k, v in mine.items():
+                    v.copy_(theirs[k])
+            self.log_alpha.copy_(s["log_alpha"])
+        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.critic_opt.load_state_dict(s["critic_opt"])
+        self.alpha_opt.load_state_dict(s["alpha_opt"])
+        self.gen.set_state(s["gen"])
+        self.num_updates = int(s["num_updates"])
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def evaluate_policy(policy, task: str, episodes: int, seed: int) -> np.ndarray:
+    """Returns of ``policy(obs_batch) -> actions`` on ``episodes`` full 1000-step episodes.
+
+    The episodes run in lockstep so the policy is called once per step on a batch.
+    """
+    envs = [make_env(task, seed * 7919 + EVAL_SEED_OFFSET + i) for i in range(episodes)]
+    obs = np.stack([flatten_state(e.reset().observation) for e in envs])
+    returns = np.zeros(episodes)
+    for _ in range(EPISODE_STEPS):
+        actions = np.asarray(policy(obs), dtype=np.float64)
+        new = []
+        for i, (env, a) in enumerate(zip(envs, actions)):
+            ts = env.step(a)
+            returns[i] += ts.reward or 0.0
+            new.append(flatten_state(ts.observation))
+        obs = np.stack(new)
+    return returns
+
+
+# --------------------------------------------------------------------------------------------
+# Training with checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _append_eval_log(out_dir: Path, row: dict[str, Any]) -> None:
+    path = out_dir / EVAL_LOG_NAME
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
+def _truncate_eval_log(out_dir: Path, step: int) -> None:
+    """Drop evaluation rows written after the checkpoint we resume from."""
+    path = out_dir / EVAL_LOG_NAME
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_eval_log(out_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of a run's ``eval.csv`` as dicts of floats."""
+    path = Path(out_dir) / EVAL_LOG_NAME
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    keys = lines[0].split(",")
+    return [dict(zip(keys, map(float, ln.split(",")))) for ln in lines[1:]]
+
+
+def train(
+    config: SACConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume training) until ``config.total_steps``; returns a summary dict.
+
+    ``out_dir`` receives ``checkpoint.pt`` (everything needed to resume exactly, written
+    atomically at episode ends), ``eval.csv`` (periodic deterministic evaluations) and
+    ``config.json``. With ``resume`` and an existing checkpoint, training continues from it;
+    ``total_steps`` may be raised to train longer.
+    """
+    cfg = config
+    torch.set_num_threads(cfg.num_threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+
+    obs_dim, act_dim = task_dims(cfg.task)
+    agent = SAC(cfg, obs_dim, act_dim)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim)
+    venv = VectorEnv(cfg.task, cfg.num_envs, cfg.seed, cfg.episode_steps)
+    np_rng = np.random.default_rng(cfg.seed)
+    step, episodes, last_eval, train_returns = 0, 0, None, []
+    next_eval, next_ckpt = cfg.eval_every, cfg.checkpoint_every
+    updates_owed = 0.0
+
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
+        for f in dataclasses.fields(SACConfig):
+            if f.name not in ("total_steps", "eval_every", "checkpoint_every", "eval_episodes",
+                              "num_threads", "save_buffer"):
+                if getattr(saved, f.name) != getattr(cfg, f.name):
+                    raise ValueError(
+                        f"Checkpoint {ckpt_path} was trained with {f.name}="
+                        f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
+                        "out_dir or resume=False."
+                    )
+        agent.load_state_dict(ck["agent"])
+        if ck.get("buffer") is not None:
+            buffer.load_state_dict(ck["buffer"])
+        venv.set_random_states(ck["env_random"])
+        np_rng.bit_generator.state = ck["np_rng"]
+        step, episodes = int(ck["step"]), int(ck["episodes"])
+        last_eval, train_returns = ck["last_eval"], list(ck["train_returns"])
+        next_eval, next_ckpt = int(ck["next_eval"]), int(ck["next_ckpt"])
+        updates_owed = float(ck["updates_owed"])
+        _truncate_eval_log(out, step)
+    elif (out / EVAL_LOG_NAME).exists():
+        (out / EVAL_LOG_NAME).unlink()
+
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    def checkpoint() -> None:
+        _atomic_save(
+            {
+                "config": dataclasses.asdict(cfg),
+                "agent": agent.state_dict(),
+                "buffer": buffer.state_dict() if cfg.save_buffer else None,
+                "env_random": venv.random_states(),
+                "np_rng": np_rng.bit_generator.state,
+                "step": step,
+                "episodes": episodes,
+                "last_eval": last_eval,
+                "train_returns": train_returns,
+                "next_eval": next_eval,
+                "next_ckpt": next_ckpt,
+                "updates_owed": updates_owed,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "wall_time": time.time(),
+            },
+            ckpt_path,
+        )
+
+    stop = {"flag": False}
+
+    def _on_signal(signum, frame):  # finish the episode, checkpoint, exit
+        stop["flag"] = True
+
+    old_handler = None
+    try:
+        old_handler = signal.signal(signal.SIGTERM, _on_signal)
+    except ValueError:  # not in the main thread
+        pass
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        import sys
+
+        bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True,
+                   desc=cfg.task, smoothing=0.05,
+                   mininterval=0.1 if sys.stderr.isatty() else 60.0)
+    accs = [NStepAccumulator(cfg.n_step, cfg.gamma) for _ in range(cfg.num_envs)]
+    t0, u0 = time.time(), agent.num_updates
+    info: dict[str, torch.Tensor] = {}
+    try:
+        while step < cfg.total_steps and not stop["flag"]:
+            obs = venv.reset()
+            ep_ret = np.zeros(cfg.num_envs)
+            done = False
+            while not done:
+                if step < cfg.learning_starts:
+                    actions = np_rng.uniform(-1.0, 1.0, (cfg.num_envs, act_dim)).astype(np.float32)
+                else:
+                    actions = agent.act(obs, deterministic=False)
+                next_obs, rew, disc, done = venv.step(actions)
+                ep_ret += rew
+                rows = []
+                for i, acc in enumerate(accs):
+                    rows += acc.push(obs[i], actions[i], rew[i], disc[i], next_obs[i])
+                    if done:
+                        rows += acc.flush(next_obs[i])
+                if rows:
+                    buffer.add(np.stack(rows))
+                obs = next_obs
+                step += cfg.num_envs
+                if step >= cfg.learning_starts:
+                    updates_owed += cfg.num_envs * cfg.updates_per_step
+                    while updates_owed >= 1.0:
+                        info.update(agent.update(buffer))
+                        updates_owed -= 1.0
+                if bar is not None:
+                    bar.update(cfg.num_envs)
+            episodes += cfg.num_envs
+            train_returns.append(float(ep_ret.mean()))
+            if step >= next_eval or step >= cfg.total_steps:
+                rets = evaluate_policy(
+                    lambda o: agent.act(o.astype(np.float32), True), cfg.task,
+                    cfg.eval_episodes, cfg.seed,
+                )
+                last_eval = float(rets.mean())
+                el = time.time() - t0
+                row = {
+                    "step": step,
+                    "updates": agent.num_updates,
+                    "eval_return": round(last_eval, 2),
+                    "eval_std": round(float(rets.std()), 2),
+                    "train_return": round(train_returns[-1], 2),
+                    "alpha": round(float(agent.log_alpha.detach().exp()), 5),
+                    "entropy": round(float(info.get("entropy", torch.nan)), 3),
+                    "critic_loss": round(float(info.get("critic_loss", torch.nan)), 4),
+                    "updates_per_s": round((agent.num_updates - u0) / max(el, 1e-9), 1),
+                    "time": round(time.time(), 1),
+                }
+                _append_eval_log(out, row)
+                msg = " ".join(f"{k}={v}" for k, v in row.items() if k != "time")
+                if bar is not None:
+                    bar.write(msg)
+                else:
+                    print(msg, flush=True)
+                while next_eval <= step:
+                    next_eval += cfg.eval_every
+            if bar is not None:
+                bar.set_postfix(eval=None if last_eval is None else round(last_eval, 1),
+                                train=round(train_returns[-1], 1), refresh=False)
+            if step >= next_ckpt or step >= cfg.total_steps or stop["flag"]:
+                while next_ckpt <= step:
+                    next_ckpt += cfg.checkpoint_every
+                checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    return {"step": step, "updates": agent.num_updates, "last_eval": last_eval,
+            "episodes": episodes, "agent": agent}
+
+
+# --------------------------------------------------------------------------------------------
+# Export of the shipped actor
+# --------------------------------------------------------------------------------------------
+
+
+def export(out_dir: str | os.PathLike, task: str | None = None, dest: str | os.PathLike | None = None,
+           eval_episodes: int = 10) -> Path:
+    """Write the actor of ``out_dir``'s checkpoint as a small ``weights_only`` file.
+
+    The default destination is ``masklam_bench/experts/weights/{task}.pt``. The file is a plain
+    dict: the actor's tensors under ``"actor"`` plus metadata, including the deterministic
+    policy's mean return measured here over ``eval_episodes`` episodes.
+    """
+    ck = torch.load(Path(out_dir) / CHECKPOINT_NAME, weights_only=False)
+    cfg = ck["config"]
+    name = get_task(task or cfg["task"]).name
+    if name != cfg["task"]:
+        raise ValueError(f"Checkpoint in {out_dir} is for {cfg['task']}, not {name}.")
+    actor = {k: v.contiguous() for k, v in ck["agent"]["actor"].items()}
+    n_layers = len(cfg["hidden"]) + 1
+
+    @torch.no_grad()
+    def policy(o):
+        return torch.tanh(actor_forward(actor, torch.from_numpy(o.astype(np.float32)),
+                                        n_layers)[0]).numpy()
+
+    rets = evaluate_policy(policy, name, eval_episodes, seed=12345)
+    payload = {
+        "actor": actor,
+        "task": name,
+        "obs_dim": int(ck["obs_dim"]),
+        "act_dim": int(ck["act_dim"]),
+        "hidden": [int(h) for h in cfg["hidden"]],
+        "log_std_min": LOG_STD_MIN,
+        "log_std_max": LOG_STD_MAX,
+        "train_steps": int(ck["step"]),
+        "train_updates": int(ck["agent"]["num_updates"]),
+        "eval_return_mean": float(rets.mean()),
+        "eval_return_std": float(rets.std()),
+        "eval_episodes": int(eval_episodes),
+        "config": json.dumps(cfg),
+        "torch_version": str(torch.__version__),
+    }
+    if dest is None:
+        dest = Path(__file__).parent / "weights" / f"{name}.pt"
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(payload, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m masklam_bench.experts.sac",
+        description="Train (resumably) or export a state-based SAC expert for one task.",
+    )
+    p.add_argument("--task", required=True)
+    p.add_argument("--steps", type=int, default=None, help="total environment steps")
+    p.add_argument("--out", default=None, help="run directory (default runs/experts/TASK)")
+    p.add_argument("--no-resume", action="store_true", help="start over, ignoring a checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export", action="store_true",
+                   help="only export the checkpoint's actor into the package weights")
+    for f in dataclasses.fields(SACConfig):
+        if f.name in ("task", "total_steps"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "hidden":
+            p.add_argument(flag, type=int, nargs="+", default=None)
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    name = get_task(args.task).name
+    out = args.out or os.path.join("runs", "experts", name)
+    if args.export:
+        dest = export(out, name)
+        print(f"exported {dest}")
+        return
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SACConfig)
+          if f.name not in ("task", "total_steps") and getattr(args, f.name) is not None}
+    if args.steps is not None:
+        kw["total_steps"] = args.steps
+    cfg = SACConfig(task=name, **kw)
+    res = train(cfg, out, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"done: step={res['step']} updates={res['updates']} last_eval={res['last_eval']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Fast tests of the SAC expert trainer and the expert-loading API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import masklam_bench.experts as experts
+from masklam_bench.envs.tasks import flatten_state
+from masklam_bench.experts.sac import NStepAccumulator, SACConfig, export, make_env, train
+
+TINY = dict(
+    task="cheetah-run",
+    seed=3,
+    total_steps=360,
+    num_envs=2,
+    episode_steps=60,
+    hidden=(32, 32),
+    batch_size=32,
+    buffer_size=5_000,
+    learning_starts=120,
+    eval_every=10**9,
+    eval_episodes=1,
+    checkpoint_every=120,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """One uninterrupted tiny run and one interrupted after 240 steps, then resumed."""
+    whole = tmp_path_factory.mktemp("whole")
+    split = tmp_path_factory.mktemp("split")
+    full = train(SACConfig(**TINY), whole, resume=False, progress=False)
+    first = train(SACConfig(**{**TINY, "total_steps": 240}), split, resume=False, progress=False)
+    resumed = train(SACConfig(**TINY), split, resume=True, progress=False)
+    return full, first, resumed, whole, split
+
+
+def test_resume_is_exact(tiny_runs):
+    full, first, resumed, _, _ = tiny_runs
+    assert first["step"] == 240
+    assert resumed["step"] == full["step"] == TINY["total_steps"]
+    assert resumed["updates"] == full["updates"] > 0
+    a, b = full["agent"].state_dict(), resumed["agent"].state_dict()
+    for group in ("actor", "critic", "critic_target"):
+        for name, tensor in a[group].items():
+            assert torch.equal(tensor, b[group][name]), f"{group}.{name} differs after resume"
+    assert torch.equal(a["log_alpha"], b["log_alpha"])
+
+
+def test_resume_refuses_other_config(tiny_runs, tmp_path):
+    _, _, _, whole, _ = tiny_runs
+    with pytest.raises(ValueError, match="batch_size"):
+        train(SACConfig(**{**TINY, "batch_size": 64}), whole, resume=True, progress=False)
+
+
+def test_same_seed_same_parameters(tmp_path):
+    cfg = SACConfig(**{**TINY, "total_steps": 180, "checkpoint_every": 10**9})
+    a = train(cfg, tmp_path / "a", resume=False, progress=False)["agent"].state_dict()
+    b = train(cfg, tmp_path / "b", resume=False, progress=False)["agent"].state_dict()
+    assert all(torch.equal(v, b["critic"][k]) for k, v in a["critic"].items())
+
+
+def test_n_step_rows():
+    acc = NStepAccumulator(3, 0.5)
+    o = [np.full(2, float(i), np.float32) for i in range(5)]
+    a = np.zeros(1, np.float32)
+    rows = []
+    for t in range(4):
+        rows += acc.push(o[t], a, reward=1.0, discount=1.0, next_obs=o[t + 1])
+    rows += acc.flush(o[4])
+    # rows: [obs(2), act(1), return, discount, next_obs(2)]
+    assert len(rows) == 4
+    np.testing.assert_allclose(rows[0][3:5], [1.75, 0.125])
+    np.testing.assert_allclose(rows[0][5:], o[3])
+    np.testing.assert_allclose([r[3] for r in rows], [1.75, 1.75, 1.5, 1.0])
+    np.testing.assert_allclose([r[4] for r in rows], [0.125, 0.125, 0.25, 0.5])
+    assert all(np.array_equal(r[5:], o[4]) for r in rows[1:])
+
+
+def test_missing_expert_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(experts, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="masklam-bench train-expert --task cheetah-run"):
+        experts.load_expert("cheetah-run")
+    assert experts.available_experts() == []
+
+
+def test_export_roundtrip(tiny_runs, tmp_path):
+    _, _, _, whole, _ = tiny_runs
+    dest = export(whole, "cheetah", dest=tmp_path / "cheetah-run.pt", eval_episodes=1)
+    payload = torch.load(dest, weights_only=True)
+    assert payload["obs_dim"] == 17 and payload["act_dim"] == 6
+    assert payload["train_steps"] == TINY["total_steps"]
+    expert = experts.load_expert("cheetah-run", path=dest)
+    states = np.random.default_rng(0).normal(size=(5, 17)).astype(np.float32)
+    batch = expert.act(states)
+    assert batch.shape == (5, 6) and batch.dtype == np.float32
+    assert np.all(np.abs(batch) <= 1.0)
+    np.testing.assert_allclose(expert.act(states[0]), batch[0], rtol=1e-5, atol=1e-6)
+    noisy1 = expert.act(states, noise_std=0.5, rng=np.random.default_rng(1))
+    noisy2 = expert.act(states, noise_std=0.5, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(noisy1, noisy2)
+    assert np.all(np.abs(noisy1) <= 1.0) and not np.allclose(noisy1, batch)
+
+
+def _rollout(task: str, policy, steps: int, seed: int) -> float:
+    env = make_env(task, seed)
+    obs = flatten_state(env.reset().observation)
+    total = 0.0
+    for _ in range(steps):
+        ts = env.step(policy(obs))
+        total += ts.reward or 0.0
+        obs = flatten_state(ts.observation)
+    return total
+
+
+@pytest.mark.skipif(
+    not experts.weights_path("cheetah-run").exists(), reason="no shipped cheetah-run expert"
+)
+def test_shipped_cheetah_expert_beats_random():
+    payload = torch.load(experts.weights_path("cheetah-run"), weights_only=True)
+    assert payload["task"] == "cheetah-run"
+    expert = experts.load_expert("cheetah-run")
+    assert "cheetah-run" in experts.available_experts()
+    rng = np.random.default_rng(0)
+    expert_ret = _rollout("cheetah-run", expert.act, 200, seed=5)
+    random_ret = _rollout("cheetah-run", lambda o: rng.uniform(-1, 1, 6), 200, seed=5)
+    assert expert_ret > 3 * random_ret + 30, (expert_ret, random_ret)
