@@ -5,25 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import masklam_bench.experts as experts
 from masklam_bench.envs.tasks import flatten_state
+
+from masklam_bench import experts
 from masklam_bench.experts.sac import NStepAccumulator, SACConfig, export, make_env, train
 
-TINY = dict(
-    task="cheetah-run",
-    seed=3,
-    total_steps=360,
-    num_envs=2,
-    episode_steps=60,
-    hidden=(32, 32),
-    batch_size=32,
-    buffer_size=5_000,
-    learning_starts=120,
-    eval_every=10**9,
-    eval_episodes=1,
-    checkpoint_every=120,
-)
+TINY = {
+    "task": "cheetah-run",
+    "seed": 3,
+    "total_steps": 360,
+    "num_envs": 2,
+    "episode_steps": 60,
+    "hidden": (32, 32),
+    "batch_size": 32,
+    "buffer_size": 5_000,
+    "learning_starts": 120,
+    "eval_every": 10**9,
+    "eval_episodes": 1,
+    "checkpoint_every": 120,
+}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ def test_missing_expert_error(tmp_path, monkeypatch):
 
 def test_export_roundtrip(tiny_runs, tmp_path):
     _, _, _, whole, _ = tiny_runs
-    dest = export(whole, "cheetah", dest=tmp_path / "cheetah-run.pt", eval_episodes=1)
+    dest = export(
+        whole, "cheetah", dest=tmp_path / "cheetah-run.pt", eval_episodes=1, source="last"
+    )
     payload = torch.load(dest, weights_only=True)
     assert payload["obs_dim"] == 17 and payload["act_dim"] == 6
     assert payload["train_steps"] == TINY["total_steps"]

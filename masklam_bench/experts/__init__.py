@@ -22,8 +22,8 @@ from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, flatten_state, get_ta
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 __all__ = [
-    "Expert",
     "WEIGHTS_DIR",
+    "Expert",
     "available_experts",
     "evaluate_expert",
     "load_expert",

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from masklam_bench.envs.tasks import EPISODE_STEPS, flatten_state, get_task
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_ACTOR_NAME = "best_actor.pt"
 EVAL_LOG_NAME = "eval.csv"
 
 
@@ -99,7 +101,9 @@ class SACConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.task = get_task(self.task).name
         if not 0 < self.episode_steps <= EPISODE_STEPS:
-            raise ValueError(f"episode_steps must be in 1..{EPISODE_STEPS}, got {self.episode_steps}")
+            raise ValueError(
+                f"episode_steps must be in 1..{EPISODE_STEPS}, got {self.episode_steps}"
+            )
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")
 
@@ -117,7 +121,7 @@ def init_actor(obs_dim: int, act_dim: int, hidden: tuple[int, ...], gen: torch.G
     """Actor MLP ``obs -> hidden... -> (mean, log_std)``; PyTorch's default Linear init."""
     sizes = [obs_dim, *hidden, 2 * act_dim]
     params: dict[str, torch.Tensor] = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         bound = 1.0 / math.sqrt(fan_in)
         params[f"w{i}"] = _uniform((fan_in, fan_out), bound, gen)
         params[f"b{i}"] = _uniform((fan_out,), bound, gen)
@@ -130,7 +134,7 @@ def init_critics(
     """``n`` critics ``(obs, act) -> Q`` as one ensemble: weights ``(n, in, out)``."""
     sizes = [in_dim, *hidden, 1]
     params: dict[str, torch.Tensor] = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         bound = 1.0 / math.sqrt(fan_in)
         params[f"w{i}"] = _uniform((n, fan_in, fan_out), bound, gen)
         params[f"b{i}"] = _uniform((n, 1, fan_out), bound, gen)
@@ -238,7 +242,6 @@ class NStepAccumulator:
 
     def push(self, obs, act, reward: float, discount: float, next_obs) -> list[np.ndarray]:
         self.pending.append((obs, act, reward, discount))
-        # Every pending transition's return grows by this step's reward.
         rows = []
         if len(self.pending) == self.n:
             rows.append(self._row(next_obs))
@@ -334,9 +337,7 @@ class SAC:
             p.requires_grad_(True)
         self.target_entropy = -cfg.target_entropy_scale * act_dim
         self.actor_opt = torch.optim.Adam(list(self.actor.values()), lr=cfg.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(
-            list(self.critic.values()), lr=cfg.critic_lr, fused=True
-        )
+        self.critic_opt = torch.optim.Adam(list(self.critic.values()), lr=cfg.critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
         self.num_updates = 0
         self._critic_list = list(self.critic.values())
@@ -510,6 +511,7 @@ def train(
     venv = VectorEnv(cfg.task, cfg.num_envs, cfg.seed, cfg.episode_steps)
     np_rng = np.random.default_rng(cfg.seed)
     step, episodes, last_eval, train_returns = 0, 0, None, []
+    best_eval = -math.inf
     next_eval, next_ckpt = cfg.eval_every, cfg.checkpoint_every
     updates_owed = 0.0
 
@@ -517,14 +519,19 @@ def train(
         ck = torch.load(ckpt_path, weights_only=False)
         saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
         for f in dataclasses.fields(SACConfig):
-            if f.name not in ("total_steps", "eval_every", "checkpoint_every", "eval_episodes",
-                              "num_threads", "save_buffer"):
-                if getattr(saved, f.name) != getattr(cfg, f.name):
-                    raise ValueError(
-                        f"Checkpoint {ckpt_path} was trained with {f.name}="
-                        f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
-                        "out_dir or resume=False."
-                    )
+            if f.name not in (
+                "total_steps",
+                "eval_every",
+                "checkpoint_every",
+                "eval_episodes",
+                "num_threads",
+                "save_buffer",
+            ) and getattr(saved, f.name) != getattr(cfg, f.name):
+                raise ValueError(
+                    f"Checkpoint {ckpt_path} was trained with {f.name}="
+                    f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
+                    "out_dir or resume=False."
+                )
         agent.load_state_dict(ck["agent"])
         if ck.get("buffer") is not None:
             buffer.load_state_dict(ck["buffer"])
@@ -532,6 +539,7 @@ def train(
         np_rng.bit_generator.state = ck["np_rng"]
         step, episodes = int(ck["step"]), int(ck["episodes"])
         last_eval, train_returns = ck["last_eval"], list(ck["train_returns"])
+        best_eval = float(ck.get("best_eval", -math.inf))
         next_eval, next_ckpt = int(ck["next_eval"]), int(ck["next_ckpt"])
         updates_owed = float(ck["updates_owed"])
         _truncate_eval_log(out, step)
@@ -551,6 +559,7 @@ def train(
                 "step": step,
                 "episodes": episodes,
                 "last_eval": last_eval,
+                "best_eval": best_eval,
                 "train_returns": train_returns,
                 "next_eval": next_eval,
                 "next_ckpt": next_ckpt,
@@ -575,13 +584,19 @@ def train(
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
         import sys
 
-        bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True,
-                   desc=cfg.task, smoothing=0.05,
-                   mininterval=0.1 if sys.stderr.isatty() else 60.0)
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=cfg.task,
+            smoothing=0.05,
+            mininterval=0.1 if sys.stderr.isatty() else 60.0,
+        )
     accs = [NStepAccumulator(cfg.n_step, cfg.gamma) for _ in range(cfg.num_envs)]
     t0, u0 = time.time(), agent.num_updates
     info: dict[str, torch.Tensor] = {}
@@ -617,8 +632,10 @@ def train(
             train_returns.append(float(ep_ret.mean()))
             if step >= next_eval or step >= cfg.total_steps:
                 rets = evaluate_policy(
-                    lambda o: agent.act(o.astype(np.float32), True), cfg.task,
-                    cfg.eval_episodes, cfg.seed,
+                    lambda o: agent.act(o.astype(np.float32), True),
+                    cfg.task,
+                    cfg.eval_episodes,
+                    cfg.seed,
                 )
                 last_eval = float(rets.mean())
                 el = time.time() - t0
@@ -635,6 +652,17 @@ def train(
                     "time": round(time.time(), 1),
                 }
                 _append_eval_log(out, row)
+                if last_eval > best_eval:
+                    best_eval = last_eval
+                    _atomic_save(
+                        {
+                            "actor": {k: v.detach().clone() for k, v in agent.actor.items()},
+                            "step": step,
+                            "updates": agent.num_updates,
+                            "eval_return": last_eval,
+                        },
+                        out / BEST_ACTOR_NAME,
+                    )
                 msg = " ".join(f"{k}={v}" for k, v in row.items() if k != "time")
                 if bar is not None:
                     bar.write(msg)
@@ -643,8 +671,11 @@ def train(
                 while next_eval <= step:
                     next_eval += cfg.eval_every
             if bar is not None:
-                bar.set_postfix(eval=None if last_eval is None else round(last_eval, 1),
-                                train=round(train_returns[-1], 1), refresh=False)
+                bar.set_postfix(
+                    eval=None if last_eval is None else round(last_eval, 1),
+                    train=round(train_returns[-1], 1),
+                    refresh=False,
+                )
             if step >= next_ckpt or step >= cfg.total_steps or stop["flag"]:
                 while next_ckpt <= step:
                     next_ckpt += cfg.checkpoint_every
@@ -654,8 +685,13 @@ def train(
             bar.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-    return {"step": step, "updates": agent.num_updates, "last_eval": last_eval,
-            "episodes": episodes, "agent": agent}
+    return {
+        "step": step,
+        "updates": agent.num_updates,
+        "last_eval": last_eval,
+        "episodes": episodes,
+        "agent": agent,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,28 +699,53 @@ def train(
 # --------------------------------------------------------------------------------------------
 
 
-def export(out_dir: str | os.PathLike, task: str | None = None, dest: str | os.PathLike | None = None,
-           eval_episodes: int = 10) -> Path:
-    """Write the actor of ``out_dir``'s checkpoint as a small ``weights_only`` file.
+def export(
+    out_dir: str | os.PathLike,
+    task: str | None = None,
+    dest: str | os.PathLike | None = None,
+    eval_episodes: int = 10,
+    source: str = "auto",
+) -> Path:
+    """Write a trained actor of ``out_dir`` as a small ``weights_only`` file.
 
-    The default destination is ``masklam_bench/experts/weights/{task}.pt``. The file is a plain
-    dict: the actor's tensors under ``"actor"`` plus metadata, including the deterministic
-    policy's mean return measured here over ``eval_episodes`` episodes.
+    ``source`` is ``"last"`` (the checkpoint's actor), ``"best"`` (the actor of the best
+    periodic evaluation, ``best_actor.pt``) or ``"auto"``: both are evaluated here on
+    ``eval_episodes`` fresh episodes and the better one is shipped. The default destination
+    is ``masklam_bench/experts/weights/{task}.pt``. The file is a plain dict: the actor's
+    tensors under ``"actor"`` plus metadata, including the return measured here.
     """
-    ck = torch.load(Path(out_dir) / CHECKPOINT_NAME, weights_only=False)
+    out = Path(out_dir)
+    ck = torch.load(out / CHECKPOINT_NAME, weights_only=False)
     cfg = ck["config"]
     name = get_task(task or cfg["task"]).name
     if name != cfg["task"]:
         raise ValueError(f"Checkpoint in {out_dir} is for {cfg['task']}, not {name}.")
-    actor = {k: v.contiguous() for k, v in ck["agent"]["actor"].items()}
     n_layers = len(cfg["hidden"]) + 1
+    candidates = {}
+    if source in ("last", "auto"):
+        candidates["last"] = (
+            ck["agent"]["actor"],
+            int(ck["step"]),
+            int(ck["agent"]["num_updates"]),
+        )
+    if source in ("best", "auto") and (out / BEST_ACTOR_NAME).exists():
+        b = torch.load(out / BEST_ACTOR_NAME, weights_only=True)
+        candidates["best"] = (b["actor"], int(b["step"]), int(b["updates"]))
+    if not candidates:
+        raise FileNotFoundError(f"No {source!r} actor in {out_dir}.")
 
-    @torch.no_grad()
-    def policy(o):
-        return torch.tanh(actor_forward(actor, torch.from_numpy(o.astype(np.float32)),
-                                        n_layers)[0]).numpy()
+    results = {}
+    for key, (actor, _, _) in candidates.items():
+        actor = {k: v.detach().contiguous() for k, v in actor.items()}
 
-    rets = evaluate_policy(policy, name, eval_episodes, seed=12345)
+        @torch.no_grad()
+        def policy(o, actor=actor):
+            x = torch.from_numpy(o.astype(np.float32))
+            return torch.tanh(actor_forward(actor, x, n_layers)[0]).numpy()
+
+        results[key] = (actor, evaluate_policy(policy, name, eval_episodes, seed=12345))
+    chosen = max(results, key=lambda k: results[k][1].mean())
+    actor, rets = results[chosen]
     payload = {
         "actor": actor,
         "task": name,
@@ -693,10 +754,12 @@ def export(out_dir: str | os.PathLike, task: str | None = None, dest: str | os.P
         "hidden": [int(h) for h in cfg["hidden"]],
         "log_std_min": LOG_STD_MIN,
         "log_std_max": LOG_STD_MAX,
-        "train_steps": int(ck["step"]),
-        "train_updates": int(ck["agent"]["num_updates"]),
+        "source": chosen,
+        "train_steps": candidates[chosen][1],
+        "train_updates": candidates[chosen][2],
         "eval_return_mean": float(rets.mean()),
         "eval_return_std": float(rets.std()),
+        "eval_returns": [float(r) for r in rets],
         "eval_episodes": int(eval_episodes),
         "config": json.dumps(cfg),
         "torch_version": str(torch.__version__),
@@ -724,8 +787,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/experts/TASK)")
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring a checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--export", action="store_true",
-                   help="only export the checkpoint's actor into the package weights")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="only export the run's actor (best or last, whichever evaluates "
+        "better) into the package weights",
+    )
     for f in dataclasses.fields(SACConfig):
         if f.name in ("task", "total_steps"):
             continue
@@ -748,13 +815,17 @@ def main(argv: list[str] | None = None) -> None:
         dest = export(out, name)
         print(f"exported {dest}")
         return
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SACConfig)
-          if f.name not in ("task", "total_steps") and getattr(args, f.name) is not None}
+    kw = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(SACConfig)
+        if f.name not in ("task", "total_steps") and getattr(args, f.name) is not None
+    }
     if args.steps is not None:
         kw["total_steps"] = args.steps
     cfg = SACConfig(task=name, **kw)
     res = train(cfg, out, resume=not args.no_resume, progress=not args.no_progress)
-    print(f"done: step={res['step']} updates={res['updates']} last_eval={res['last_eval']}")
+    state = "done" if res["step"] >= cfg.total_steps else "stopped (resumable)"
+    print(f"{state}: step={res['step']} updates={res['updates']} last_eval={res['last_eval']}")
 
 
 if __name__ == "__main__":
