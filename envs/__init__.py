@@ -1,0 +1,59 @@
+"""The distracting DeepMind Control environments of masklam-bench and their Gymnasium registration."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
+
+import gymnasium as gym  # noqa: E402
+
+from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, Task, get_task  # noqa: E402
+
+ENTRY_POINT = "masklam_bench.envs.distracting:DistractingControlEnv"
+"""String entry point, so registering does not import dm_control."""
+
+# Id prefix and suffix for each distractor split.
+_VARIANTS = {"id": ("Distracting", ""), "ood": ("Distracting", "OOD"), "none": ("Clean", "")}
+
+
+def env_id(task: str, distractors: str = "id", version: int = 0) -> str:
+    """The registered id of a task and distractor split, e.g. ``DistractingCheetahOOD-v0``."""
+    prefix, suffix = _VARIANTS[distractors]
+    return f"{prefix}{get_task(task).short.capitalize()}{suffix}-v{version}"
+
+
+def registered_ids() -> list[str]:
+    """All twelve ids the suite registers, in task order: ID, OOD, clean."""
+    return [env_id(t, split) for t in TASKS for split in _VARIANTS]
+
+
+def register_envs() -> None:
+    """Register every id with Gymnasium; calling it again changes nothing."""
+    for task in TASKS.values():
+        for split in _VARIANTS:
+            new_id = env_id(task.name, split)
+            if new_id in gym.registry:
+                continue
+            gym.register(
+                id=new_id,
+                entry_point=ENTRY_POINT,
+                max_episode_steps=EPISODE_STEPS,
+                kwargs={"task": task.name, "distractors": split},
+            )
+
+
+def parse_env_id(name: str) -> tuple[Task, str]:
+    """Map a registered id (with or without the ``masklam_bench:`` namespace) to (task, split)."""
+    bare = name.split(":", 1)[-1]
+    for task in TASKS.values():
+        for split in _VARIANTS:
+            if env_id(task.name, split) == bare:
+                return task, split
+    raise ValueError(
+        f"Unknown environment {name!r}; masklam-bench registers: {', '.join(registered_ids())}."
+    )
+
+
+__all__ = ["EPISODE_STEPS", "TASKS", "env_id", "get_task", "parse_env_id", "register_envs",
+           "registered_ids"]

@@ -1,0 +1,230 @@
+"""Procedural background videos: seeded, tileable, animated, in several visually different families.
+
+A video is a ``(T, C, C, 3)`` uint8 array whose frames are periodic in both image axes, so an
+observation-sized window can be cut out at any (wrapping) offset. The distractor moves that window
+every step; the video's own animation advances one frame per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_FRAMES = 64
+"""Frames per procedural video (DAVIS-2017 videos have 50 to 100 frames)."""
+
+ID_FAMILIES = ("noise", "shapes", "stripes")
+"""Families shown in distribution."""
+OOD_ONLY_FAMILIES = ("plasma",)
+"""Families only the OOD pool shows."""
+
+# Colour palettes, as RGB stops in [0, 255] that a scalar field is mapped through.
+PALETTES: dict[str, np.ndarray] = {
+    "warm": np.array([[60, 10, 10], [200, 60, 20], [250, 180, 60], [255, 240, 200]], np.float32),
+    "cool": np.array([[5, 20, 60], [20, 90, 160], [80, 190, 220], [210, 245, 255]], np.float32),
+    "earth": np.array([[40, 30, 20], [100, 80, 40], [60, 120, 50], [190, 170, 120]], np.float32),
+    "neon": np.array([[20, 0, 40], [255, 0, 160], [0, 255, 200], [250, 250, 0]], np.float32),
+    "pastel": np.array([[250, 200, 210], [200, 230, 250], [220, 250, 200], [250, 240, 180]],
+                       np.float32),
+}
+ID_PALETTES = ("warm", "cool", "earth")
+"""Palettes shown in distribution."""
+OOD_ONLY_PALETTES = ("neon", "pastel")
+"""Palettes only the OOD pool shows."""
+
+ID_POOL_SIZE = 24
+"""Videos in the in-distribution pool (DCS: 60 DAVIS training videos)."""
+OOD_POOL_SIZE = 12
+"""Videos in the held-out pool (DCS: 30 DAVIS validation videos)."""
+_OOD_SEED_BASE = 1_000_000
+"""OOD videos draw their content seeds from a range the ID pool never uses."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSpec:
+    """Everything that determines one procedural video."""
+
+    family: str
+    """Generator family: ``noise``, ``shapes``, ``stripes`` or ``plasma``."""
+    palette: str
+    """Colour palette name (a key of ``PALETTES``)."""
+    seed: int
+    """Seed of the video's content."""
+
+    @property
+    def name(self) -> str:
+        """A readable unique name, e.g. ``noise-warm-3``."""
+        return f"{self.family}-{self.palette}-{self.seed}"
+
+
+def video_pool(split: str) -> tuple[VideoSpec, ...]:
+    """The fixed pool of videos of a split (``"id"`` or ``"ood"``); the two pools are disjoint.
+
+    The ID pool cycles through ID families and palettes; the OOD pool cycles through all families
+    and the OOD-only palettes, and every third OOD video uses an OOD-only family, so OOD contains
+    looks the ID pool never shows.
+    """
+    if split == "id":
+        return tuple(
+            VideoSpec(ID_FAMILIES[i % 3], ID_PALETTES[(i // 3) % 3], i) for i in range(ID_POOL_SIZE)
+        )
+    if split == "ood":
+        families = ID_FAMILIES + OOD_ONLY_FAMILIES
+        palettes = OOD_ONLY_PALETTES + ID_PALETTES
+        return tuple(
+            VideoSpec(families[i % 4], palettes[(i // 4) % len(palettes)], _OOD_SEED_BASE + i)
+            for i in range(OOD_POOL_SIZE)
+        )
+    raise ValueError(f"Unknown split {split!r}; expected 'id' or 'ood'.")
+
+
+def _colourise(field: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Map a scalar field in [0, 1] through a palette's colour stops to uint8 RGB."""
+    stops = np.linspace(0.0, 1.0, len(palette))
+    rgb = np.stack([np.interp(field, stops, palette[:, c]) for c in range(3)], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _normalise(field: np.ndarray) -> np.ndarray:
+    """Rescale a field to [0, 1] over the whole video (so brightness does not flicker)."""
+    lo, hi = field.min(), field.max()
+    return (field - lo) / max(hi - lo, 1e-6)
+
+
+def _grid(canvas: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates as fractions of the period, shaped for broadcasting over (T, y, x)."""
+    u = np.arange(canvas, dtype=np.float32) / canvas
+    return u[None, :, None], u[None, None, :]
+
+
+def _noise(rng: np.random.Generator, canvas: int, frames: int) -> np.ndarray:
+    """Drifting smooth noise: a sum of low-frequency periodic waves whose phases advance in time."""
+    y, x = _grid(canvas)
+    t = np.arange(frames, dtype=np.float32)[:, None, None]
+    field = np.zeros((frames, canvas, canvas), np.float32)
+    for _ in range(10):
+        ky, kx = rng.integers(-4, 5, size=2)
+        if ky == 0 and kx == 0:
+            kx = 1
+        amp = 1.0 / np.hypot(ky, kx)
+        omega = rng.uniform(-0.15, 0.15)
+        field += amp * np.cos(2 * np.pi * (ky * y + kx * x) + omega * t + rng.uniform(0, 2 * np.pi))
+    return _normalise(field)
+
+
+def _shapes(rng: np.random.Generator, canvas: int, frames: int) -> np.ndarray:
+    """Discs and squares of different shades moving on a torus over a flat backdrop."""
+    y, x = _grid(canvas)
+    t = np.arange(frames, dtype=np.float32)[:, None, None]
+    field = np.full((frames, canvas, canvas), rng.uniform(0.0, 0.3), np.float32)
+    for _ in range(int(rng.integers(6, 11))):
+        cy, cx = rng.uniform(0, 1, size=2)
+        vy, vx = rng.uniform(-0.012, 0.012, size=2)
+        radius = rng.uniform(0.05, 0.16)
+        # Wrapped distance on the unit torus keeps the video periodic.
+        dy = (y - (cy + vy * t) + 0.5) % 1.0 - 0.5
+        dx = (x - (cx + vx * t) + 0.5) % 1.0 - 0.5
+        if rng.random() < 0.5:
+            inside = dy**2 + dx**2 < radius**2
+        else:
+            inside = np.maximum(np.abs(dy), np.abs(dx)) < radius
+        field = np.where(inside, rng.uniform(0.35, 1.0), field)
+    return field
+
+
+def _stripes(rng: np.random.Generator, canvas: int, frames: int) -> np.ndarray:
+    """Scrolling plaid: two or three sharp periodic stripe patterns moving at their own speeds."""
+    y, x = _grid(canvas)
+    t = np.arange(frames, dtype=np.float32)[:, None, None]
+    field = np.zeros((frames, canvas, canvas), np.float32)
+    for _ in range(int(rng.integers(2, 4))):
+        ky, kx = rng.integers(-6, 7, size=2)
+        if ky == 0 and kx == 0:
+            ky = 3
+        speed = rng.uniform(-0.1, 0.1)
+        wave = np.sin(2 * np.pi * (ky * y + kx * x) + speed * t + rng.uniform(0, 2 * np.pi))
+        field += (wave > rng.uniform(-0.3, 0.3)).astype(np.float32)
+    return _normalise(field)
+
+
+def _plasma(rng: np.random.Generator, canvas: int, frames: int) -> np.ndarray:
+    """Warped interference rings: phase-modulated waves, a look no ID family produces."""
+    y, x = _grid(canvas)
+    t = np.arange(frames, dtype=np.float32)[:, None, None]
+    k1, k2, k3 = rng.integers(1, 4, size=3)
+    w1, w2 = rng.uniform(0.05, 0.2, size=2)
+    inner = np.sin(2 * np.pi * k2 * y + w1 * t) + np.cos(2 * np.pi * k3 * x - w2 * t)
+    field = np.sin(2 * np.pi * k1 * (x + y) + 2.5 * inner)
+    field += np.sin(2 * np.pi * k1 * (x - y) + 2.0 * inner)
+    return _normalise(field)
+
+
+_FAMILIES = {"noise": _noise, "shapes": _shapes, "stripes": _stripes, "plasma": _plasma}
+
+
+@functools.lru_cache(maxsize=16)
+def render_video(spec: VideoSpec, canvas: int, frames: int = VIDEO_FRAMES) -> np.ndarray:
+    """Generate a procedural video as a read-only ``(frames, canvas, canvas, 3)`` uint8 array."""
+    rng = np.random.default_rng(spec.seed)
+    field = _FAMILIES[spec.family](rng, canvas, frames)
+    video = _colourise(field, PALETTES[spec.palette])
+    video.flags.writeable = False
+    return video
+
+
+# --------------------------------------------------------------------------------------------
+# DAVIS-2017 videos (optional; the user brings them)
+# --------------------------------------------------------------------------------------------
+DAVIS_ENV_VAR = "MASKLAM_DAVIS_DIR"
+"""Environment variable pointing at a DAVIS-2017 folder, used when no ``davis_dir`` is given."""
+
+
+def davis_pool(root: str | Path, split: str) -> tuple[Path, ...]:
+    """The DAVIS-2017 video folders of a split: DCS's 60 train videos (ID) or 30 val videos (OOD).
+
+    Expects the layout of the DAVIS-2017 trainval download: ``ImageSets/2017/{train,val}.txt`` and
+    ``JPEGImages/480p/<video>/*.jpg``.
+    """
+    root = Path(root)
+    list_name = {"id": "train.txt", "ood": "val.txt"}[split]
+    listing = root / "ImageSets" / "2017" / list_name
+    frames_root = root / "JPEGImages" / "480p"
+    if not listing.is_file() or not frames_root.is_dir():
+        raise FileNotFoundError(
+            f"{root} is not a DAVIS-2017 folder: expected {listing} and {frames_root}. "
+            "Download DAVIS-2017 trainval (480p) and point davis_dir (or "
+            f"${DAVIS_ENV_VAR}) at the folder that contains ImageSets/ and JPEGImages/."
+        )
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    videos = tuple(frames_root / name for name in names)
+    missing = [v.name for v in videos if not any(v.glob("*.jpg"))]
+    if missing or not videos:
+        raise FileNotFoundError(
+            f"DAVIS folder {root} is incomplete: no frames for {missing[:5] or 'any video'} "
+            f"listed in {listing}."
+        )
+    return videos
+
+
+@functools.lru_cache(maxsize=4)
+def load_davis_video(folder: Path, canvas: int) -> np.ndarray:
+    """Load a DAVIS video as a tileable ``(T, canvas, canvas, 3)`` array by mirror-tiling each frame.
+
+    Each frame is resized to half the canvas and mirrored into the four quadrants, which makes
+    it periodic so the moving window never shows a seam.
+    """
+    from PIL import Image
+
+    half = canvas // 2
+    frames = []
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as image:
+            small = np.asarray(image.convert("RGB").resize((half, half), Image.BILINEAR))
+        top = np.concatenate([small, small[:, ::-1]], axis=1)
+        frames.append(np.concatenate([top, top[::-1]], axis=0))
+    video = np.stack(frames)
+    video.flags.writeable = False
+    return video

@@ -1,0 +1,286 @@
+"""DistractingControlEnv: a DeepMind Control task seen from pixels, with a moving background and exact agent masks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from dm_control import suite  # noqa: E402
+from dm_control.mujoco.engine import Camera  # noqa: E402
+from shimmy.dm_control_compatibility import DmControlCompatibilityV0  # noqa: E402
+
+from masklam_bench.envs import backgrounds  # noqa: E402
+from masklam_bench.envs import distractors as dyn  # noqa: E402
+from masklam_bench.envs.tasks import EPISODE_STEPS, Task, flatten_state, get_task  # noqa: E402
+
+DISTRACTOR_SPLITS = ("id", "ood", "none")
+"""Background pools: in-distribution, held-out, or no distractors (the clean reference)."""
+LEVELS = ("low", "hard")
+"""``low``: moving background only (MaskLAM's main setting). ``hard``: plus camera shake and colour."""
+FLOOR_MODES = ("keep", "replace")
+"""``keep``: DCS look, the floor stays (with its alpha). ``replace``: the video covers the floor too."""
+_WORLD_BODY = 0
+
+
+class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
+    """A dm_control task rendered to 64x64 RGB with a distracting, action-coupled background.
+
+    Observations are ``(size, size, 3)`` uint8 frames from camera 0. Every step ``info`` carries the
+    exact agent mask (``agent_mask``, bool), the proprioceptive state (``state``, float32), and the
+    distractor's state (``distractor_video``, ``distractor_frame``, ``distractor_offset``,
+    ``distractor_motion``, ``distractor_projected_action``).
+
+    The physics, task and its seeding go through shimmy's dm_control bridge; rendering is ours, so
+    one camera is reused and the segmentation pass is shared with the mask.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        task: str = "cheetah-run",
+        distractors: str = "id",
+        size: int = 64,
+        level: str = "low",
+        coupling: float = 1.0,
+        floor: str = "keep",
+        camera_id: int = 0,
+        davis_dir: str | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        """Build the environment.
+
+        Args:
+            task: ``cheetah-run``, ``walker-run``, ``hopper-hop`` or ``humanoid-walk`` (or the short name).
+            distractors: ``id`` (training pool), ``ood`` (held-out pool and projection) or ``none``.
+            size: Height and width of the observation in pixels.
+            level: ``low`` (background only) or ``hard`` (plus DCS camera shake and colour, scale 0.1).
+            coupling: Strength of the action-coupled background motion; 0 makes it purely exogenous.
+            floor: ``keep`` the floor as DCS does, or ``replace`` it with the video too; replacing it
+                hides shadows and reflections, so they are switched off, which renders much faster.
+            camera_id: dm_control camera to render (0 in LAOM and MaskLAM).
+            davis_dir: DAVIS-2017 folder to use real videos (DCS's 60/30 train/val split as the ID/OOD
+                pools) instead of procedural ones; defaults to ``$MASKLAM_DAVIS_DIR`` when set.
+            render_mode: ``None`` or ``"rgb_array"`` (``render()`` returns the last observation).
+        """
+        self.task_spec: Task = get_task(task)
+        _check_choice("distractors", distractors, DISTRACTOR_SPLITS)
+        _check_choice("level", level, LEVELS)
+        _check_choice("floor", floor, FLOOR_MODES)
+        _check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
+        if not isinstance(size, int) or not 16 <= size <= 1024:
+            raise ValueError(f"size must be an int between 16 and 1024 pixels, got {size!r}.")
+        if not np.isfinite(coupling) or coupling < 0:
+            raise ValueError(f"coupling must be a finite number >= 0, got {coupling!r}.")
+        self.split, self.size, self.level, self.floor = distractors, size, level, floor
+        self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode
+
+        dm_env = suite.load(self.task_spec.domain, self.task_spec.task,
+                            environment_kwargs={"flat_observation": False})
+        self._dm = DmControlCompatibilityV0(dm_env)
+        self._physics = dm_env.physics
+        model = self._physics.model
+        if not 0 <= camera_id < model.ncam:
+            raise ValueError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
+        # Exact masks need unblended edges: no multisampling in the offscreen buffer. This must
+        # happen before the first render creates the rendering context.
+        model.vis.quality.offsamples = 0
+        # The camera (and its OpenGL context) is made on first render, so that building an env in a
+        # parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
+        self._camera: Camera | None = None
+        self._hide_floor_effects = distractors != "none" and floor == "replace"
+        self._agent_geoms = np.asarray(model.geom_bodyid) != _WORLD_BODY
+        self._floor_geoms = (np.asarray(model.geom_bodyid) == _WORLD_BODY) & (
+            np.asarray(model.geom_type) == mujoco.mjtGeom.mjGEOM_PLANE)
+
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        low = self._dm.action_space.low.astype(np.float32)
+        high = self._dm.action_space.high.astype(np.float32)
+        self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
+        self.state_dim = int(sum(int(np.prod(s.shape)) for s in dm_env.observation_spec().values()))
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / dm_env.control_timestep())}
+
+        # Distractor pools and dynamics.
+        self._canvas = 2 * size
+        self._davis_dir = davis_dir or os.environ.get(backgrounds.DAVIS_ENV_VAR)
+        self._pool: tuple[Any, ...] = ()
+        if distractors != "none":
+            if self._davis_dir:
+                self._pool = backgrounds.davis_pool(self._davis_dir, distractors)
+            else:
+                self._pool = backgrounds.video_pool(distractors)
+        action_dim = self.action_space.shape[0]
+        projection_split = "ood" if distractors == "ood" else "id"
+        self._motion = _make_motion(self.task_spec.name, projection_split, action_dim,
+                                    self.coupling, size)
+        self._shake = self._colour = None
+        if level == "hard":
+            self._shake = dyn.CameraShake(dyn.HARD_SCALE)
+            self._agent_mats = sorted({int(m) for m in model.geom_matid[self._agent_geoms]
+                                       if m >= 0})
+            self._colour = dyn.ColourChange(
+                dyn.HARD_SCALE, np.array(model.mat_rgba[self._agent_mats, :3]))
+
+        self._video: np.ndarray | None = None
+        self._video_index = -1
+        self._video_start = 0
+        self._video_direction = 1
+        self._t = 0
+        self._last_obs: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Gymnasium API
+    # ------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode; the seed fixes the physics' initial state and every distractor draw."""
+        super().reset(seed=seed)
+        # The physics gets its own seed derived from ours, so both streams are fixed by one number.
+        state_obs, _ = self._dm.reset(seed=int(self.np_random.integers(2**31 - 1)))
+        rng = self.np_random
+        self._t = 0
+        if self._pool:
+            self._video_index = int(rng.integers(len(self._pool)))
+            self._video = self._load_video(self._pool[self._video_index])
+            self._video_start = int(rng.integers(len(self._video)))
+            self._video_direction = int(rng.choice([-1, 1]))
+            self._motion.reset(rng, self._canvas)
+        if self._shake is not None:
+            self._shake.reset(rng)
+            self._colour.reset(rng)
+            self._apply_colour()
+        obs, info = self._observe(state_obs)
+        return obs, info
+
+    def step(self, action: np.ndarray):
+        """Apply an action for one control step and render the next frame."""
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"Expected an action of shape {self.action_space.shape}, got "
+                             f"{action.shape}.")
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        state_obs, reward, terminated, truncated, _ = self._dm.step(action)
+        rng = self.np_random
+        self._t += 1
+        if self._pool:
+            self._motion.step(rng, action, self._canvas)
+        if self._shake is not None:
+            self._shake.step(rng)
+            self._colour.step(rng)
+            self._apply_colour()
+        obs, info = self._observe(state_obs)
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> np.ndarray | None:
+        """Return the last observation (``render_mode="rgb_array"``)."""
+        if self.render_mode == "rgb_array":
+            return None if self._last_obs is None else self._last_obs.copy()
+        return None
+
+    def close(self) -> None:
+        """Free the renderer and the physics."""
+        if getattr(self, "_camera", None) is not None:
+            self._camera = None
+        if getattr(self, "_dm", None) is not None:
+            self._dm._env.close()
+            self._dm = None
+
+    # ------------------------------------------------------------------------------------------
+    # Rendering
+    # ------------------------------------------------------------------------------------------
+    def render_layers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Render the scene as dm_control shows it, its agent mask, and its floor mask."""
+        if self._shake is not None:
+            data = self._physics.data
+            target = np.array(data.subtree_com[self._physics.model.cam_bodyid[self.camera_id]])
+            self._shake.apply(data, self.camera_id, target)
+        if self._camera is None:
+            self._camera = Camera(self._physics, height=self.size, width=self.size,
+                                  camera_id=self.camera_id)
+            # Shadows and reflections fall on the floor; when the video covers it they are
+            # invisible, so they are not computed (several times faster on a CPU renderer).
+            flags = self._camera.scene.flags
+            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = not self._hide_floor_effects
+            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = not self._hide_floor_effects
+        # Camera.render returns a view of a buffer the next render overwrites: copy it first.
+        scene = self._camera.render().copy()
+        seg = self._camera.render(segmentation=True)
+        is_geom = seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM
+        geom = np.where(is_geom, seg[..., 0], 0)
+        agent = is_geom & self._agent_geoms[geom]
+        floor = is_geom & self._floor_geoms[geom]
+        return scene, agent, floor
+
+    def _observe(self, state_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Render, composite the background, and assemble ``info``."""
+        scene, agent, floor = self.render_layers()
+        if self._pool:
+            frame_index = dyn.video_frame_index(
+                self._t, self._video_start, self._video_direction, len(self._video))
+            background = dyn.crop_window(
+                self._video[frame_index], self._motion.offset, self.size)
+            obs = background.copy()
+            obs[agent] = scene[agent]
+            if self.floor == "keep":
+                alpha = self.task_spec.ground_alpha
+                blended = alpha * scene[floor] + (1.0 - alpha) * background[floor]
+                obs[floor] = np.round(blended).astype(np.uint8)
+        else:
+            frame_index = -1
+            obs = scene
+        self._last_obs = obs
+        info = {
+            "agent_mask": agent,
+            "state": flatten_state(state_obs),
+            "distractor_video": self._video_index,
+            "distractor_frame": frame_index,
+            "distractor_offset": self._motion.offset.astype(np.float32),
+            "distractor_motion": self._motion.last_motion.astype(np.float32),
+            "distractor_projected_action": self._motion.last_projected.astype(np.float32),
+        }
+        return obs, info
+
+    def _load_video(self, entry: Any) -> np.ndarray:
+        """Fetch a pool entry's frames (procedural, generated once and cached; or DAVIS)."""
+        if isinstance(entry, Path):
+            return backgrounds.load_davis_video(entry, self._canvas)
+        return backgrounds.render_video(entry, self._canvas)
+
+    def _apply_colour(self) -> None:
+        """Write the colour distraction's current material colours into the model."""
+        self._physics.model.mat_rgba[self._agent_mats, :3] = self._colour.colours()
+
+    @property
+    def video_names(self) -> list[str]:
+        """Names of the videos in this env's background pool."""
+        return [p.name for p in self._pool]
+
+    @property
+    def projection(self) -> np.ndarray:
+        """The action-to-background projection W of this env (pixels at 64 px)."""
+        return self._motion.projection
+
+
+
+def _make_motion(task_name: str, split: str, action_dim: int, coupling: float,
+                 size: int) -> dyn.BackgroundMotion:
+    """The background motion model of a task and split at an image size."""
+    return dyn.BackgroundMotion(
+        projection=dyn.coupling_matrix(task_name, split, action_dim),
+        coupling=coupling,
+        pixel_scale=size / dyn.REFERENCE_SIZE,
+    )
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise a clear error when a keyword argument is not one of its allowed values."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+__all__ = ["DistractingControlEnv", "EPISODE_STEPS"]

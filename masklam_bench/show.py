@@ -1,0 +1,69 @@
+"""``masklam-bench show``: a picture of what the agent sees, with masks, ID vs OOD vs clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from masklam_bench.envs import env_id, parse_env_id
+
+ROWS = ("in-distribution", "agent mask", "OOD", "clean")
+"""Rows of the strip, top to bottom."""
+
+
+def rollout_frames(env_name: str, frames: int, every: int, seed: int,
+                   **env_kwargs) -> dict[str, np.ndarray]:
+    """Roll out the same seeded random actions in the ID, OOD and clean variants of a task.
+
+    One seed fixes the physics of all three, so the strips show one trajectory under three
+    backgrounds. Returns arrays of shape ``(frames, H, W, 3)`` per row.
+    """
+    task, _ = parse_env_id(env_name)
+    version = int(env_name.rsplit("-v", 1)[-1])
+    steps = frames * every
+    actions_rng = np.random.default_rng(seed)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in ROWS}
+    actions = None
+    for split, row in (("id", "in-distribution"), ("ood", "OOD"), ("none", "clean")):
+        env = gym.make(env_id(task.name, split, version), **env_kwargs)
+        if actions is None:
+            actions = actions_rng.uniform(env.action_space.low, env.action_space.high,
+                                          size=(steps, *env.action_space.shape))
+        obs, info = env.reset(seed=seed)
+        for t in range(steps):
+            if t % every == 0:
+                rows[row].append(obs)
+                if split == "id":
+                    rows["agent mask"].append(
+                        np.repeat(info["agent_mask"][..., None], 3, axis=-1).astype(np.uint8) * 255)
+            obs, _, _, _, info = env.step(actions[t].astype(np.float32))
+        env.close()
+    return {name: np.stack(images) for name, images in rows.items()}
+
+
+def save_strip(rows: dict[str, np.ndarray], out: str | Path, title: str) -> Path:
+    """Write the rows as a labelled PNG grid (one row per variant, one column per time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(next(iter(rows.values())))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols + 1.2, 1.3 * n_rows + 0.4),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,257 @@
+"""The registered environments: API conformance, determinism, masks, pools and coupling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import masklam_bench
+from masklam_bench.envs import backgrounds, distractors, registered_ids
+
+
+def _rollout(env, seed: int, steps: int, action_seed: int = 0):
+    """Observations, masks, infos and actions of a seeded random-action rollout."""
+    obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(action_seed)
+    frames, infos, actions = [obs], [info], []
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, _, _, _, info = env.step(action)
+        frames.append(obs)
+        infos.append(info)
+        actions.append(action)
+    return np.stack(frames), infos, np.stack(actions)
+
+
+def test_twelve_ids_registered_idempotently():
+    ids = registered_ids()
+    assert len(ids) == 12 and len(set(ids)) == 12
+    masklam_bench.register_envs()  # a second registration changes nothing and raises nothing
+    for name in ids:
+        assert name in gym.registry
+        spec = gym.spec(name)
+        assert isinstance(spec.entry_point, str)
+        assert spec.max_episode_steps == 1000
+        assert spec.to_json()  # JSON-serialisable kwargs
+
+
+@pytest.mark.parametrize("name", registered_ids())
+def test_check_env(name):
+    env = gym.make(name)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert info["agent_mask"].shape == (64, 64) and info["agent_mask"].dtype == bool
+    assert info["state"].dtype == np.float32
+    assert info["agent_mask"].any()
+    env.close()
+
+
+def test_namespaced_make_and_size_kwarg():
+    env = gym.make("masklam_bench:DistractingWalkerOOD-v0", size=48)
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (48, 48, 3) and info["agent_mask"].shape == (48, 48)
+
+
+def test_same_seed_same_frames_different_seed_different_background():
+    env = gym.make("DistractingCheetah-v0")
+    a, _, _ = _rollout(env, seed=3, steps=20)
+    b, _, _ = _rollout(env, seed=3, steps=20)
+    c, _, _ = _rollout(env, seed=4, steps=20)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 10
+
+
+def test_hard_level_is_deterministic_and_moves_camera():
+    env = gym.make("DistractingHopper-v0", level="hard")
+    a, infos_a, _ = _rollout(env, seed=5, steps=15)
+    b, _, _ = _rollout(env, seed=5, steps=15)
+    np.testing.assert_array_equal(a, b)
+    low = gym.make("DistractingHopper-v0")
+    c, infos_c, _ = _rollout(low, seed=5, steps=15)
+    np.testing.assert_array_equal(infos_a[-1]["state"], infos_c[-1]["state"])  # same physics
+    assert not np.array_equal(infos_a[-1]["agent_mask"], infos_c[-1]["agent_mask"])  # moved camera
+
+
+def test_same_trajectory_under_id_ood_and_clean():
+    states = []
+    for name in ("DistractingWalker-v0", "DistractingWalkerOOD-v0", "CleanWalker-v0"):
+        _, infos, _ = _rollout(gym.make(name), seed=7, steps=10)
+        states.append(np.stack([i["state"] for i in infos]))
+    np.testing.assert_array_equal(states[0], states[1])
+    np.testing.assert_array_equal(states[0], states[2])
+
+
+@pytest.mark.parametrize("task", ["Cheetah", "Humanoid"])
+def test_mask_is_exact_and_agent_pixels_untouched(task):
+    env = gym.make(f"Distracting{task}-v0")
+    obs, info = env.reset(seed=0)
+    raw = env.unwrapped
+    for _ in range(5):
+        obs, _, _, _, info = env.step(env.action_space.sample())
+    scene, agent, _ = raw.render_layers()
+    # The mask is the segmentation-derived set of geoms not attached to the world body.
+    seg = raw._camera.render(segmentation=True)
+    model = raw._physics.model
+    is_geom = seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM
+    expected = is_geom & (model.geom_bodyid[np.where(is_geom, seg[..., 0], 0)] != 0)
+    np.testing.assert_array_equal(info["agent_mask"], expected)
+    np.testing.assert_array_equal(agent, expected)
+    # Inside the mask the observation is the rendered agent, with no background colour.
+    np.testing.assert_array_equal(obs[expected], scene[expected])
+    # Outside the mask, the video replaced the sky and shows through a translucent floor.
+    floor = raw.render_layers()[2]
+    replaced = ~expected & (~floor if raw.task_spec.ground_alpha == 1.0 else True)
+    assert replaced.mean() > 0.3
+    assert (obs[replaced] != scene[replaced]).any(axis=-1).mean() > 0.9
+
+
+def test_clean_env_is_stock_dm_control_rendering():
+    env = gym.make("CleanCheetah-v0")
+    obs, info = env.reset(seed=0)
+    scene, _, _ = env.unwrapped.render_layers()
+    np.testing.assert_array_equal(obs, scene)
+    assert info["distractor_video"] == -1
+
+
+def test_id_and_ood_pools_are_disjoint_and_ood_has_unseen_looks():
+    id_pool, ood_pool = backgrounds.video_pool("id"), backgrounds.video_pool("ood")
+    assert not set(id_pool) & set(ood_pool)
+    id_frames = {backgrounds.render_video(v, 32, 4).tobytes() for v in id_pool}
+    assert not any(backgrounds.render_video(v, 32, 4).tobytes() in id_frames for v in ood_pool)
+    assert len({v.family for v in id_pool}) >= 3
+    assert {v.family for v in ood_pool} - {v.family for v in id_pool}
+    assert {v.palette for v in ood_pool} - {v.palette for v in id_pool}
+
+
+def test_videos_are_tileable_and_seeded():
+    spec = backgrounds.video_pool("id")[1]
+    a = backgrounds.render_video(spec, 64, 8)
+    assert a.shape == (8, 64, 64, 3) and a.dtype == np.uint8
+    backgrounds.render_video.cache_clear()
+    np.testing.assert_array_equal(a, backgrounds.render_video(spec, 64, 8))
+    # A window straddling the wrap shows continuous content: the wrap seam is no sharper than
+    # the video's ordinary neighbouring-pixel differences.
+    frame = a[0].astype(int)
+    seam = np.abs(frame[:, 0] - frame[:, -1]).mean()
+    inner = np.abs(np.diff(frame, axis=1)).mean()
+    assert seam <= 3 * inner + 1
+
+
+def test_video_playback_bounces():
+    idx = [distractors.video_frame_index(t, 2, 1, 4) for t in range(8)]
+    assert idx == [2, 3, 2, 1, 0, 1, 2, 3]
+    idx = [distractors.video_frame_index(t, 1, -1, 3) for t in range(5)]
+    assert idx == [1, 0, 1, 2, 1]
+
+
+def _coupling_correlation(coupling: float, steps: int = 150) -> float:
+    """Correlation between per-step background motion and the projected action in a rollout."""
+    env = gym.make("DistractingCheetah-v0", coupling=coupling)
+    _, infos, _ = _rollout(env, seed=11, steps=steps)
+    motion = np.stack([i["distractor_motion"] for i in infos[1:]]).ravel()
+    projected = np.stack([i["distractor_projected_action"] for i in infos[1:]]).ravel()
+    # Per-episode drift is constant: remove each axis' mean before correlating.
+    motion = (motion.reshape(-1, 2) - motion.reshape(-1, 2).mean(0)).ravel()
+    return float(np.corrcoef(motion, projected)[0, 1])
+
+
+def test_background_motion_correlates_with_action_by_coupling():
+    corr = [_coupling_correlation(c) for c in (0.0, 0.25, 1.0)]
+    assert abs(corr[0]) < 0.15
+    assert corr[0] < corr[1] < corr[2]
+    assert corr[2] > 0.8
+
+
+def test_id_and_ood_use_different_projections():
+    w_id = gym.make("DistractingCheetah-v0").unwrapped.projection
+    w_ood = gym.make("DistractingCheetahOOD-v0").unwrapped.projection
+    assert w_id.shape == (2, 6)
+    assert not np.allclose(w_id, w_ood)
+
+
+def test_vector_env_async():
+    # A fresh interpreter, as a user would run it: forking after this test process has rendered
+    # would inherit its OpenGL state.
+    code = (
+        "import gymnasium as gym, numpy as np, masklam_bench\n"
+        "envs = gym.make_vec('DistractingHopper-v0', num_envs=2, vectorization_mode='async')\n"
+        "obs, info = envs.reset(seed=0)\n"
+        "assert obs.shape == (2, 64, 64, 3), obs.shape\n"
+        "obs, r, te, tr, info = envs.step(envs.action_space.sample())\n"
+        "assert info['agent_mask'].shape == (2, 64, 64)\n"
+        "assert not np.array_equal(obs[0], obs[1])\n"
+        "envs.close()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_episode_ends_truncated_after_1000_steps():
+    env = gym.make("DistractingHopper-v0", size=16, floor="replace")
+    env.reset(seed=0)
+    for t in range(1000):
+        _, _, terminated, truncated, _ = env.step(np.zeros(4, np.float32))
+        assert not terminated
+        assert truncated == (t == 999)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"level": "extreme"}, "level must be one of"),
+        ({"distractors": "some"}, "distractors must be one of"),
+        ({"floor": "glass"}, "floor must be one of"),
+        ({"size": 7}, "size must be"),
+        ({"coupling": -1.0}, "coupling must be"),
+        ({"task": "ant-walk"}, "Unknown task"),
+    ],
+)
+def test_bad_kwarg_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gym.make("DistractingCheetah-v0", **kwargs)
+
+
+def test_bad_id_suggests_the_right_one():
+    with pytest.raises(gym.error.Error, match="DistractingCheetah"):
+        gym.make("DistractingCheeta-v0")
+
+
+def test_missing_davis_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a DAVIS-2017 folder"):
+        gym.make("DistractingCheetah-v0", davis_dir=str(tmp_path))
+
+
+def test_davis_folder_supplies_the_pools(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "DAVIS"
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    for split, names in (("train", ["bear", "boat"]), ("val", ["cows"])):
+        (root / "ImageSets" / "2017" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for i, name in enumerate(names):
+            folder = root / "JPEGImages" / "480p" / name
+            folder.mkdir(parents=True)
+            for f in range(3):
+                colour = np.full((48, 64, 3), 40 * i + 20 * f, np.uint8)
+                Image.fromarray(colour).save(folder / f"{f:05d}.jpg")
+    env = gym.make("DistractingCheetah-v0", davis_dir=str(root))
+    assert env.unwrapped.video_names == ["bear", "boat"]
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3)
+    ood = gym.make("DistractingCheetahOOD-v0", davis_dir=str(root))
+    assert ood.unwrapped.video_names == ["cows"]
+    (root / "JPEGImages" / "480p" / "cows" / "00000.jpg").unlink()
+    for f in (root / "JPEGImages" / "480p" / "cows").glob("*.jpg"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        gym.make("DistractingCheetahOOD-v0", davis_dir=str(root))
