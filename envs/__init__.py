@@ -6,9 +6,9 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
 
-import gymnasium as gym  # noqa: E402
+import gymnasium as gym
 
-from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, Task, get_task  # noqa: E402
+from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, Task, get_task
 
 ENTRY_POINT = "masklam_bench.envs.distracting:DistractingControlEnv"
 """String entry point, so registering does not import dm_control."""

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
 
-import gymnasium as gym  # noqa: E402
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-from dm_control import suite  # noqa: E402
-from dm_control.mujoco.engine import Camera  # noqa: E402
-from shimmy.dm_control_compatibility import DmControlCompatibilityV0  # noqa: E402
+import gymnasium as gym
+import mujoco
+import numpy as np
+from dm_control import suite
+from dm_control.mujoco.engine import Camera
+from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 
-from masklam_bench.envs import backgrounds  # noqa: E402
-from masklam_bench.envs import distractors as dyn  # noqa: E402
-from masklam_bench.envs.tasks import EPISODE_STEPS, Task, flatten_state, get_task  # noqa: E402
+from masklam_bench.envs import backgrounds
+from masklam_bench.envs import distractors as dyn
+from masklam_bench.envs.tasks import EPISODE_STEPS, Task, flatten_state, get_task
 
 DISTRACTOR_SPLITS = ("id", "ood", "none")
 """Background pools: in-distribution, held-out, or no distractors (the clean reference)."""
@@ -40,7 +40,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     one camera is reused and the segmentation pass is shared with the mask.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
         self,
@@ -283,4 +283,4 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
-__all__ = ["DistractingControlEnv", "EPISODE_STEPS"]
+__all__ = ["EPISODE_STEPS", "DistractingControlEnv"]

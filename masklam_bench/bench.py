@@ -68,8 +68,8 @@ def run_benchmark(names: list[str], steps: int) -> list[dict[str, float | str]]:
 def format_table(rows: list[dict[str, float | str]]) -> str:
     """A Markdown table of the benchmark rows."""
     lines = [
-        f"Frames/s on one process (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}, "
-        f"{os.cpu_count()} CPUs visible); each step = physics + render + mask (+ background).",
+        (f"Frames/s on one process (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}, "
+         f"{os.cpu_count()} CPUs visible); each step = physics + render + mask (+ background)."),
         "",
         "| id | stock dm_control | default (floor kept) | speed-up | floor replaced | speed-up |",
         "|---|---:|---:|---:|---:|---:|",
