@@ -33,6 +33,76 @@ def _cmd_bench_env(args: argparse.Namespace) -> None:
     print(format_table(run_benchmark(names, args.steps)))
 
 
+def parse_int_list(text: str, flag: str, minimum: int = 0) -> list[int]:
+    """Parse ``"64,8192"`` into ``[64, 8192]``, with one clear sentence for anything else."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum for v in values) or len(set(values)) != len(values):
+        raise UserError(
+            f"{flag} must be a comma-separated list of distinct integers >= {minimum}, "
+            f"e.g. {flag} 64,8192; got {text!r}."
+        )
+    return values
+
+
+def parse_envs(text: str) -> list[str]:
+    """Parse ``--envs cheetah,walker`` (short or full task names, or registered ids) into tasks."""
+    from masklam_bench.envs import get_task, parse_env_id
+
+    tasks = []
+    for name in (p.strip() for p in text.split(",")):
+        try:
+            task = parse_env_id(name)[0] if name.endswith("-v0") else get_task(name)
+        except ValueError as err:
+            raise UserError(f"--envs: {err}") from None
+        tasks.append(task.name)
+    return list(dict.fromkeys(tasks))
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    """Run the benchmark pipeline for every (env, latent dim, seed) of one method."""
+    import torch
+
+    from masklam_bench.baselines import get_method
+    from masklam_bench.presets import default_preset_name, get_preset
+
+    dims = parse_int_list(args.dims, "--dims", minimum=1)
+    seeds = parse_int_list(args.seeds, "--seeds", minimum=0)
+    tasks = parse_envs(args.envs)
+    preset = args.preset or default_preset_name()
+    get_preset(preset)
+    try:
+        get_method(args.method)
+    except (ValueError, ImportError) as err:
+        raise UserError(str(err)) from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
+
+    from masklam_bench.runner import RunConfig, run
+
+    jobs = [(t, d, s) for t in tasks for d in dims for s in seeds]
+    for n, (task, dim, seed) in enumerate(jobs, 1):
+        config = RunConfig(method=args.method, task=task, latent_dim=dim, seed=seed,
+                           preset=preset, device=device, data_root=args.data_root,
+                           runs_root=args.runs_root, results_dir=args.out,
+                           threads=args.threads, compile=args.compile)
+        print(f"[{n}/{len(jobs)}] {config.run_name}")
+        result = run(config)
+        m = result["metrics"]
+        print(f"  probe NMSE {_fmt(m.get('probe_nmse'))} (untrained IDM "
+              f"{_fmt(m.get('probe_nmse_untrained'))}), normalised return ID "
+              f"{_fmt(m.get('normalized_return_id'))} OOD {_fmt(m.get('normalized_return_ood'))}"
+              f", {result['timings']['total_s']:.0f} s -> {args.out}/{config.run_name}.json")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="masklam-bench",
@@ -54,6 +124,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envs", default="", help="comma-separated ids (default: all twelve)")
     p.add_argument("--steps", type=int, default=300, help="steps timed per id (default: 300)")
     p.set_defaults(func=_cmd_bench_env)
+
+    p = sub.add_parser("run", help="train and evaluate a method; writes one result JSON per run")
+    p.add_argument("--method", required=True,
+                   help="registered method (lapo, masklam, masklam-full, oracle, bc-labels) "
+                        "or module:Class")
+    p.add_argument("--dims", default="64", help="latent dims, comma-separated (default: 64)")
+    p.add_argument("--envs", default="cheetah",
+                   help="tasks, comma-separated: cheetah,walker,hopper,humanoid (default: cheetah)")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated (default: 0)")
+    p.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"],
+                   help="size preset (default: gpu when CUDA is available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--out", default="leaderboards/results", help="folder for result JSON files")
+    p.add_argument("--data-root", default="data", help="dataset folder (collected if missing)")
+    p.add_argument("--runs-root", default="runs", help="checkpoint folder (runs resume from it)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
+    p.set_defaults(func=_cmd_run)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -1,0 +1,84 @@
+"""Batches of transitions for LAM training, probing and latent behaviour cloning."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from masklam_bench.dataset import FrameData
+
+
+class TransitionSampler:
+    """Builds the batch dicts of :class:`masklam_bench.baselines.base.LatentActionMethod`.
+
+    Frames stay uint8 until the method scales them. On CUDA the whole split is moved to the
+    device once, so batches are gathered there without host copies.
+    """
+
+    def __init__(self, data: FrameData, context_frames: int = 3, max_future: int = 1,
+                 use_clean: bool = False, device: torch.device | str = "cpu",
+                 masks: np.ndarray | None = None) -> None:
+        """Wrap a split.
+
+        Args:
+            data: The split's frames and indices.
+            context_frames: Frames o_{t-c+1}..o_t given as context (padded at episode start).
+            max_future: Targets are o_{t+k}, k ~ U{1..max_future} clipped to the episode end.
+            use_clean: Use the paired distractor-free frames (the oracle).
+            device: Where batches live.
+            masks: Bool agent masks ``(N, H, W)`` to use instead of the stored exact ones
+                (e.g. corrupted or SAM 2 masks); default: unpack the stored masks.
+        """
+        if use_clean and data.clean_frames is None:
+            raise ValueError("This dataset has no clean frames; recollect it to train the oracle.")
+        self.data = data
+        self.context_frames = context_frames
+        self.max_future = max_future
+        self.device = torch.device(device)
+        frames = data.clean_frames if use_clean else data.frames
+        if masks is None:
+            masks = data.unpack_masks(np.arange(len(data.frames)))
+        # (N, 3, H, W) uint8 and (N, H, W) bool, on the device.
+        self._frames = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        self._masks = torch.from_numpy(np.ascontiguousarray(masks))
+        if self.device.type != "cpu":
+            self._frames = self._frames.to(self.device)
+            self._masks = self._masks.to(self.device)
+        self._actions = torch.from_numpy(data.actions).to(self.device)
+        self._start = torch.from_numpy(data.episode_start).to(self.device)
+        self._end = torch.from_numpy(data.episode_end).to(self.device)
+
+    def batch(self, index: np.ndarray, k: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The batch for transitions starting at frame indices ``index`` (k = 1 unless given)."""
+        i = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
+        if k is None:
+            k_t = torch.ones_like(i)
+        else:
+            k_t = torch.as_tensor(np.asarray(k, dtype=np.int64), device=self.device)
+        k_t = torch.minimum(k_t, self._end[i] - i).clamp(min=1)
+        offsets = torch.arange(self.context_frames - 1, -1, -1, device=self.device)
+        ctx = torch.maximum(i[:, None] - offsets[None, :], self._start[i][:, None])
+        target = i + k_t
+        return {
+            "context": self._frames[ctx],
+            "context_mask": self._masks[ctx],
+            "target": self._frames[target],
+            "target_mask": self._masks[target],
+            "k": k_t,
+            "action": self._actions[i],
+        }
+
+    def sample(self, rng: np.random.Generator, batch_size: int,
+               pool: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """A random training batch from ``pool`` (default: all transitions)."""
+        pool = self.data.transitions if pool is None else pool
+        index = pool[rng.integers(len(pool), size=batch_size)]
+        k = rng.integers(1, self.max_future + 1, size=batch_size) if self.max_future > 1 else None
+        return self.batch(index, k)
+
+    def policy_input(self, index: np.ndarray) -> torch.Tensor:
+        """Stacks of the last ``context_frames`` frames ``(B, c, 3, H, W)`` for the latent policy."""
+        i = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
+        offsets = torch.arange(self.context_frames - 1, -1, -1, device=self.device)
+        ctx = torch.maximum(i[:, None] - offsets[None, :], self._start[i][:, None])
+        return self._frames[ctx]
