@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from masklam_bench.envs.tasks import flatten_state
 
 from masklam_bench import experts
+from masklam_bench.envs.tasks import flatten_state
 from masklam_bench.experts.sac import NStepAccumulator, SACConfig, export, make_env, train
 
 TINY = {
@@ -129,3 +129,11 @@ def test_shipped_cheetah_expert_beats_random():
     expert_ret = _rollout("cheetah-run", expert.act, 200, seed=5)
     random_ret = _rollout("cheetah-run", lambda o: rng.uniform(-1, 1, 6), 200, seed=5)
     assert expert_ret > 3 * random_ret + 30, (expert_ret, random_ret)
+
+
+def test_stop_return_ends_early(tmp_path):
+    cfg = SACConfig(**{**TINY, "eval_every": 100, "stop_return": -1.0})
+    res = train(cfg, tmp_path, resume=False, progress=False)
+    assert res["reached_stop_return"] and not res["interrupted"]
+    assert res["step"] == 120  # the first episode end (2 envs x 60 steps) after step 100
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "best_actor.pt").exists()

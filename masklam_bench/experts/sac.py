@@ -96,6 +96,8 @@ class SACConfig:
     """Include the replay buffer in checkpoints (needed for an exact resume)."""
     num_threads: int = 1
     """``torch.set_num_threads`` for the training process."""
+    stop_return: float | None = None
+    """Stop early (with a checkpoint) once an evaluation's mean return reaches this value."""
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -526,6 +528,7 @@ def train(
                 "eval_episodes",
                 "num_threads",
                 "save_buffer",
+                "stop_return",
             ) and getattr(saved, f.name) != getattr(cfg, f.name):
                 raise ValueError(
                     f"Checkpoint {ckpt_path} was trained with {f.name}="
@@ -572,6 +575,7 @@ def train(
         )
 
     stop = {"flag": False}
+    reached = False
 
     def _on_signal(signum, frame):  # finish the episode, checkpoint, exit
         stop["flag"] = True
@@ -601,7 +605,7 @@ def train(
     t0, u0 = time.time(), agent.num_updates
     info: dict[str, torch.Tensor] = {}
     try:
-        while step < cfg.total_steps and not stop["flag"]:
+        while step < cfg.total_steps and not stop["flag"] and not reached:
             obs = venv.reset()
             ep_ret = np.zeros(cfg.num_envs)
             done = False
@@ -670,13 +674,15 @@ def train(
                     print(msg, flush=True)
                 while next_eval <= step:
                     next_eval += cfg.eval_every
+                if cfg.stop_return is not None and last_eval >= cfg.stop_return:
+                    reached = True
             if bar is not None:
                 bar.set_postfix(
                     eval=None if last_eval is None else round(last_eval, 1),
                     train=round(train_returns[-1], 1),
                     refresh=False,
                 )
-            if step >= next_ckpt or step >= cfg.total_steps or stop["flag"]:
+            if step >= next_ckpt or step >= cfg.total_steps or stop["flag"] or reached:
                 while next_ckpt <= step:
                     next_ckpt += cfg.checkpoint_every
                 checkpoint()
@@ -690,6 +696,8 @@ def train(
         "updates": agent.num_updates,
         "last_eval": last_eval,
         "episodes": episodes,
+        "reached_stop_return": reached,
+        "interrupted": stop["flag"],
         "agent": agent,
     }
 
@@ -802,7 +810,7 @@ def _parser() -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
         else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
+            typ = int if str(f.type) == "int" else float if "float" in str(f.type) else str
             p.add_argument(flag, type=typ, default=None)
     return p
 
@@ -824,8 +832,15 @@ def main(argv: list[str] | None = None) -> None:
         kw["total_steps"] = args.steps
     cfg = SACConfig(task=name, **kw)
     res = train(cfg, out, resume=not args.no_resume, progress=not args.no_progress)
-    state = "done" if res["step"] >= cfg.total_steps else "stopped (resumable)"
+    if res["interrupted"]:
+        state = "interrupted (resumable)"
+    elif res["reached_stop_return"]:
+        state = f"reached stop_return={cfg.stop_return}"
+    else:
+        state = "done"
     print(f"{state}: step={res['step']} updates={res['updates']} last_eval={res['last_eval']}")
+    if res["interrupted"]:
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":
