@@ -1,0 +1,370 @@
+"""The benchmark's metrics: linear-probe NMSE, normalised return, and statistics over seeds and tasks.
+
+Small pure functions, each with its formula in the docstring (in the manner of rliable's
+``metrics.py``). Per-task numbers are reported as a mean with a Student-t interval over seeds;
+numbers across tasks as the interquartile mean (IQM) with a stratified-bootstrap interval, as
+recommended by Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+from scipy.special import stdtrit
+
+RIDGE_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
+"""Ridge strengths the probe chooses from. The penalty is per sample on standardised latents
+(see ``fit_linear_probe``), so one grid serves latent dims from 8 to 8192."""
+
+PROBE_VAL_FRACTION = 0.2
+"""Share of the probe's train split held out to choose the ridge strength."""
+
+PROBE_VAL_SEED = 0
+"""Seed of the permutation that draws the ridge-selection split (fixed: the probe is deterministic)."""
+
+_MIN_SELECT_SAMPLES = 5
+"""Fewest train samples with which a ridge strength can still be chosen on a held-out split."""
+
+_CHUNK_ELEMENTS = 1 << 23
+"""Float64 elements per block of latents (64 MiB): bounds memory at N=100k, dim=8192."""
+
+_STD_FLOOR_REL = 1e-10
+"""A latent dimension whose std is below this times its |mean| is constant up to rounding."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe
+
+
+def probe_nmse(pred: np.ndarray, target: np.ndarray) -> float:
+    """Normalised mean squared error of predicted actions (MaskLAM Eq. 5); lower is better.
+
+        NMSE = mean_{i,j} (pred_ij - a_ij)^2 / mean_j Var_i(a_ij)
+
+    over samples i and action dimensions j, with the population variance (ddof 0) of the target.
+    A perfect prediction scores 0; predicting the per-dimension mean of the target scores 1.
+    """
+    pred, target = _as_2d(pred, "pred"), _as_2d(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {pred.shape} but target has shape {target.shape}; "
+                         "pass one predicted action per target action.")
+    if target.shape[0] < 2:
+        raise ValueError("NMSE needs at least two target samples to measure their variance.")
+    var = float(target.var(axis=0).mean())
+    if not var > 0:
+        raise ValueError("the target actions are constant, so NMSE (MSE / Var) is undefined.")
+    return float(np.mean((pred - target) ** 2) / var)
+
+
+def fit_linear_probe(z_train: np.ndarray, a_train: np.ndarray,
+                     ridge: float | Sequence[float] = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form ridge regression a ≈ z W + b, with an unpenalised bias.
+
+    Each latent dimension is standardised with the train mean and std (a constant dimension gets
+    std 1), then, on x = (z - mean) / std,
+
+        W_x = argmin (1/n) ||x W + b - a||^2 + ridge ||W||^2
+            = (X_c^T X_c + n ridge I)^-1 X_c^T A_c          (primal, used when dim <= n)
+            = X_c^T (X_c X_c^T + n ridge I)^-1 A_c          (dual, used when dim > n)
+
+    with X_c, A_c centred on their means, solved by Cholesky in float64. The standardisation is
+    folded back, so the returned ``W`` (dim x action_dim) and ``b`` apply to raw latents. The
+    primal Gram matrix is accumulated in blocks, so latents of N=100k x 8192 need not fit in
+    memory twice.
+
+    If ``ridge`` is a sequence, the strength is chosen on a held-out split of the train set:
+    ``PROBE_VAL_FRACTION`` of the samples (fixed permutation, ``PROBE_VAL_SEED``) score each
+    candidate fitted on the rest, and the best one is refitted on all of the train set.
+    """
+    return _fit(z_train, a_train, ridge)[:2]
+
+
+def select_ridge(z_train: np.ndarray, a_train: np.ndarray,
+                 grid: Sequence[float] = RIDGE_GRID) -> float:
+    """The ridge strength from ``grid`` that ``fit_linear_probe(z_train, a_train, grid)`` uses."""
+    return _fit(z_train, a_train, grid)[2]
+
+
+def apply_linear_probe(w: np.ndarray, b: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Predicted actions a_hat = z W + b of a probe from ``fit_linear_probe``."""
+    z = np.asarray(z)
+    if z.ndim != 2 or z.shape[1] != w.shape[0]:
+        raise ValueError(f"latents have shape {z.shape} but the probe expects (N, {w.shape[0]}).")
+    return z.astype(np.float64, copy=False) @ w + b
+
+
+def linear_probe_nmse(z_train: np.ndarray, a_train: np.ndarray, z_test: np.ndarray,
+                      a_test: np.ndarray,
+                      ridge: float | Sequence[float] = RIDGE_GRID) -> float:
+    """NMSE on (z_test, a_test) of a linear probe fitted on (z_train, a_train); lower is better.
+
+        NMSE = probe_nmse(apply_linear_probe(*fit_linear_probe(z_train, a_train, ridge), z_test),
+                          a_test)
+
+    By default the ridge strength is chosen from ``RIDGE_GRID`` on a split of the train set
+    (never on the test set), so small and very wide latents are probed equally fairly.
+    """
+    w, b = fit_linear_probe(z_train, a_train, ridge)
+    return probe_nmse(apply_linear_probe(w, b, z_test), a_test)
+
+
+def _fit(z: np.ndarray, a: np.ndarray,
+         ridge: float | Sequence[float]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probe weights on raw latents and the ridge strength used."""
+    z = np.asarray(z)
+    a = _as_2d(a, "a_train")
+    if z.ndim != 2:
+        raise ValueError(f"latents must be a 2-D array (N, dim); got shape {z.shape}.")
+    n, _ = z.shape
+    if a.shape[0] != n:
+        raise ValueError(f"{n} latents but {a.shape[0]} actions; pass one action per latent.")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("a_train contains NaN or inf.")
+    grid = [float(ridge)] if np.isscalar(ridge) else [float(r) for r in ridge]
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"ridge strengths must be positive; got {ridge!r}.")
+    if n < (2 if len(grid) == 1 else _MIN_SELECT_SAMPLES):
+        raise ValueError(f"only {n} train samples: too few to fit (and choose the ridge of) "
+                         "a linear probe.")
+    mu, sd = _column_stats(z)
+
+    if len(grid) == 1:
+        lam = grid[0]
+        w, b = _ridge_weights(z, a, np.arange(n), mu, sd, [lam])[0][0]
+    else:
+        perm = np.random.default_rng(PROBE_VAL_SEED).permutation(n)
+        n_val = max(1, round(PROBE_VAL_FRACTION * n))
+        fit_rows, val_rows = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        candidates, fit_moments = _ridge_weights(z, a, fit_rows, mu, sd, grid)
+        errors = _sq_errors(z, a, val_rows, mu, sd, candidates)
+        lam = grid[int(np.argmin(errors))]
+        if fit_moments is not None:  # primal: reuse the fit split's sums instead of a second pass
+            val_moments = _moments(z, a, val_rows, mu, sd)
+            all_moments = [fit_moments[0] + val_moments[0]] + [
+                np.add(f, v, out=f) for f, v in zip(fit_moments[1:], val_moments[1:])]
+            w, b = _primal_weights(all_moments, lam)
+        else:
+            w, b = _ridge_weights(z, a, np.arange(n), mu, sd, [lam])[0][0]
+    # Fold the standardisation back in: x W_x + b_x = z (W_x / sd) + (b_x - (mu / sd) W_x).
+    return w / sd[:, None], b - (mu / sd) @ w, lam
+
+
+def _ridge_weights(z, a, rows, mu, sd, grid):
+    """Standardised-space (W, b) per ridge strength on ``rows``, and the primal sums if used."""
+    if z.shape[1] <= len(rows):
+        moments = _moments(z, a, rows, mu, sd)
+        return [_primal_weights(moments, lam) for lam in grid], moments
+    x = (z[rows].astype(np.float64) - mu) / sd
+    return [_dual_weights(x, a[rows], lam) for lam in grid], None
+
+
+def _moments(z, a, rows, mu, sd) -> list:
+    """[n, sum x, sum a, X^T X, X^T A] of standardised latents over ``rows``, in blocks."""
+    d, k = z.shape[1], a.shape[1]
+    gram, cross, sx = np.zeros((d, d)), np.zeros((d, k)), np.zeros(d)
+    for block in _blocks(rows, d):
+        x = (z[block].astype(np.float64) - mu) / sd
+        gram += x.T @ x
+        cross += x.T @ a[block]
+        sx += x.sum(axis=0)
+    return [float(len(rows)), sx, a[rows].sum(axis=0), gram, cross]
+
+
+def _primal_weights(moments, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """W = (X_c^T X_c + n lam I)^-1 X_c^T A_c, b = mean(a) - mean(x) W, from the sums."""
+    n, sx, sa, gram, cross = moments
+    mx, ma = sx / n, sa / n
+    lhs = np.outer(mx, -n * mx)  # built in place: at dim 8192 each d x d copy is 512 MiB
+    lhs += gram
+    lhs[np.diag_indices_from(lhs)] += n * lam
+    w = cho_solve(cho_factor(lhs, lower=True, overwrite_a=True, check_finite=False),
+                  cross - n * np.outer(mx, ma), check_finite=False)
+    return w, ma - mx @ w
+
+
+def _dual_weights(x: np.ndarray, a: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """W = X_c^T (X_c X_c^T + n lam I)^-1 A_c, b = mean(a) - mean(x) W."""
+    mx, ma = x.mean(axis=0), a.mean(axis=0)
+    xc = x - mx
+    kernel = xc @ xc.T
+    kernel[np.diag_indices_from(kernel)] += len(x) * lam
+    alpha = cho_solve(cho_factor(kernel, lower=True, check_finite=False), a - ma,
+                      check_finite=False)
+    w = xc.T @ alpha
+    return w, ma - mx @ w
+
+
+def _sq_errors(z, a, rows, mu, sd, candidates) -> np.ndarray:
+    """Summed squared error on ``rows`` of each standardised-space (W, b)."""
+    errors = np.zeros(len(candidates))
+    for block in _blocks(rows, z.shape[1]):
+        x = (z[block].astype(np.float64) - mu) / sd
+        for i, (w, b) in enumerate(candidates):
+            errors[i] += np.sum((x @ w + b - a[block]) ** 2)
+    return errors
+
+
+def _column_stats(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (ddof 0) in float64; std 1 where a dimension is constant."""
+    mu = np.mean(z, axis=0, dtype=np.float64)
+    ss = np.zeros_like(mu)
+    for block in _blocks(np.arange(len(z)), z.shape[1]):
+        dev = z[block].astype(np.float64) - mu
+        ss += np.einsum("ij,ij->j", dev, dev)
+    sd = np.sqrt(ss / len(z))
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sd))):
+        raise ValueError("z_train contains NaN or inf; the encoder diverged or its output "
+                         "overflowed.")
+    return mu, np.where(sd > _STD_FLOOR_REL * np.abs(mu), sd, 1.0)
+
+
+def _blocks(rows: np.ndarray, dim: int):
+    """Consecutive pieces of ``rows`` holding at most ``_CHUNK_ELEMENTS`` latent entries."""
+    step = max(1, _CHUNK_ELEMENTS // max(dim, 1))
+    for start in range(0, len(rows), step):
+        yield rows[start:start + step]
+
+
+def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as float64 (N, k); a vector is one column."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        return x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 1-D or 2-D array; got shape {x.shape}.")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream return
+
+
+def normalized_return(ret: float | np.ndarray, ret_random: float,
+                      ret_expert: float) -> float | np.ndarray:
+    """Return on a random-to-expert scale (D4RL / Minari convention); higher is better.
+
+        normalised = (R - R_random) / (R_expert - R_random)
+
+    0 is the random policy, 1 the expert; values outside [0, 1] are possible and kept.
+    """
+    if not (np.isfinite(ret_random) and np.isfinite(ret_expert)):
+        raise ValueError(f"reference returns must be finite; got random {ret_random}, "
+                         f"expert {ret_expert}.")
+    if ret_expert == ret_random:
+        raise ValueError(f"expert and random reference returns are both {ret_expert}, so the "
+                         "normalised return is undefined; check the task's reference scores.")
+    out = (np.asarray(ret, dtype=np.float64) - ret_random) / (ret_expert - ret_random)
+    return float(out) if out.ndim == 0 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics over seeds and tasks
+
+
+def mean_ci(values: Sequence[float] | np.ndarray,
+            confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean over seeds and its Student-t confidence interval, as (mean, low, high).
+
+        mean ± t_{(1 + confidence)/2, n-1} · s / sqrt(n),   s = sample std (ddof 1)
+
+    With one value there is no spread to measure: the interval is (mean, nan, nan), so a
+    single seed never looks certain.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("mean_ci needs at least one value.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"mean_ci got NaN or inf among {x.tolist()}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1); got {confidence}.")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, float("nan"), float("nan")
+    half = float(stdtrit(x.size - 1, (1 + confidence) / 2) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def iqm(values: Sequence[float] | np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of the empirical distribution.
+
+        IQM = 2 ∫_{1/4}^{3/4} F^-1(u) du = 2 Σ_i x_(i) |[(i-1)/n, i/n] ∩ [1/4, 3/4]|
+
+    over the sorted values x_(1) <= ... <= x_(n), each holding probability mass 1/n. A value
+    straddling a quartile counts with the fraction of its mass inside, so every n works; when n
+    is a multiple of 4 this equals ``scipy.stats.trim_mean(values, 0.25)`` (what rliable uses).
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if x.size == 0:
+        raise ValueError("iqm needs at least one value.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("iqm got NaN or inf; drop missing runs first.")
+    return float(x @ _iqm_weights(x.size))
+
+
+def _iqm_weights(n: int) -> np.ndarray:
+    """Weight of each sorted value in the IQM of n values (they sum to 1)."""
+    # Work in units of 1/(4n) so the overlaps are exact integers: value i covers [4(i-1), 4i],
+    # the middle half [n, 3n].
+    upper = 4 * np.arange(1, n + 1)
+    overlap = np.clip(np.minimum(upper, 3 * n) - np.maximum(upper - 4, n), 0, None)
+    return overlap / (2 * n)
+
+
+def iqm_over_all(scores: np.ndarray) -> float:
+    """IQM of all runs of all tasks pooled (rliable's aggregate IQM); NaN marks a missing run.
+
+        IQM_all = iqm({x_rt : x_rt not NaN})
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return iqm(scores[~np.isnan(scores)])
+
+
+def stratified_bootstrap_ci(
+    scores: np.ndarray,
+    statistic: Callable[[np.ndarray], float] = iqm_over_all,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Point estimate and stratified-bootstrap percentile interval, as (point, low, high).
+
+    ``scores`` is runs x tasks. Each replicate S*_b draws, independently for every task j,
+    n_j runs with replacement from that task's n_j runs (rliable's stratified bootstrap), and
+
+        point = statistic(scores),   [low, high] = quantiles (1 ∓ confidence)/2 of
+                                                   {statistic(S*_b)}_{b=1..reps}
+
+    NaN marks a missing run, so tasks may have different numbers of seeds; resampled matrices
+    keep the NaN padding, which ``statistic`` must ignore (``iqm_over_all`` does, and is
+    computed for all replicates at once). A 1-D array is one task.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[:, None]
+    if s.ndim != 2 or s.size == 0:
+        raise ValueError(f"scores must be a non-empty runs x tasks array; got shape {s.shape}.")
+    if np.any(np.isinf(s)):
+        raise ValueError("scores contain inf; use NaN only to mark a missing run.")
+    if reps < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need reps >= 1 and 0 < confidence < 1; got {reps}, {confidence}.")
+    present = ~np.isnan(s)
+    counts = present.sum(axis=0)
+    if np.any(counts == 0):
+        raise ValueError(f"task columns {np.flatnonzero(counts == 0).tolist()} have no runs; "
+                         "drop them before bootstrapping.")
+    # Move each task's runs to the top of its column, so index < n_j picks a real run.
+    compact = np.take_along_axis(s, np.argsort(~present, axis=0, kind="stable"), axis=0)
+    n_rows, n_tasks = s.shape
+    rng = np.random.default_rng(seed)
+    rows = (rng.random((reps, n_rows, n_tasks)) * counts).astype(np.intp)
+    boot = compact[rows, np.arange(n_tasks)]
+    padding = np.arange(n_rows)[:, None] >= counts
+    if statistic is iqm_over_all:
+        stats = np.sort(boot[:, ~padding], axis=1) @ _iqm_weights(int(counts.sum()))
+    else:
+        boot[:, padding] = np.nan
+        stats = np.array([statistic(b) for b in boot])
+    low, high = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(statistic(s)), float(low), float(high)
