@@ -1,0 +1,368 @@
+"""Tests of expert-data collection (Minari format) and the fast frame loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import masklam_bench  # noqa: F401  (registers the ids)
+from masklam_bench import collect as collect_module
+from masklam_bench.collect import add_cli, collect
+from masklam_bench.dataset import (
+    DatasetError,
+    dataset_metadata,
+    file_sha256,
+    labelled_subset,
+    load_frames,
+    minari_location,
+    validate_dataset,
+)
+from masklam_bench.experts import available_experts, weights_path
+
+ENV = "DistractingCheetah-v0"
+CLEAN_ENV = "CleanCheetah-v0"
+EPISODES = 3
+TEST_EPISODES = 1
+STEPS = 24
+NOISE = 0.3
+SEED = 5
+FAKE_EVAL_RETURN = 123.0
+
+
+@pytest.fixture(scope="module")
+def fake_expert(tmp_path_factory) -> str:
+    """A tiny random cheetah actor in the shipped weights format (no trained expert needed)."""
+    gen = torch.Generator().manual_seed(0)
+    actor = {"w0": torch.randn(17, 16, generator=gen), "b0": torch.zeros(16),
+             "w1": torch.randn(16, 12, generator=gen), "b1": torch.zeros(12)}
+    payload = {"task": "cheetah-run", "obs_dim": 17, "act_dim": 6, "hidden": [16],
+               "actor": actor, "eval_return_mean": FAKE_EVAL_RETURN}
+    path = tmp_path_factory.mktemp("expert") / "cheetah-run.pt"
+    torch.save(payload, path)
+    return str(path)
+
+
+def _collect(root, fake_expert, workers, **overrides):
+    kwargs = {"episodes": EPISODES, "episode_steps": STEPS, "action_noise": NOISE, "seed": SEED,
+              "workers": workers, "progress": False, "test_episodes": TEST_EPISODES,
+              "expert_path": fake_expert}
+    return collect(ENV, root, **{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, fake_expert):
+    """A small expert dataset collected by two spawned worker processes."""
+    return _collect(tmp_path_factory.mktemp("root"), fake_expert, workers=2)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, fake_expert):
+    """The same collection in one process, interrupted after its first episode, then resumed.
+
+    Returns the dataset, the error message seen while interrupted, and the episodes rolled out
+    by the resumed run.
+    """
+    root = tmp_path_factory.mktemp("resumed")
+    real_run = collect_module._Rollouts.run
+    calls = []
+
+    def run_then_fail(self, index, episodes_dir, report):
+        if calls:
+            raise RuntimeError("simulated interruption")
+        calls.append(index)
+        return real_run(self, index, episodes_dir, report)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(collect_module._Rollouts, "run", run_then_fail)
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            _collect(root, fake_expert, workers=1)
+    final = root / "masklam" / ENV / "expert-v0"
+    with pytest.raises(DatasetError) as interrupted:
+        validate_dataset(final)
+
+    rerun = []
+
+    def run_and_count(self, index, episodes_dir, report):
+        rerun.append(index)
+        return real_run(self, index, episodes_dir, report)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(collect_module._Rollouts, "run", run_and_count)
+        path = _collect(root, fake_expert, workers=1)
+    return path, str(interrupted.value), rerun
+
+
+def _arrays(data):
+    return {k: v for k, v in vars(data).items() if isinstance(v, np.ndarray)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Format
+# ----------------------------------------------------------------------------------------------
+def test_layout_and_metadata(dataset):
+    assert dataset.parts[-3:] == ("masklam", ENV, "expert-v0")
+    assert sorted(p.name for p in dataset.iterdir()) == ["data"]
+    assert sorted(p.name for p in (dataset / "data").iterdir()) == ["main_data.hdf5",
+                                                                    "metadata.json"]
+    assert not list(dataset.parent.glob(".*partial"))
+    meta = dataset_metadata(dataset)
+    assert meta["env_id"] == ENV and meta["task"] == "cheetah-run"
+    assert meta["action_dim"] == 6 and meta["state_dim"] == 17 and meta["image_size"] == 64
+    assert meta["total_episodes"] == EPISODES and meta["total_steps"] == EPISODES * STEPS
+    assert meta["test_episodes"] == TEST_EPISODES and meta["seed"] == SEED
+    assert meta["expert"]["action_noise"] == NOISE
+    assert meta["expert"]["meta"]["eval_return_mean"] == FAKE_EVAL_RETURN
+    # Short episodes: the expert reference is its noise-free evaluation, not these returns.
+    assert meta["ref_max_score"] == FAKE_EVAL_RETURN
+    assert isinstance(meta["ref_min_score"], float)
+    assert json.loads(meta["env_spec"])["max_episode_steps"] == STEPS
+    assert set(meta["package_versions"]) >= {"masklam-bench", "mujoco", "dm_control",
+                                              "gymnasium", "numpy", "torch"}
+    assert meta["files"]["main_data.hdf5"]["sha256"] == file_sha256(
+        dataset / "data" / "main_data.hdf5")
+    validate_dataset(dataset)
+
+
+def test_minari_load_dataset_round_trip(dataset, monkeypatch):
+    import minari
+
+    root, ident = minari_location(dataset)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    assert ident in minari.list_local_datasets()
+    mdata = minari.load_dataset(ident)
+    assert mdata.total_episodes == EPISODES and mdata.total_steps == EPISODES * STEPS
+    assert mdata.env_spec.id == ENV
+    frames = load_frames(dataset, split="all")
+    assert frames.num_episodes == EPISODES
+    start = 0
+    for episode in mdata.iterate_episodes():
+        obs = episode.observations
+        assert mdata.observation_space.contains({k: v[0] for k, v in obs.items()})
+        stop = start + STEPS + 1
+        assert len(episode) == STEPS and len(obs["pixels"]) == STEPS + 1
+        np.testing.assert_array_equal(obs["pixels"], frames.frames[start:stop])
+        np.testing.assert_array_equal(obs["clean_pixels"], frames.clean_frames[start:stop])
+        np.testing.assert_array_equal(obs["state"], frames.states[start:stop])
+        np.testing.assert_array_equal(obs["agent_mask"].astype(bool),
+                                      frames.unpack_masks(np.arange(start, stop)))
+        np.testing.assert_array_equal(episode.actions, frames.actions[start:stop - 1])
+        np.testing.assert_array_equal(episode.rewards.astype(np.float32),
+                                      frames.rewards[start:stop - 1])
+        assert episode.truncations[-1] and not episode.truncations[:-1].any()
+        assert not episode.terminations.any()
+        assert set(episode.infos) >= {"distractor_offset", "distractor_projected_action"}
+        start = stop
+
+
+def test_load_frames_contract(dataset):
+    data = load_frames(dataset)
+    n = (EPISODES - TEST_EPISODES) * (STEPS + 1)
+    assert data.split == "train" and data.num_episodes == EPISODES - TEST_EPISODES
+    assert data.frames.shape == (n, 64, 64, 3) and data.frames.dtype == np.uint8
+    assert data.clean_frames.shape == data.frames.shape
+    assert data.masks.shape == (n, 64, 8) and data.masks.dtype == np.uint8
+    assert data.actions.shape == (n, 6) and data.actions.dtype == np.float32
+    assert data.states.shape == (n, 17) and data.rewards.shape == (n,)
+    assert (data.image_size, data.action_dim) == (64, 6)
+    last = np.flatnonzero(data.episode_end == np.arange(n))
+    np.testing.assert_array_equal(last, [STEPS, 2 * STEPS + 1])
+    assert not data.actions[last].any() and not data.rewards[last].any()
+    assert np.abs(data.actions[data.transitions]).sum(axis=1).min() > 0
+    # Transitions never cross an episode boundary, and every other frame is one.
+    t = data.transitions
+    assert len(t) == n - data.num_episodes
+    assert (data.episode_start[t + 1] == data.episode_start[t]).all()
+    assert not np.isin(last, t).any()
+    test = load_frames(dataset, split="test", clean=False)
+    assert test.clean_frames is None and test.num_episodes == TEST_EPISODES
+    every = load_frames(dataset, split="all")
+    np.testing.assert_array_equal(test.frames, every.frames[n:])
+    np.testing.assert_array_equal(test.episode_start, every.episode_start[n:] - n)
+    assert load_frames(dataset, split="test", test_episodes=2).num_episodes == 2
+
+
+def test_episodes_differ(dataset):
+    data = load_frames(dataset, split="all")
+    first = data.frames[: STEPS + 1]
+    second = data.frames[STEPS + 1: 2 * (STEPS + 1)]
+    assert not np.array_equal(first, second)
+    assert not np.array_equal(data.actions[:STEPS], data.actions[STEPS + 1: 2 * STEPS + 1])
+
+
+def test_labelled_subset_is_first_train_transitions(dataset):
+    data = load_frames(dataset)
+    n = STEPS + 6  # crosses into the second episode
+    expected = np.concatenate([np.arange(STEPS), STEPS + 1 + np.arange(6)])
+    np.testing.assert_array_equal(labelled_subset(data, n), expected)
+    with pytest.raises(ValueError, match="train split has"):
+        labelled_subset(data, data.num_transitions + 1)
+    with pytest.raises(ValueError, match="train split"):
+        labelled_subset(load_frames(dataset, split="test"), 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fidelity: the stored masks and clean frames are the environments' own
+# ----------------------------------------------------------------------------------------------
+def _replay(env_name, seed, actions):
+    env = gym.make(env_name, max_episode_steps=STEPS)
+    obs, info = env.reset(seed=seed)
+    frames, masks = [obs], [info["agent_mask"]]
+    for action in actions:
+        obs, _, _, _, info = env.step(action)
+        frames.append(obs)
+        masks.append(info["agent_mask"])
+    env.close()
+    return np.stack(frames), np.stack(masks)
+
+
+def test_masks_and_frames_match_replay(dataset):
+    import h5py
+
+    data = load_frames(dataset, split="all")
+    with h5py.File(dataset / "data" / "main_data.hdf5", "r") as f:
+        seed = int(f["episode_1"].attrs["seed"])
+    episode = np.arange(STEPS + 1, 2 * (STEPS + 1))
+    frames, masks = _replay(ENV, seed, data.actions[episode[:-1]])
+    np.testing.assert_array_equal(data.unpack_masks(episode), masks)
+    np.testing.assert_array_equal(data.frames[episode], frames)
+    assert masks.any(axis=(1, 2)).all()
+
+
+def test_clean_frames_match_clean_env(dataset):
+    import h5py
+
+    data = load_frames(dataset, split="all")
+    with h5py.File(dataset / "data" / "main_data.hdf5", "r") as f:
+        seed = int(f["episode_0"].attrs["seed"])
+    episode = np.arange(STEPS + 1)
+    clean, _ = _replay(CLEAN_ENV, seed, data.actions[episode[:-1]])
+    np.testing.assert_array_equal(data.clean_frames[episode], clean)
+    assert not np.array_equal(data.frames[episode], clean)
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism, resumption and reuse
+# ----------------------------------------------------------------------------------------------
+def test_interrupted_collection_is_reported_and_resumes(resumed):
+    _, message, rerun = resumed
+    assert "incomplete" in message and "resume" in message
+    assert rerun == [1, 2]  # episode 0 was kept from the interrupted run
+
+
+def test_same_seed_gives_identical_dataset(dataset, resumed):
+    """Two workers vs one, uninterrupted vs interrupted and resumed: the same arrays."""
+    path, _, _ = resumed
+    a, b = load_frames(dataset, split="all"), load_frames(path, split="all")
+    for name, array in _arrays(a).items():
+        np.testing.assert_array_equal(array, _arrays(b)[name], err_msg=name)
+    meta_a, meta_b = dataset_metadata(dataset), dataset_metadata(path)
+    for key in ("collected_return_mean", "ref_min_score", "total_steps", "observation_space"):
+        assert meta_a[key] == meta_b[key]
+
+
+def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("collected again")
+
+    monkeypatch.setattr(collect_module, "_run_episodes", fail)
+    assert _collect(dataset.parents[2], fake_expert, workers=2) == dataset
+    with pytest.raises(ValueError, match="other settings.*action_noise"):
+        _collect(dataset.parents[2], fake_expert, workers=2, action_noise=0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damage is detected
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def copy(dataset, tmp_path):
+    target = tmp_path / "masklam" / ENV / "expert-v0"
+    shutil.copytree(dataset, target)
+    return target
+
+
+def test_truncated_hdf5_is_detected(copy):
+    main = copy / "data" / "main_data.hdf5"
+    size = main.stat().st_size
+    with open(main, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(DatasetError, match="truncated"):
+        validate_dataset(copy)
+    with pytest.raises(DatasetError, match="truncated"):
+        load_frames(copy)
+
+
+def test_corrupted_hdf5_is_detected(copy):
+    main = copy / "data" / "main_data.hdf5"
+    with open(main, "r+b") as f:
+        f.seek(main.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    validate_dataset(copy, checksum=False)  # same size: only the checksum can tell
+    with pytest.raises(DatasetError, match="corrupted"):
+        validate_dataset(copy)
+
+
+def test_missing_and_incomplete_datasets_are_detected(copy, tmp_path):
+    with pytest.raises(DatasetError, match="No dataset at .*masklam-bench collect"):
+        load_frames(tmp_path / "nowhere")
+    meta_path = copy / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 0}))
+    with pytest.raises(DatasetError, match="format version 0"):
+        validate_dataset(copy)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items()
+                                     if k != "collection_complete"}))
+    with pytest.raises(DatasetError, match="incomplete"):
+        validate_dataset(copy)
+    meta_path.unlink()
+    with pytest.raises(DatasetError, match="incomplete or damaged"):
+        load_frames(copy)
+    shutil.rmtree(copy)
+    with pytest.raises(DatasetError, match="No dataset"):
+        validate_dataset(copy)
+
+
+def test_bad_arguments_are_refused(tmp_path, fake_expert):
+    with pytest.raises(ValueError, match="Unknown environment"):
+        collect("DistractingCheeta-v0", tmp_path, episodes=2)
+    with pytest.raises(ValueError, match="episode_steps"):
+        collect(ENV, tmp_path, episodes=2, episode_steps=1001, policy="random")
+    with pytest.raises(ValueError, match="policy"):
+        collect(ENV, tmp_path, episodes=2, policy="greedy")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line, random policy, shipped expert
+# ----------------------------------------------------------------------------------------------
+def test_cli_collects_random_policy(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["collect", "--env", "CleanCheetah-v0", "--out", str(tmp_path),
+                              "--preset", "smoke", "--episodes", "2", "--episode-steps", "10",
+                              "--policy", "random", "--workers", "1"])
+    args.func(args)
+    assert "minari.load_dataset('masklam/CleanCheetah-v0/random-v0')" in capsys.readouterr().out
+    data = load_frames(tmp_path)  # a root holding one dataset
+    meta = dataset_metadata(tmp_path)
+    assert meta["preset"] == "smoke" and meta["expert"] is None and meta["ref_max_score"] is None
+    assert data.clean_frames is None  # a clean id has no separate clean frames
+    assert meta["test_episodes"] == 1  # at least one held-out episode by default
+    assert data.num_frames == 11
+    assert np.abs(data.actions).max() <= 1.0
+
+
+@pytest.mark.skipif("cheetah-run" not in available_experts(),
+                    reason="no shipped cheetah-run expert yet")
+def test_shipped_expert_collection(tmp_path):
+    path = collect(ENV, tmp_path, episodes=1, episode_steps=8, workers=1, progress=False)
+    meta = dataset_metadata(path)
+    assert meta["expert"]["weights"] == "shipped"
+    assert meta["expert"]["weights_sha256"] == file_sha256(weights_path("cheetah-run"))
+    assert load_frames(path, split="all").num_frames == 9
