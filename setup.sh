@@ -18,5 +18,10 @@ if ((${#missing[@]})); then
 fi
 
 # torch is pinned exactly (pyproject.toml): a range would pull several GB of CUDA wheels.
+# setuptools >= 70.1 builds wheels by itself (needed for the no-isolation build below).
+python3 -m pip install -q "setuptools==84.2.1"
 python3 -m pip install -q -e ".[dev]"
+# SAM 2 is a source package whose build wants torch: build it against the pinned torch above
+# (no build isolation) and without its optional CUDA extension.
+SAM2_BUILD_CUDA=0 python3 -m pip install -q --no-build-isolation -e ".[dev,sam2]"
 echo "masklam-bench is installed; rendering uses MUJOCO_GL=egl."

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 class UserError(Exception):
@@ -78,6 +80,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
         get_method(args.method)
     except (ValueError, ImportError) as err:
         raise UserError(str(err)) from None
+    from masklam_bench.mask_sources import parse_mask_source
+
+    parse_mask_source(args.mask_source)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
@@ -89,7 +94,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         config = RunConfig(method=args.method, task=task, latent_dim=dim, seed=seed,
                            preset=preset, device=device, data_root=args.data_root,
                            runs_root=args.runs_root, results_dir=args.out,
-                           threads=args.threads, compile=args.compile)
+                           threads=args.threads, compile=args.compile,
+                           mask_source=args.mask_source)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
         result = run(config)
         m = result["metrics"]
@@ -97,6 +103,31 @@ def _cmd_run(args: argparse.Namespace) -> None:
               f"{_fmt(m.get('probe_nmse_untrained'))}), normalised return ID "
               f"{_fmt(m.get('normalized_return_id'))} OOD {_fmt(m.get('normalized_return_ood'))}"
               f", {result['timings']['total_s']:.0f} s -> {args.out}/{config.run_name}.json")
+
+
+def _cmd_train_expert(args: argparse.Namespace) -> None:
+    """Train (or resume) a state-based SAC expert and export it into the package."""
+    from masklam_bench.envs import get_task
+    from masklam_bench.experts import train_expert
+
+    task = get_task(args.task).name
+    summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
+                           resume=not args.restart, export_weights=not args.no_export,
+                           num_threads=args.threads)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _cmd_eval_expert(args: argparse.Namespace) -> None:
+    """Measure the shipped expert's and a random policy's return (mean and std over episodes)."""
+    from masklam_bench.envs import get_task
+    from masklam_bench.experts import evaluate_expert, random_policy_return
+
+    for name in args.task.split(","):
+        task = get_task(name).name
+        res = evaluate_expert(task, episodes=args.episodes, seed=args.seed)
+        rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
+        print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
+              f"episodes (seed {args.seed}); random policy {rnd:.1f}")
 
 
 def _fmt(value: float | None) -> str:
@@ -141,15 +172,38 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (runs resume from it)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
+    p.add_argument("--mask-source", default="exact",
+                   help="masks to train with: exact, sam2, dilate-R, erode-R, flip-P, drop-P "
+                        "(default: exact); non-exact sources get their own leaderboard rows")
     p.set_defaults(func=_cmd_run)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("train-expert", help="train (or resume) a state-based SAC expert")
+    p.add_argument("--task", required=True, help="cheetah-run, walker-run, hopper-hop, ...")
+    p.add_argument("--steps", type=int, default=1_000_000, help="environment steps in total")
+    p.add_argument("--out", default=None, help="checkpoint folder (default runs/experts/TASK)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--no-export", action="store_true", help="do not write the package weights")
+    p.set_defaults(func=_cmd_train_expert)
+
+    p = sub.add_parser("eval-expert", help="measure shipped experts' returns next to random's")
+    p.add_argument("--task", required=True, help="task, or a comma-separated list")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_eval_expert)
+
+    for module in _EXTRA_COMMANDS:
+        importlib.import_module(module).add_cli(sub)
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-"""Sub-command registrars of other harness modules (each adds its parsers)."""
+_EXTRA_COMMANDS = (
+    "masklam_bench.collect",
+    "masklam_bench.leaderboard",
+    "masklam_bench.sam_masks",
+)
+"""Harness modules that add their own sub-commands through ``add_cli(subparsers)``."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

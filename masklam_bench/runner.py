@@ -26,6 +26,7 @@ from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.policy import ActionDecoder, LatentPolicy
 from masklam_bench.dataset import dataset_metadata, labelled_subset, load_frames
 from masklam_bench.envs import env_id, get_task
+from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import Preset, get_preset
 from masklam_bench.sampling import TransitionSampler
 
@@ -70,7 +71,8 @@ class RunConfig:
     compile: bool = False
     """``torch.compile`` the method's networks (CUDA only)."""
     mask_source: str = "exact"
-    """Agent masks the method trains with: ``exact`` (simulator masks)."""
+    """Agent masks the method trains with: ``exact`` (simulator), ``sam2`` (stored SAM 2 masks), or a
+    corruption of the exact masks: ``dilate-R``, ``erode-R``, ``flip-P``, ``drop-P``."""
     data_seed: int = 0
     """Seed of dataset collection (shared by all methods so their data are identical)."""
 
@@ -78,7 +80,8 @@ class RunConfig:
     def run_name(self) -> str:
         """Self-describing name: ``{task}__{method}__d{dim}__s{seed}__{preset}``."""
         method = self.method.replace(":", "-").replace("/", "-")
-        mask = "" if self.mask_source == "exact" else f"[{self.mask_source}]"
+        label = parse_mask_source(self.mask_source).label
+        mask = "" if label == "exact" else f"[{label}]"
         return f"{self.task}__{method}{mask}__d{self.latent_dim}__s{self.seed}__{self.preset}"
 
 
@@ -145,28 +148,23 @@ def dataset_path(config: RunConfig) -> Path:
 
 
 def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> Path:
-    """Return the run's dataset folder, collecting it first if it is missing or incomplete."""
+    """Return the run's dataset folder, collecting it (or resuming an interrupted collection)."""
     from masklam_bench.collect import collect
     from masklam_bench.dataset import validate_dataset
 
     path = dataset_path(config)
     try:
-        validate_dataset(path)
+        validate_dataset(path, checksum=False)
         return path
-    except ValueError as err:
-        if path.exists() and "interrupted" not in str(err).lower() \
-                and "incomplete" not in str(err).lower():
-            raise
+    except ValueError:
+        pass  # missing or interrupted: collect resumes it; anything else, collect says why
     data = preset.data
-    if progress:
-        print(f"collecting the {preset.name} dataset for {config.task} into {path} ...")
-    collect(
-        env_id(config.task, "id"), path,
-        episodes=data.train_episodes + data.test_episodes,
+    return collect(
+        env_id(config.task, "id"), dataset_path(config),
+        episodes=data.train_episodes + data.test_episodes, test_episodes=data.test_episodes,
         episode_steps=data.episode_steps, action_noise=data.action_noise,
-        seed=config.data_seed, progress=progress,
+        seed=config.data_seed, preset=preset.name, progress=progress,
     )
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,10 +310,15 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     method = _build_method(config, preset, train.image_size, train.action_dim, config.seed)
     lam_cfg = method.config
+    mask_label = parse_mask_source(config.mask_source).label
+    masks = {split: None if mask_label == "exact"
+             else resolve_masks(mask_label, data, data_dir, config.seed)
+             for split, data in (("train", train), ("test", test))}
     train_s = TransitionSampler(train, lam_cfg.context_frames, lam_cfg.max_future,
-                                use_clean=cls.uses_clean_data, device=device)
+                                use_clean=cls.uses_clean_data, device=device,
+                                masks=masks["train"])
     test_s = TransitionSampler(test, lam_cfg.context_frames, 1, use_clean=cls.uses_clean_data,
-                               device=device)
+                               device=device, masks=masks["test"])
 
     # Stage 1: LAM pretraining.
     lam_log = train_lam(method, train_s, preset.train.lam_steps, preset.train.lam_batch, run_dir,
@@ -417,8 +420,9 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "env_id": env_id(task.name, "none" if cls.uses_clean_data else "id"),
         "ood_env_id": env_id(task.name, "none" if cls.uses_clean_data else "ood"),
         "method": config.method,
-        "method_label": config.method if config.mask_source == "exact"
-        else f"{config.method}[{config.mask_source}]",
+        "method_label": config.method if mask_label == "exact"
+        else f"{config.method}[{mask_label}]",
+        "mask_source": mask_label,
         "latent_dim": method.latent_dim if cls.latent_is_action else config.latent_dim,
         "seed": config.seed,
         "preset": config.preset,
@@ -465,5 +469,5 @@ def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: n
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses

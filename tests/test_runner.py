@@ -1,0 +1,138 @@
+"""The whole pipeline at the smoke preset: result files, resume after a kill, plug-ins, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from masklam_bench import cli, runner
+from masklam_bench.baselines.lapo import LAPO
+from masklam_bench.collect import collect
+from masklam_bench.envs import env_id
+from masklam_bench.presets import get_preset
+
+
+class MyLAM(LAPO):
+    """A plug-in method defined outside the package, found through ``module:Class``."""
+
+    name = "my-lam"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A smoke dataset for cheetah, collected once for the module."""
+    root = tmp_path_factory.mktemp("data")
+    data = get_preset("smoke").data
+    from masklam_bench.experts import available_experts
+
+    policy = "expert" if "cheetah-run" in available_experts() else "random"
+    collect(env_id("cheetah-run", "id"), root / "smoke" / "cheetah-run",
+            episodes=data.train_episodes + data.test_episodes, test_episodes=data.test_episodes,
+            episode_steps=data.episode_steps, action_noise=data.action_noise, seed=0,
+            workers=1, policy=policy, preset="smoke", progress=False)
+    return root
+
+
+def _config(tmp_path, data_root, method="masklam", **kwargs):
+    return runner.RunConfig(method=method, task="cheetah-run", latent_dim=8, seed=0,
+                            preset="smoke", device="cpu", data_root=str(data_root),
+                            runs_root=str(tmp_path / "runs"),
+                            results_dir=str(tmp_path / "results"), threads=1, **kwargs)
+
+
+def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
+    from masklam_bench.leaderboard import load_results, write_leaderboard
+
+    for method in ("masklam", "lapo", "oracle", "bc-labels", "masklam-full"):
+        result = runner.run(_config(tmp_path, data_root, method), progress=False)
+        metrics = result["metrics"]
+        assert metrics["probe_nmse"] >= 0
+        assert len(metrics["return_id_episodes"]) == get_preset("smoke").train.eval_episodes
+        path = tmp_path / "results" / f"{result['run_name']}.json"
+        saved = json.loads(path.read_text())
+        assert saved["config"]["run"]["method"] == method
+        assert saved["versions"]["torch"] == torch.__version__.split("+")[0] or saved["versions"]
+    assert result["latent_dim"] == 8  # the last run, masklam-full, at the asked dim
+    results, problems = load_results(tmp_path / "results")
+    assert len(results) == 5 and not problems
+    written = write_leaderboard(tmp_path / "results", tmp_path / "board")
+    readme = (tmp_path / "board" / "README.md").read_text()
+    assert "masklam" in readme and "lapo" in readme
+    assert written
+
+
+def test_resume_after_kill_never_redoes_a_finished_stage(tmp_path, data_root, monkeypatch):
+    config = _config(tmp_path, data_root, "lapo")
+    calls = {"train": 0}
+    original = LAPO.train_step
+
+    def counting(self, batch):
+        calls["train"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(LAPO, "train_step", counting)
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 1)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # Killed during stage 2: stage 1 is finished and saved.
+    monkeypatch.setattr(runner, "probe", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, progress=False)
+    lam_steps = get_preset("smoke").train.lam_steps
+    assert calls["train"] == lam_steps
+    assert not (tmp_path / "results" / f"{config.run_name}.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(LAPO, "train_step", counting)
+    result = runner.run(config, progress=False)
+    assert calls["train"] == lam_steps  # stage 1 was not redone
+    assert (tmp_path / "results" / f"{config.run_name}.json").exists()
+    assert result["metrics"]["probe_nmse"] is not None
+
+
+def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_root,
+                                                                  monkeypatch):
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 1)
+    full = runner.run(_config(tmp_path / "a", data_root, "lapo"), progress=False)
+    original = LAPO.train_step
+    state = {"n": 0}
+
+    def dies_at_step_two(self, batch):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(LAPO, "train_step", dies_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_config(tmp_path / "b", data_root, "lapo"), progress=False)
+    monkeypatch.setattr(LAPO, "train_step", original)
+    resumed = runner.run(_config(tmp_path / "b", data_root, "lapo"), progress=False)
+    assert resumed["metrics"]["probe_nmse"] == pytest.approx(full["metrics"]["probe_nmse"],
+                                                             rel=1e-5)
+
+
+def test_plugin_method_runs_through_module_class(tmp_path, data_root):
+    result = runner.run(_config(tmp_path, data_root, f"{__name__}:MyLAM"), progress=False)
+    assert result["method"] == f"{__name__}:MyLAM"
+    assert (tmp_path / "results").glob("*MyLAM*")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--method", "lapp"], "lapo"),
+        (["run", "--method", "masklam", "--dims", "64,,x"], "--dims must be"),
+        (["run", "--method", "masklam", "--dims", "0"], "--dims must be"),
+        (["run", "--method", "masklam", "--envs", "cheetah,ant"], "Unknown task 'ant'"),
+        (["run", "--method", "masklam", "--seeds", "a"], "--seeds must be"),
+    ],
+)
+def test_bad_run_arguments_are_clear_errors(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
