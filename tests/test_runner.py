@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,13 @@ def test_plugin_method_runs_through_module_class(tmp_path, data_root):
     result = runner.run(_config(tmp_path, data_root, f"{__name__}:MyLAM"), progress=False)
     assert result["method"] == f"{__name__}:MyLAM"
     assert (tmp_path / "results").glob("*MyLAM*")
+
+
+def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    result = runner.run(_config(tmp_path, data_root, "soft_masklam:SoftMaskLAM"), progress=False)
+    assert result["metrics"]["probe_nmse"] >= 0
 
 
 @pytest.mark.parametrize(
