@@ -1,0 +1,12 @@
+"""Latent action methods (LAPO, MaskLAM and its variants, reference rows) behind one interface.
+
+Look a method up by name with :func:`get_method` (``lapo``, ``masklam``, ``masklam-full``,
+``oracle``, ``bc-labels``) or pass ``module.path:ClassName`` for a method of your own.
+"""
+
+# Importing the method modules registers them.
+from masklam_bench.baselines import bc_labels, lapo, masklam, masklam_full, oracle  # noqa: F401
+from masklam_bench.baselines.base import LamConfig, LatentActionMethod
+from masklam_bench.baselines.registry import available_methods, get_method, register
+
+__all__ = ["LamConfig", "LatentActionMethod", "available_methods", "get_method", "register"]
