@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                            preset=preset, device=device, data_root=args.data_root,
                            runs_root=args.runs_root, results_dir=args.out,
                            threads=args.threads, compile=args.compile,
-                           mask_source=args.mask_source)
+                           mask_source=args.mask_source, bf16=not args.no_bf16)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
         result = run(config)
         m = result["metrics"]
@@ -103,6 +103,27 @@ def _cmd_run(args: argparse.Namespace) -> None:
               f"{_fmt(m.get('probe_nmse_untrained'))}), normalised return ID "
               f"{_fmt(m.get('normalized_return_id'))} OOD {_fmt(m.get('normalized_return_ood'))}"
               f", {result['timings']['total_s']:.0f} s -> {args.out}/{config.run_name}.json")
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    """Print LAM training samples/s of our loop next to a bare PyTorch loop on the same networks."""
+    from masklam_bench.baselines.base import LamConfig
+    from masklam_bench.baselines.bench import train_throughput
+
+    dims = parse_int_list(args.dims, "--dims", minimum=1)
+    threads = parse_int_list(args.threads, "--threads", minimum=1)
+    print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
+          "\n|---|---|---:|---|---:|---:|---:|")
+    for name in args.methods.split(","):
+        for dim in dims:
+            for n in threads:
+                config = LamConfig(latent_dim=dim, encoder=args.encoder, bf16=not args.no_bf16)
+                res = train_throughput(name, config, 64, batch=args.batch, steps=args.steps,
+                                       device=args.device, threads=n)
+                bare = res["bare_samples_per_s"]
+                print(f"| {name} | {args.encoder} | {dim} | {not args.no_bf16} | {n} | "
+                      f"{res['method_samples_per_s']:.0f} | "
+                      f"{'n/a' if bare is None else f'{bare:.0f}'} |")
 
 
 def _cmd_train_expert(args: argparse.Namespace) -> None:
@@ -172,10 +193,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (runs resume from it)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
+    p.add_argument("--no-bf16", action="store_true", help="train the LAM in float32")
     p.add_argument("--mask-source", default="exact",
                    help="masks to train with: exact, sam2, dilate-R, erode-R, flip-P, drop-P "
                         "(default: exact); non-exact sources get their own leaderboard rows")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench-train",
+                       help="LAM training samples/s: our loop vs a bare PyTorch loop")
+    p.add_argument("--methods", default="lapo,masklam", help="comma-separated method names")
+    p.add_argument("--dims", default="64,8192", help="latent sizes (default: 64,8192)")
+    p.add_argument("--threads", default="1", help="torch thread counts (default: 1)")
+    p.add_argument("--encoder", default="light", choices=["light", "impala"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per block")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    p.set_defaults(func=_cmd_bench_train)
 
     p = sub.add_parser("train-expert", help="train (or resume) a state-based SAC expert")
     p.add_argument("--task", required=True, help="cheetah-run, walker-run, hopper-hop, ...")

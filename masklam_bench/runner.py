@@ -73,6 +73,8 @@ class RunConfig:
     mask_source: str = "exact"
     """Agent masks the method trains with: ``exact`` (simulator), ``sam2`` (stored SAM 2 masks), or a
     corruption of the exact masks: ``dilate-R``, ``erode-R``, ``flip-P``, ``drop-P``."""
+    bf16: bool = True
+    """bf16 autocast for the LAM (CPU too: about 2x faster on CPUs with bf16 instructions)."""
     data_seed: int = 0
     """Seed of dataset collection (shared by all methods so their data are identical)."""
 
@@ -181,7 +183,7 @@ def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim
     cls = get_method(config.method)
     lam = LamConfig(latent_dim=config.latent_dim, encoder=preset.train.encoder,
                     total_steps=preset.train.lam_steps,
-                    bf16=config.device.startswith("cuda"))
+                    bf16=config.bf16)
     overrides = cls.config_overrides() if hasattr(cls, "config_overrides") else {}
     lam = dataclasses.replace(lam, **overrides)
     torch.manual_seed(seed)
