@@ -327,6 +327,34 @@ def load_frames(path: str | Path, split: str = "train", test_episodes: int | Non
                      episode_ids=ids)
 
 
+def load_background_motion(path: str | Path, split: str = "train",
+                           test_episodes: int | None = None) -> np.ndarray | None:
+    """Exogenous background motion ``(N, 2)`` of the transition starting at each frame of a split.
+
+    Row i is the window shift between o_i and o_{i+1} minus its action-coupled part,
+    ``motion - coupling * W a_i`` (zeros on each episode's last frame), aligned with
+    ``load_frames(path, split).frames``. None when the dataset has no distractors.
+    """
+    folder = _resolve(path)
+    meta = _read_metadata(folder)
+    if test_episodes is None:
+        test_episodes = int(meta["test_episodes"])
+    ids = split_episodes(int(meta["total_episodes"]), test_episodes, split)
+    spec = meta.get("env_spec") or {}
+    spec = json.loads(spec) if isinstance(spec, str) else spec  # Minari stores it as JSON text
+    coupling = float((spec.get("kwargs") or {}).get("coupling", 1.0))
+    rows = []
+    with h5py.File(folder / DATA_DIR / MAIN_FILE, "r") as f:
+        for i in ids:
+            infos = f[f"episode_{i}"].get("infos")
+            if infos is None or "distractor_motion" not in infos:
+                return None
+            # The info of frame j+1 holds the shift that happened on the step from j to j+1.
+            shift = infos["distractor_motion"][()] - coupling * infos["distractor_projected_action"][()]
+            rows.append(np.concatenate([shift[1:], np.zeros((1, 2))]).astype(np.float32))
+    return np.concatenate(rows)
+
+
 def labelled_subset(data: FrameData, n: int) -> np.ndarray:
     """Indices of the first ``n`` transitions of the train split (MaskLAM code takes the first N)."""
     if data.split != "train":
@@ -343,6 +371,7 @@ __all__ = [
     "dataset_id",
     "dataset_metadata",
     "labelled_subset",
+    "load_background_motion",
     "load_frames",
     "minari_location",
     "split_episodes",

@@ -24,7 +24,12 @@ from masklam_bench import metrics
 from masklam_bench.baselines import get_method
 from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.policy import ActionDecoder, LatentPolicy
-from masklam_bench.dataset import dataset_metadata, labelled_subset, load_frames
+from masklam_bench.dataset import (
+    dataset_metadata,
+    labelled_subset,
+    load_background_motion,
+    load_frames,
+)
 from masklam_bench.envs import env_id, get_task
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import Preset, get_preset
@@ -243,12 +248,18 @@ def encode_all(method: LatentActionMethod, sampler: TransitionSampler,
 
 
 def probe(method: LatentActionMethod, train: TransitionSampler, test: TransitionSampler,
-          fit_index: np.ndarray) -> float:
-    """Stage 2: NMSE of a linear probe z -> a fitted on train and scored on held-out transitions."""
+          fit_index: np.ndarray,
+          targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Stage 2: NMSE of linear probes z -> target, fitted on train and scored on held-out data.
+
+    ``targets`` maps a name to per-frame arrays (train split, test split); the probe of each is
+    fitted on the ``fit_index`` transitions and scored on every test transition.
+    """
     z_fit = encode_all(method, train, fit_index)
     z_test = encode_all(method, test, test.data.transitions)
-    return metrics.linear_probe_nmse(z_fit, train.data.actions[fit_index], z_test,
-                                     test.data.actions[test.data.transitions])
+    return {name: metrics.linear_probe_nmse(z_fit, y_train[fit_index], z_test,
+                                            y_test[test.data.transitions])
+            for name, (y_train, y_test) in targets.items()}
 
 
 def _policy_act(policy: LatentPolicy, decoder: ActionDecoder, stacks: torch.Tensor) -> np.ndarray:
@@ -301,8 +312,15 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     run_dir = Path(config.runs_root) / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
-    timings: dict[str, float] = {}
-    t_total = time.perf_counter()
+    # Seconds each stage took when it was computed; a resumed run keeps the original figures.
+    timings_file = run_dir / "timings.json"
+    timings: dict[str, float] = (json.loads(timings_file.read_text())
+                                 if timings_file.exists() else {})
+
+    def record(key: str, start: float) -> None:
+        timings[key] = time.perf_counter() - start
+        atomic_write_json(timings_file, timings)
+
 
     data_dir = ensure_dataset(config, preset, progress)
     meta = dataset_metadata(data_dir)
@@ -326,26 +344,35 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     lam_log = train_lam(method, train_s, preset.train.lam_steps, preset.train.lam_batch, run_dir,
                         config.seed, progress)
     timings["lam_s"] = lam_log.get("seconds", time.perf_counter() - t0)
+    atomic_write_json(timings_file, timings)
 
-    # Stage 2: linear probe on the frozen IDM, and on an untrained one (the control).
+    # Stage 2: linear probes on the frozen IDM and on an untrained one (the control): z -> a_t,
+    # and z -> the background's exogenous motion (how much of the distractor the latent carries).
     t0 = time.perf_counter()
     probe_file = run_dir / "probe.json"
-    if probe_file.exists():
-        probe_res = json.loads(probe_file.read_text())
-    else:
+    probe_res = json.loads(probe_file.read_text()) if probe_file.exists() else {}
+    motion = {split: load_background_motion(data_dir, split) for split in ("train", "test")}
+    wanted = ["probe_nmse", "probe_nmse_untrained"]
+    if motion["train"] is not None:
+        wanted += ["distractor_nmse", "distractor_nmse_untrained"]
+    if any(key not in probe_res for key in wanted):
         fit_rng = np.random.default_rng([config.seed, 2])
         n_fit = min(preset.train.probe_fit_transitions, len(train.transitions))
         fit_index = np.sort(fit_rng.choice(train.transitions, size=n_fit, replace=False))
         untrained = _build_method(config, preset, train.image_size, train.action_dim,
                                   config.seed)
-        probe_res = {
-            "probe_nmse": probe(method, train_s, test_s, fit_index),
-            "probe_nmse_untrained": (None if cls.latent_is_action
-                                     else probe(untrained, train_s, test_s, fit_index)),
-        }
+        targets = {"probe_nmse": (train.actions, test.actions)}
+        if motion["train"] is not None:
+            targets["distractor_nmse"] = (motion["train"], motion["test"])
+        for suffix, model in (("", method), ("_untrained", untrained)):
+            if cls.latent_is_action and suffix:
+                probe_res.update({f"{name}{suffix}": None for name in targets})
+                continue
+            nmse = probe(model, train_s, test_s, fit_index, targets)
+            probe_res.update({f"{name}{suffix}": value for name, value in nmse.items()})
         del untrained
         atomic_write_json(probe_file, probe_res)
-    timings["probe_s"] = time.perf_counter() - t0
+        record("probe_s", t0)
 
     # Stage 3: latent behaviour cloning o -> z on all unlabelled train data.
     t0 = time.perf_counter()
@@ -362,7 +389,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                      preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
                      "stage 3/5 latent BC", progress)
         atomic_torch_save({"policy": policy.state_dict()}, bc_file)
-    timings["bc_s"] = time.perf_counter() - t0
+        record("bc_s", t0)
 
     # Stage 4: action decoder z -> a on the labelled subset.
     t0 = time.perf_counter()
@@ -381,7 +408,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                      DECODER_LR, np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
                      progress)
         atomic_torch_save({"decoder": decoder.state_dict()}, dec_file)
-    timings["decoder_s"] = time.perf_counter() - t0
+        record("decoder_s", t0)
 
     # Stage 5: rollouts in the ID and OOD envs (the oracle: the clean env for both).
     t0 = time.perf_counter()
@@ -401,8 +428,8 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                 preset.train.eval_episode_steps, lam_cfg.context_frames, device, progress,
                 f"stage 5/5 eval {name}")
         atomic_write_json(eval_file, returns)
-    timings["eval_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_total
+        record("eval_s", t0)
+    timings["total_s"] = sum(v for k, v in timings.items() if k != "total_s")
 
     lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     result_metrics: dict[str, Any] = dict(probe_res)

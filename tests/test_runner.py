@@ -50,6 +50,7 @@ def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
         result = runner.run(_config(tmp_path, data_root, method), progress=False)
         metrics = result["metrics"]
         assert metrics["probe_nmse"] >= 0
+        assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
         assert len(metrics["return_id_episodes"]) == get_preset("smoke").train.eval_episodes
         path = tmp_path / "results" / f"{result['run_name']}.json"
         saved = json.loads(path.read_text())
