@@ -76,7 +76,6 @@ class _Column:
 _COLUMNS = (
     _Column("probe_nmse", "Probe NMSE ↓", True),
     _Column("probe_nmse_untrained", "Untrained-IDM NMSE (control)", True),
-    _Column("distractor_nmse", "Background NMSE ↑", False),
     _Column("normalized_return_id", "Norm. return ID ↑", False),
     _Column("normalized_return_ood", "Norm. return OOD ↑", False),
 )
@@ -373,9 +372,6 @@ def _readme(groups, rows, aggregates, plots, problems) -> str:
          "latents of train transitions, MSE on held-out transitions divided by the mean "
          "per-dimension action variance (MaskLAM Eq. 5). The **untrained-IDM control** is the "
          "same probe on a randomly initialised IDM of the same architecture."),
-        ("- **Background NMSE** (higher means less distractor in z): the same probe fitted to "
-         "the background's exogenous motion (its shift minus the action-coupled part) instead "
-         "of the action; 1 means the latent carries none of it linearly."),
         ("- **Normalised return** (higher is better): (R − R_random) / (R_expert − R_random) "
          "of the latent BC policy with its action decoder, in the ID and the OOD environment."),
         (f"- Per task: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds "
