@@ -332,7 +332,8 @@ def load_background_motion(path: str | Path, split: str = "train",
     """Exogenous background motion ``(N, 2)`` of the transition starting at each frame of a split.
 
     Row i is the window shift between o_i and o_{i+1} minus its action-coupled part,
-    ``motion - coupling * W a_i`` (zeros on each episode's last frame), aligned with
+    ``motion - coupling * W a_i``, minus its episode mean (the episode's drift), so what remains
+    is the per-step jitter; zeros on each episode's last frame. Aligned with
     ``load_frames(path, split).frames``. None when the dataset has no distractors.
     """
     folder = _resolve(path)
@@ -351,7 +352,10 @@ def load_background_motion(path: str | Path, split: str = "train",
                 return None
             # The info of frame j+1 holds the shift that happened on the step from j to j+1.
             shift = infos["distractor_motion"][()] - coupling * infos["distractor_projected_action"][()]
-            rows.append(np.concatenate([shift[1:], np.zeros((1, 2))]).astype(np.float32))
+            # Each episode drifts at its own random velocity, which no model can know for an unseen
+            # episode; the per-step part (jitter) is what a latent could encode.
+            shift = shift[1:] - shift[1:].mean(axis=0)
+            rows.append(np.concatenate([shift, np.zeros((1, 2))]).astype(np.float32))
     return np.concatenate(rows)
 
 
