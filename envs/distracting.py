@@ -25,6 +25,12 @@ LEVELS = ("low", "hard")
 """``low``: moving background only (MaskLAM's main setting). ``hard``: plus camera shake and colour."""
 FLOOR_MODES = ("keep", "replace")
 """``keep``: DCS look, the floor stays (with its alpha). ``replace``: the video covers the floor too."""
+SHADOW_TEXELS_PER_PIXEL = 8
+"""Default shadow map side per image pixel: 512 texels at 64 px (dm_control's models use 2048).
+
+Measured over 300 random-action frames per task at 64 px: 0.01-0.09% of pixels differ from the 2048
+map (mean |diff| under 0.02 grey levels), and cheetah renders at 140 instead of 66 frames/s.
+"""
 _WORLD_BODY = 0
 
 
@@ -53,6 +59,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         camera_id: int = 0,
         davis_dir: str | None = None,
         render_mode: str | None = None,
+        shadow_size: int | None = None,
     ) -> None:
         """Build the environment.
 
@@ -68,6 +75,9 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             davis_dir: DAVIS-2017 folder to use real videos (DCS's 60/30 train/val split as the ID/OOD
                 pools) instead of procedural ones; defaults to ``$MASKLAM_DAVIS_DIR`` when set.
             render_mode: ``None`` or ``"rgb_array"`` (``render()`` returns the last observation).
+            shadow_size: Side of the shadow map in texels. The default, ``SHADOW_TEXELS_PER_PIXEL``
+                times ``size`` (at most the model's own 2048), renders 2-3x faster than dm_control's
+                2048 map at 64 px and changes under 0.1% of the pixels.
         """
         self.task_spec: Task = get_task(task)
         _check_choice("distractors", distractors, DISTRACTOR_SPLITS)
@@ -88,9 +98,15 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         model = self._physics.model
         if not 0 <= camera_id < model.ncam:
             raise ValueError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
-        # Exact masks need unblended edges: no multisampling in the offscreen buffer. This must
-        # happen before the first render creates the rendering context.
+        # Exact masks need unblended edges: no multisampling in the offscreen buffer. This, and the
+        # shadow map's size, must be set before the first render creates the rendering context.
         model.vis.quality.offsamples = 0
+        if shadow_size is None:
+            shadow_size = min(SHADOW_TEXELS_PER_PIXEL * size, int(model.vis.quality.shadowsize))
+        if not isinstance(shadow_size, int) or not 16 <= shadow_size <= 8192:
+            raise ValueError(f"shadow_size must be an int between 16 and 8192 texels, "
+                             f"got {shadow_size!r}.")
+        model.vis.quality.shadowsize = shadow_size
         # The camera (and its OpenGL context) is made on first render, so that building an env in a
         # parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
         self._camera: Camera | None = None

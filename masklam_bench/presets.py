@@ -67,7 +67,7 @@ PRESETS: dict[str, Preset] = {
         "cpu",
         DataPreset(train_episodes=24, test_episodes=4, episode_steps=1000,
                    labelled_transitions=4000, action_noise=0.3),
-        TrainPreset(encoder="light", lam_steps=2500, lam_batch=64, bc_steps=1500, bc_batch=64,
+        TrainPreset(encoder="light", lam_steps=1500, lam_batch=64, bc_steps=1500, bc_batch=64,
                     decoder_steps=2000, probe_fit_transitions=20000, eval_episodes=3,
                     eval_episode_steps=1000),
     ),

@@ -120,6 +120,16 @@ def test_clean_env_is_stock_dm_control_rendering():
     assert info["distractor_video"] == -1
 
 
+@pytest.mark.parametrize("kwargs, texels", [({}, 512), ({"size": 32}, 256), ({"shadow_size": 2048}, 2048)])
+def test_shadow_map_is_sized_for_the_image(kwargs, texels):
+    env = gym.make("CleanCheetah-v0", **kwargs)
+    env.reset(seed=0)
+    physics = env.unwrapped._physics
+    assert physics.model.vis.quality.shadowsize == texels
+    # The context built on first render has the map we asked for, not the model's 2048.
+    assert physics.contexts.mujoco.ptr.shadowSize == texels
+
+
 def test_id_and_ood_pools_are_disjoint_and_ood_has_unseen_looks():
     id_pool, ood_pool = backgrounds.video_pool("id"), backgrounds.video_pool("ood")
     assert not set(id_pool) & set(ood_pool)
@@ -213,6 +223,7 @@ def test_episode_ends_truncated_after_1000_steps():
         ({"floor": "glass"}, "floor must be one of"),
         ({"size": 7}, "size must be"),
         ({"coupling": -1.0}, "coupling must be"),
+        ({"shadow_size": 4}, "shadow_size must be"),
         ({"task": "ant-walk"}, "Unknown task"),
     ],
 )
