@@ -37,6 +37,7 @@ import numpy as np
 
 from masklam_bench import dataset as ds
 from masklam_bench.envs import EPISODE_STEPS, parse_env_id
+from masklam_bench.fileio import atomic_path, atomic_write_text
 
 POLICIES = ("expert", "random")
 """``expert``: the shipped state-based expert plus Gaussian noise. ``random``: uniform actions."""
@@ -225,8 +226,7 @@ def _write_episode(episodes_dir: Path, index: int, seed: int, episode: dict[str,
     """Write an episode as group ``episode_{index}`` of its own file, renamed into place when
     complete so a file under its final name is never partial."""
     final = _episode_path(episodes_dir, index)
-    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
         group = f.create_group(f"episode_{index}")
         group.attrs["id"] = index
         group.attrs["seed"] = seed
@@ -246,7 +246,6 @@ def _write_episode(episodes_dir: Path, index: int, seed: int, episode: dict[str,
         info_group = group.create_group("infos")
         for key, value in episode["infos"].items():
             info_group.create_dataset(key, data=value)
-    os.replace(tmp, final)
     return final
 
 
@@ -390,8 +389,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that determine the data."""
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that determine data and results (None: not installed)."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -453,7 +452,7 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
         ref_max, ref_max_source = None, "no expert"
     policy_name = (f"SAC expert on states + N(0, {config.action_noise}^2) action noise"
                    if config.policy == "expert" else "uniform random actions")
-    versions = _package_versions()
+    versions = package_versions()
     size_bytes = main.stat().st_size
     metadata = {
         # Minari's fields.
@@ -500,9 +499,7 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ds.COMPLETE_KEY: True,
     }
-    tmp = data_dir / f"{ds.METADATA_FILE}.tmp"
-    tmp.write_text(json.dumps(metadata, indent=1))
-    os.replace(tmp, data_dir / ds.METADATA_FILE)
+    atomic_write_text(data_dir / ds.METADATA_FILE, json.dumps(metadata, indent=1))
 
 
 def _check_args(env_name: str, episodes: int, test_episodes: int, episode_steps: int,

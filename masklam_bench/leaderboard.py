@@ -19,7 +19,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from masklam_bench import metrics
+from masklam_bench.fileio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 """Version of the result-file layout this module reads (the runner's ``RESULT_SCHEMA_VERSION``)."""
@@ -278,7 +278,7 @@ def _write_all(records: list[dict[str, Any]], problems: list[str],
     written: dict[str, Path] = {}
 
     def emit(name: str, data: bytes) -> None:
-        _write_atomic(out / name, data)
+        atomic_write_bytes(out / name, data)
         written[name] = out / name
 
     tasks = sorted({key[1] for key in groups})
@@ -504,18 +504,6 @@ def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a leaderboard is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from masklam_bench.dataset import (
     load_frames,
 )
 from masklam_bench.envs import env_id, get_task
+from masklam_bench.fileio import atomic_torch_save, atomic_write_json
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import Preset, get_preset
 from masklam_bench.sampling import TransitionSampler
@@ -95,32 +96,6 @@ class RunConfig:
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value)}")
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     """A stage checkpoint, or None if absent; a corrupt one is reported, not silently reused."""
     if not path.exists():
@@ -129,21 +104,6 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
         raise ValueError(f"Checkpoint {path} is unreadable ({err}); delete it to redo the stage.")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages a result depends on."""
-    import importlib.metadata as md
-
-    names = ["masklam-bench", "torch", "numpy", "mujoco", "dm_control", "gymnasium", "shimmy",
-             "minari", "h5py"]
-    out = {}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -442,6 +402,8 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
             if lo is not None and hi is not None and hi != lo else None)
     result_metrics.update(ref_min_score=lo, ref_max_score=hi,
                           lam_samples_per_s=lam_log.get("samples_per_s"))
+    from masklam_bench.collect import package_versions
+
     result = {
         "schema_version": RESULT_SCHEMA_VERSION,
         "run_name": config.run_name,

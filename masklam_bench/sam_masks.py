@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from masklam_bench import dataset as ds
+from masklam_bench.fileio import atomic_path
 
 SIDECAR_FILE = "sam_masks.hdf5"
 """Name of the sidecar file of SAM 2 masks inside a dataset folder."""
@@ -474,21 +475,15 @@ def _episode_file(work: Path, index: int) -> Path:
 
 def _write_episode(work: Path, index: int, masks: np.ndarray) -> None:
     """Store one episode's bit-packed masks atomically (a reader never sees half a file)."""
-    final = _episode_file(work, index)
-    tmp = final.with_suffix(".npy.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(_episode_file(work, index)) as tmp, open(tmp, "wb") as f:
         np.save(f, np.packbits(masks, axis=-1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def _assemble(folder: Path, work: Path, settings: dict[str, Any], extra: dict[str, Any],
               episodes: int, width: int) -> Path:
     """Merge the finished episodes into the sidecar file, written under a temporary name first."""
     final = folder / SIDECAR_FILE
-    tmp = folder / f".{SIDECAR_FILE}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["settings"] = json.dumps(settings)
         f.attrs["info"] = json.dumps(extra)
         f.attrs["width"] = width
@@ -498,7 +493,6 @@ def _assemble(folder: Path, work: Path, settings: dict[str, Any], extra: dict[st
             f.create_group(f"episode_{i}").create_dataset(
                 MASK_KEY, data=packed, compression="gzip", shuffle=True)
         f.attrs["complete"] = True
-    os.replace(tmp, final)
     shutil.rmtree(work)
     return final
 

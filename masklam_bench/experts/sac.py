@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from masklam_bench.envs.tasks import EPISODE_STEPS, flatten_state, get_task
+from masklam_bench.fileio import atomic_torch_save
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -456,12 +457,6 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _append_eval_log(out_dir: Path, row: dict[str, Any]) -> None:
     path = out_dir / EVAL_LOG_NAME
     new = not path.exists()
@@ -552,7 +547,7 @@ def train(
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     def checkpoint() -> None:
-        _atomic_save(
+        atomic_torch_save(
             {
                 "config": dataclasses.asdict(cfg),
                 "agent": agent.state_dict(),
@@ -658,7 +653,7 @@ def train(
                 _append_eval_log(out, row)
                 if last_eval > best_eval:
                     best_eval = last_eval
-                    _atomic_save(
+                    atomic_torch_save(
                         {
                             "actor": {k: v.detach().clone() for k, v in agent.actor.items()},
                             "step": step,
@@ -776,7 +771,7 @@ def export(
         dest = Path(__file__).parent / "weights" / f"{name}.pt"
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(payload, dest)
+    atomic_torch_save(payload, dest)
     return dest
 
 
