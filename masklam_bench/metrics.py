@@ -78,13 +78,14 @@ def fit_linear_probe(z_train: np.ndarray, a_train: np.ndarray,
     ``PROBE_VAL_FRACTION`` of the samples (fixed permutation, ``PROBE_VAL_SEED``) score each
     candidate fitted on the rest, and the best one is refitted on all of the train set.
     """
-    return _fit(z_train, a_train, ridge)[:2]
+    w, b, _ = _fit(z_train, a_train, ridge)
+    return w, b
 
 
 def select_ridge(z_train: np.ndarray, a_train: np.ndarray,
                  grid: Sequence[float] = RIDGE_GRID) -> float:
     """The ridge strength from ``grid`` that ``fit_linear_probe(z_train, a_train, grid)`` uses."""
-    return _fit(z_train, a_train, grid)[2]
+    return _fit(z_train, a_train, grid)[2][0]
 
 
 def apply_linear_probe(w: np.ndarray, b: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -110,9 +111,37 @@ def linear_probe_nmse(z_train: np.ndarray, a_train: np.ndarray, z_test: np.ndarr
     return probe_nmse(apply_linear_probe(w, b, z_test), a_test)
 
 
-def _fit(z: np.ndarray, a: np.ndarray,
-         ridge: float | Sequence[float]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probe weights on raw latents and the ridge strength used."""
+def linear_probe_nmses(z_train: np.ndarray, z_test: np.ndarray,
+                       targets: dict[str, tuple[np.ndarray, np.ndarray]],
+                       ridge: float | Sequence[float] = RIDGE_GRID) -> dict[str, float]:
+    """``linear_probe_nmse`` of several targets on the same latents, sharing the expensive work.
+
+    ``targets`` maps a name to ``(a_train, a_test)``. Each target gets the NMSE (and chooses the
+    ridge strength) that ``linear_probe_nmse`` would give it alone, up to floating-point rounding,
+    but the standardisation, Gram matrix and Cholesky factors are computed once for all of them.
+    """
+    if not targets:
+        return {}
+    trains = {name: _as_2d(pair[0], f"{name} train targets") for name, pair in targets.items()}
+    groups, start = [], 0
+    for y in trains.values():
+        groups.append(slice(start, start + y.shape[1]))
+        start += y.shape[1]
+    w, b, _ = _fit(z_train, np.concatenate(list(trains.values()), axis=1), ridge, groups)
+    pred = apply_linear_probe(w, b, z_test)
+    return {name: probe_nmse(pred[:, g], pair[1])
+            for g, (name, pair) in zip(groups, targets.items())}
+
+
+def _fit(z: np.ndarray, a: np.ndarray, ridge: float | Sequence[float],
+         groups: Sequence[slice] | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Probe weights on raw latents and the ridge strength used for each group of target columns.
+
+    Every group of ``a``'s columns (default: all of them, one group) gets its own ridge strength,
+    chosen on its own validation error, exactly as if it were fitted alone; the latent statistics,
+    Gram matrix and Cholesky factors are shared, which is what makes several targets cheap at
+    dim 8192.
+    """
     z = np.asarray(z)
     a = _as_2d(a, "a_train")
     if z.ndim != 2:
@@ -128,27 +157,32 @@ def _fit(z: np.ndarray, a: np.ndarray,
     if n < (2 if len(grid) == 1 else _MIN_SELECT_SAMPLES):
         raise ValueError(f"only {n} train samples: too few to fit (and choose the ridge of) "
                          "a linear probe.")
+    groups = [slice(None)] if groups is None else list(groups)
     mu, sd = _column_stats(z)
 
     if len(grid) == 1:
-        lam = grid[0]
-        w, b = _ridge_weights(z, a, np.arange(n), mu, sd, [lam])[0][0]
+        lams = [grid[0]] * len(groups)
+        w, b = _ridge_weights(z, a, np.arange(n), mu, sd, grid)[0][0]
     else:
         perm = np.random.default_rng(PROBE_VAL_SEED).permutation(n)
         n_val = max(1, round(PROBE_VAL_FRACTION * n))
         fit_rows, val_rows = np.sort(perm[n_val:]), np.sort(perm[:n_val])
         candidates, fit_moments = _ridge_weights(z, a, fit_rows, mu, sd, grid)
-        errors = _sq_errors(z, a, val_rows, mu, sd, candidates)
-        lam = grid[int(np.argmin(errors))]
+        errors = _sq_errors(z, a, val_rows, mu, sd, candidates)  # (candidates, columns)
+        lams = [grid[int(np.argmin(errors[:, g].sum(axis=1)))] for g in groups]
         if fit_moments is not None:  # primal: reuse the fit split's sums instead of a second pass
             val_moments = _moments(z, a, val_rows, mu, sd)
             all_moments = [fit_moments[0] + val_moments[0]] + [
                 np.add(f, v, out=f) for f, v in zip(fit_moments[1:], val_moments[1:])]
-            w, b = _primal_weights(all_moments, lam)
+            solved = {lam: _primal_weights(all_moments, lam) for lam in dict.fromkeys(lams)}
         else:
-            w, b = _ridge_weights(z, a, np.arange(n), mu, sd, [lam])[0][0]
+            solved = dict(zip(dict.fromkeys(lams), _ridge_weights(
+                z, a, np.arange(n), mu, sd, list(dict.fromkeys(lams)))[0]))
+        w, b = np.empty((z.shape[1], a.shape[1])), np.empty(a.shape[1])
+        for g, lam in zip(groups, lams):
+            w[:, g], b[g] = solved[lam][0][:, g], solved[lam][1][g]
     # Fold the standardisation back in: x W_x + b_x = z (W_x / sd) + (b_x - (mu / sd) W_x).
-    return w / sd[:, None], b - (mu / sd) @ w, lam
+    return w / sd[:, None], b - (mu / sd) @ w, lams
 
 
 def _ridge_weights(z, a, rows, mu, sd, grid):
@@ -197,12 +231,12 @@ def _dual_weights(x: np.ndarray, a: np.ndarray, lam: float) -> tuple[np.ndarray,
 
 
 def _sq_errors(z, a, rows, mu, sd, candidates) -> np.ndarray:
-    """Summed squared error on ``rows`` of each standardised-space (W, b)."""
-    errors = np.zeros(len(candidates))
+    """Summed squared error per target column on ``rows`` of each standardised-space (W, b)."""
+    errors = np.zeros((len(candidates), a.shape[1]))
     for block in _blocks(rows, z.shape[1]):
         x = (z[block].astype(np.float64) - mu) / sd
         for i, (w, b) in enumerate(candidates):
-            errors[i] += np.sum((x @ w + b - a[block]) ** 2)
+            errors[i] += np.sum((x @ w + b - a[block]) ** 2, axis=0)
     return errors
 
 

@@ -95,6 +95,22 @@ def test_ridge_is_chosen_on_a_train_split_and_prefers_strong_ridge_for_noise():
     assert metrics.select_ridge(clean_z, clean_a) == min(metrics.RIDGE_GRID)
 
 
+@pytest.mark.parametrize("n, dim", [(300, 40), (60, 120)])  # primal and dual forms
+def test_several_targets_share_work_but_score_as_if_probed_alone(n, dim):
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(n + 50, dim))
+    # One target the latents predict well (weak ridge wins), one pure noise (strong ridge wins).
+    signal = z @ rng.normal(size=(dim, 3)) + 0.01 * rng.normal(size=(n + 50, 3))
+    noise = rng.normal(size=(n + 50,))
+    targets = {"signal": (signal[:n], signal[n:]), "noise": (noise[:n], noise[n:])}
+    joint = metrics.linear_probe_nmses(z[:n], z[n:], targets)
+    assert list(joint) == ["signal", "noise"]
+    for name, (y_train, y_test) in targets.items():
+        alone = metrics.linear_probe_nmse(z[:n], y_train, z[n:], y_test)
+        assert joint[name] == pytest.approx(alone, rel=1e-9)
+    assert metrics.select_ridge(z[:n], signal[:n]) != metrics.select_ridge(z[:n], noise[:n])
+
+
 def test_probe_is_deterministic():
     rng = np.random.default_rng(6)
     z, a = rng.normal(size=(200, 20)), rng.normal(size=(200, 2))
