@@ -266,3 +266,16 @@ def test_davis_folder_supplies_the_pools(tmp_path):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="incomplete"):
         gym.make("DistractingCheetahOOD-v0", davis_dir=str(root))
+
+
+def test_bench_env_measures_every_column_and_finds_few_changed_pixels():
+    from masklam_bench.bench import format_table, run_benchmark
+
+    rows = run_benchmark(["DistractingCheetah-v0"], steps=20)
+    row = rows[0]
+    for key in ("stock_dm_control_fps", "fps_stock_shadow_map", "fps", "fps_floor_replaced"):
+        assert row[key] > 0
+    # Same seed, same trajectory: only shadow texels can differ, on a small share of pixels.
+    assert 0.0 <= row["pixels_changed_by_shadow_map"] < 0.01
+    table = format_table(rows)
+    assert "| DistractingCheetah-v0 |" in table and table.count("\n") == 4
