@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
@@ -12,6 +13,19 @@ from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, Task, get_task
 
 ENTRY_POINT = "masklam_bench.envs.distracting:DistractingControlEnv"
 """String entry point, so registering does not import dm_control."""
+
+
+
+class _DropSetTotalMassWarning(logging.Filter):
+    """Drops one absl warning: MuJoCo 3.17 deprecates the ``settotalmass`` compiler attribute of
+    dm_control's cheetah model, and dm_control logs that on every load (every env, every worker).
+    The model still compiles to the intended mass; every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'settotalmass' is deprecated" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropSetTotalMassWarning())
 
 # Id prefix and suffix for each distractor split.
 _VARIANTS = {"id": ("Distracting", ""), "ood": ("Distracting", "OOD"), "none": ("Clean", "")}
