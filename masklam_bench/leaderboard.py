@@ -470,7 +470,7 @@ _DODGE = 0.08
 def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
     from matplotlib.figure import Figure  # Agg through savefig; pyplot's global state untouched
 
-    fig = Figure(figsize=(6.0, 4.0), dpi=100)
+    fig = Figure(figsize=(8.5, 4.0), dpi=100)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(labels))]
     for i, (label, color) in enumerate(zip(labels, colors)):
@@ -497,7 +497,7 @@ def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
