@@ -15,7 +15,6 @@ ENTRY_POINT = "masklam_bench.envs.distracting:DistractingControlEnv"
 """String entry point, so registering does not import dm_control."""
 
 
-
 class _DropSetTotalMassWarning(logging.Filter):
     """Drops one absl warning: MuJoCo 3.17 deprecates the ``settotalmass`` compiler attribute of
     dm_control's cheetah model, and dm_control logs that on every load (every env, every worker).

@@ -504,8 +504,6 @@ def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
     return buf.getvalue()
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
 

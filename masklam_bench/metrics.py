@@ -170,14 +170,15 @@ def _fit(z: np.ndarray, a: np.ndarray, ridge: float | Sequence[float],
         candidates, fit_moments = _ridge_weights(z, a, fit_rows, mu, sd, grid)
         errors = _sq_errors(z, a, val_rows, mu, sd, candidates)  # (candidates, columns)
         lams = [grid[int(np.argmin(errors[:, g].sum(axis=1)))] for g in groups]
+        chosen = list(dict.fromkeys(lams))  # distinct strengths, in order: one solve each
         if fit_moments is not None:  # primal: reuse the fit split's sums instead of a second pass
             val_moments = _moments(z, a, val_rows, mu, sd)
             all_moments = [fit_moments[0] + val_moments[0]] + [
                 np.add(f, v, out=f) for f, v in zip(fit_moments[1:], val_moments[1:])]
-            solved = {lam: _primal_weights(all_moments, lam) for lam in dict.fromkeys(lams)}
+            solutions = [_primal_weights(all_moments, lam) for lam in chosen]
         else:
-            solved = dict(zip(dict.fromkeys(lams), _ridge_weights(
-                z, a, np.arange(n), mu, sd, list(dict.fromkeys(lams)))[0]))
+            solutions = _ridge_weights(z, a, np.arange(n), mu, sd, chosen)[0]
+        solved = dict(zip(chosen, solutions))
         w, b = np.empty((z.shape[1], a.shape[1])), np.empty(a.shape[1])
         for g, lam in zip(groups, lams):
             w[:, g], b[g] = solved[lam][0][:, g], solved[lam][1][g]
