@@ -149,3 +149,24 @@ def test_stop_return_ends_early(tmp_path):
     assert res["reached_stop_return"] and not res["interrupted"]
     assert res["step"] == 120  # the first episode end (2 envs x 60 steps) after step 100
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "best_actor.pt").exists()
+
+
+def test_stand_bonus_shapes_training_reward_only():
+    from masklam_bench.experts.sac import VectorEnv
+
+    plain = VectorEnv("hopper-hop", 1, 0, 20)
+    shaped = VectorEnv("hopper-hop", 1, 0, 20, stand_bonus=0.5)
+    plain.reset(), shaped.reset()
+    actions = np.zeros((1, 4), np.float32)
+    for _ in range(5):
+        o1, r1, _, b1, _ = plain.step(actions)
+        o2, r2, _, b2, _ = shaped.step(actions)
+    np.testing.assert_array_equal(o1, o2)  # same seed, same physics
+    np.testing.assert_array_equal(r1, r2)  # the task reward is untouched
+    assert b1[0] == 0.0 and 0.0 < b2[0] <= 0.5
+    height = shaped.envs[0].physics.height()
+    assert b2[0] == pytest.approx(0.5 * min(1.0, height / 0.6))
+    with pytest.raises(ValueError, match="stand_bonus"):
+        SACConfig(task="cheetah-run", stand_bonus=0.1)
+    with pytest.raises(ValueError, match="stand_bonus"):
+        SACConfig(task="hopper-hop", stand_bonus=-1.0)
