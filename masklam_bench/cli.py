@@ -132,9 +132,14 @@ def _cmd_train_expert(args: argparse.Namespace) -> None:
     from masklam_bench.experts import train_expert
 
     task = get_task(args.task).name
-    summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
-                           resume=not args.restart, export_weights=not args.no_export,
-                           num_threads=args.threads)
+    overrides = {"num_threads": args.threads, "stand_bonus": args.stand_bonus,
+                 "stop_return": args.stop_return}
+    try:
+        summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
+                               resume=not args.restart, export_weights=not args.no_export,
+                               **overrides)
+    except ValueError as e:
+        raise SystemExit(f"masklam-bench train-expert: {e}") from None
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -217,6 +222,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="checkpoint folder (default runs/experts/TASK)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--stand-bonus", type=float, default=0.0,
+                   help="dense standing term added to the training reward only (walker, hopper, "
+                        "humanoid; the shipped hopper-hop expert used 0.1)")
+    p.add_argument("--stop-return", type=float, default=None,
+                   help="stop once a training evaluation's mean return reaches this")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-export", action="store_true", help="do not write the package weights")
     p.set_defaults(func=_cmd_train_expert)
