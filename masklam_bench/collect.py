@@ -655,7 +655,8 @@ def _existing(final: Path, config: CollectConfig) -> Path:
     if differ:
         raise ValueError(
             f"A dataset with other settings ({', '.join(differ)}) already exists at {final}; "
-            f"delete it or choose another --out.")
+            f"delete it to collect it again, or choose another output folder (--out for "
+            f"collect, --data-root for run).")
     for leftover in (final / _EPISODES_DIR, final / _CONFIG_FILE):  # cleanup was interrupted
         if leftover.is_dir():
             shutil.rmtree(leftover)

@@ -115,16 +115,14 @@ def dataset_path(config: RunConfig) -> Path:
 
 
 def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> Path:
-    """Return the run's dataset folder, collecting it (or resuming an interrupted collection)."""
-    from masklam_bench.collect import collect
-    from masklam_bench.dataset import validate_dataset
+    """Return the run's dataset folder, collecting it (or resuming an interrupted collection).
 
-    path = dataset_path(config)
-    try:
-        validate_dataset(path, checksum=False)
-        return path
-    except ValueError:
-        pass  # missing or interrupted: collect resumes it; anything else, collect says why
+    A finished dataset is reused only if it was made with the same settings and the same expert
+    weights (``collect`` compares them): a dataset of an older shipped expert is reported, not
+    silently mixed with results of the current one.
+    """
+    from masklam_bench.collect import collect
+
     data = preset.data
     return collect(
         env_id(config.task, "id"), dataset_path(config),

@@ -145,3 +145,27 @@ def test_bad_run_arguments_are_clear_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_dataset_of_another_expert_is_refused(tmp_path):
+    """A dataset collected with other expert weights (e.g. an older shipped expert) is reported,
+    never silently reused by a run of the current expert."""
+    gen = torch.Generator().manual_seed(1)
+    actor = {"w0": torch.randn(17, 8, generator=gen), "b0": torch.zeros(8),
+             "w1": torch.randn(8, 12, generator=gen), "b1": torch.zeros(12)}
+    other = tmp_path / "other-cheetah.pt"
+    torch.save({"task": "cheetah-run", "obs_dim": 17, "act_dim": 6, "hidden": [8],
+                "actor": actor, "eval_return_mean": 1.0}, other)
+    from masklam_bench.experts import available_experts
+
+    if "cheetah-run" not in available_experts():
+        pytest.skip("no shipped cheetah-run expert to compare against")
+    data = get_preset("smoke").data
+    root = tmp_path / "data"
+    collect(env_id("cheetah-run", "id"), root / "smoke" / "cheetah-run",
+            episodes=data.train_episodes + data.test_episodes, test_episodes=data.test_episodes,
+            episode_steps=data.episode_steps, action_noise=data.action_noise, seed=0,
+            workers=1, preset="smoke", progress=False, expert_path=other)
+    config = _config(tmp_path, root)
+    with pytest.raises(ValueError, match="expert_sha256"):
+        runner.ensure_dataset(config, get_preset("smoke"), progress=False)
