@@ -9,7 +9,6 @@ import shutil
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import masklam_bench  # noqa: F401  (registers the ids)
 from masklam_bench import collect as collect_module
@@ -36,16 +35,10 @@ FAKE_EVAL_RETURN = 123.0
 
 
 @pytest.fixture(scope="module")
-def fake_expert(tmp_path_factory) -> str:
+def fake_expert(tmp_path_factory, fake_cheetah_expert) -> str:
     """A tiny random cheetah actor in the shipped weights format (no trained expert needed)."""
-    gen = torch.Generator().manual_seed(0)
-    actor = {"w0": torch.randn(17, 16, generator=gen), "b0": torch.zeros(16),
-             "w1": torch.randn(16, 12, generator=gen), "b1": torch.zeros(12)}
-    payload = {"task": "cheetah-run", "obs_dim": 17, "act_dim": 6, "hidden": [16],
-               "actor": actor, "eval_return_mean": FAKE_EVAL_RETURN}
-    path = tmp_path_factory.mktemp("expert") / "cheetah-run.pt"
-    torch.save(payload, path)
-    return str(path)
+    return fake_cheetah_expert(tmp_path_factory.mktemp("expert") / "cheetah-run.pt",
+                               eval_return=FAKE_EVAL_RETURN)
 
 
 def _collect(root, fake_expert, workers, **overrides):

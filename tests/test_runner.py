@@ -147,15 +147,10 @@ def test_bad_run_arguments_are_clear_errors(argv, message, capsys):
     assert "Traceback" not in err
 
 
-def test_dataset_of_another_expert_is_refused(tmp_path):
+def test_dataset_of_another_expert_is_refused(tmp_path, fake_cheetah_expert):
     """A dataset collected with other expert weights (e.g. an older shipped expert) is reported,
     never silently reused by a run of the current expert."""
-    gen = torch.Generator().manual_seed(1)
-    actor = {"w0": torch.randn(17, 8, generator=gen), "b0": torch.zeros(8),
-             "w1": torch.randn(8, 12, generator=gen), "b1": torch.zeros(12)}
-    other = tmp_path / "other-cheetah.pt"
-    torch.save({"task": "cheetah-run", "obs_dim": 17, "act_dim": 6, "hidden": [8],
-                "actor": actor, "eval_return_mean": 1.0}, other)
+    other = fake_cheetah_expert(tmp_path / "other-cheetah.pt", hidden=8, seed=1)
     from masklam_bench.experts import available_experts
 
     if "cheetah-run" not in available_experts():
