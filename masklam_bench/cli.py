@@ -224,7 +224,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--stand-bonus", type=float, default=0.0,
                    help="dense standing term added to the training reward only (walker, hopper, "
-                        "humanoid; the shipped hopper-hop expert used 0.1)")
+                        "humanoid; hopper-hop and humanoid-walk are trained with 0.1)")
     p.add_argument("--stop-return", type=float, default=None,
                    help="stop once a training evaluation's mean return reaches this")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")

@@ -291,9 +291,10 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     data_dir = ensure_dataset(config, preset, progress)
     meta = dataset_metadata(data_dir)
-    train = load_frames(data_dir, "train")
-    test = load_frames(data_dir, "test")
     cls = get_method(config.method)
+    # Only the oracle reads the paired clean frames; the others leave them on disk.
+    train = load_frames(data_dir, "train", clean=cls.uses_clean_data)
+    test = load_frames(data_dir, "test", clean=cls.uses_clean_data)
     t0 = time.perf_counter()
     method = _build_method(config, preset, train.image_size, train.action_dim, config.seed)
     lam_cfg = method.config
@@ -337,19 +338,20 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             nmse = probe(model, train_s, test_s, fit_index, targets)
             probe_res.update({f"{name}{suffix}": value for name, value in nmse.items()})
-        del untrained
+        del untrained, model
         atomic_write_json(probe_file, probe_res)
         record("probe_s", t0)
 
     # Stage 3: latent behaviour cloning o -> z on all unlabelled train data.
     t0 = time.perf_counter()
+    # Seed right before building, so a run resumed after stage 2 starts from the same weights.
+    torch.manual_seed(config.seed + 3)
     policy = LatentPolicy(lam_cfg, train.image_size, method.latent_dim).to(device)
     bc_file = run_dir / "bc.pt"
     bc_ckpt = _load_checkpoint(bc_file)
     if bc_ckpt is not None:
         policy.load_state_dict(bc_ckpt["policy"])
     else:
-        torch.manual_seed(config.seed + 3)
         pool = train.transitions
         z_all = torch.from_numpy(encode_all(method, train_s, pool)).to(device)
         _fit_indexed(policy, train_s.policy_input, z_all, pool, preset.train.bc_steps,
@@ -360,13 +362,13 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     # Stage 4: action decoder z -> a on the labelled subset.
     t0 = time.perf_counter()
+    torch.manual_seed(config.seed + 4)
     decoder = ActionDecoder(method.latent_dim, train.action_dim).to(device)
     dec_file = run_dir / "decoder.pt"
     dec_ckpt = _load_checkpoint(dec_file)
     if dec_ckpt is not None:
         decoder.load_state_dict(dec_ckpt["decoder"])
     else:
-        torch.manual_seed(config.seed + 4)
         labelled = labelled_subset(train, preset.data.labelled_transitions)
         z_lab = torch.from_numpy(encode_all(method, train_s, labelled)).to(device)
         a_lab = torch.from_numpy(train.actions[labelled]).to(device)

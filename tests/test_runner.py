@@ -117,6 +117,37 @@ def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_
                                                              rel=1e-5)
 
 
+def test_resume_after_latent_bc_matches_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
+    """Killed in stage 4 (decoder) with stage 3 saved: the resumed run builds the decoder from
+    the same seeded weights and ends with the same returns as a run that was never killed."""
+    full = runner.run(_config(tmp_path / "a", data_root, "lapo"), progress=False)
+    original = runner._fit_indexed
+    calls = {"n": 0}
+
+    def dies_in_stage_four(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first call is stage 3's latent BC
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    config = _config(tmp_path / "b", data_root, "lapo")
+    monkeypatch.setattr(runner, "_fit_indexed", dies_in_stage_four)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, progress=False)
+    run_dir = Path(config.runs_root) / config.run_name
+    assert (run_dir / "bc.pt").exists() and not (run_dir / "decoder.pt").exists()
+    monkeypatch.setattr(runner, "_fit_indexed", original)
+    resumed = runner.run(config, progress=False)
+    a_dir = Path(tmp_path / "a" / "runs") / config.run_name
+    for name, key in (("bc.pt", "policy"), ("decoder.pt", "decoder")):
+        want = torch.load(a_dir / name, weights_only=True)[key]
+        got = torch.load(run_dir / name, weights_only=True)[key]
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), name
+    for name in ("return_id_episodes", "return_ood_episodes"):
+        assert resumed["metrics"][name] == full["metrics"][name]
+
+
 def test_plugin_method_runs_through_module_class(tmp_path, data_root):
     result = runner.run(_config(tmp_path, data_root, f"{__name__}:MyLAM"), progress=False)
     assert result["method"] == f"{__name__}:MyLAM"
