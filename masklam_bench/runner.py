@@ -472,5 +472,5 @@ def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: n
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
-    return losses
+        losses.append(loss.detach())  # read once at the end: a per-step read syncs a GPU
+    return torch.stack(losses).tolist() if losses else []
