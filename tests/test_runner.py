@@ -148,6 +148,21 @@ def test_resume_after_latent_bc_matches_an_uninterrupted_run(tmp_path, data_root
         assert resumed["metrics"][name] == full["metrics"][name]
 
 
+def test_paper_networks_run_through_the_pipeline(tmp_path, data_root, monkeypatch):
+    """The gpu preset's IMPALA networks, at the smoke preset's sizes on the CPU: every stage
+    (LAM, probe, latent BC, decoder, rollouts) runs with them, not only with the light encoder.
+    masklam-full is the widest case: the same networks plus the mask channel and k-step futures."""
+    import dataclasses
+
+    smoke = get_preset("smoke")
+    impala = dataclasses.replace(smoke, train=dataclasses.replace(smoke.train, encoder="impala"))
+    monkeypatch.setattr(runner, "get_preset", lambda name: impala)
+    result = runner.run(_config(tmp_path, data_root, "masklam-full"), progress=False)
+    assert result["config"]["lam"]["encoder"] == "impala"
+    assert result["metrics"]["probe_nmse"] >= 0
+    assert len(result["metrics"]["return_ood_episodes"]) == smoke.train.eval_episodes
+
+
 def test_plugin_method_runs_through_module_class(tmp_path, data_root):
     result = runner.run(_config(tmp_path, data_root, f"{__name__}:MyLAM"), progress=False)
     assert result["method"] == f"{__name__}:MyLAM"
