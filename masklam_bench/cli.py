@@ -154,6 +154,7 @@ def _cmd_eval_expert(args: argparse.Namespace) -> None:
         rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
         print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
               f"episodes (seed {args.seed}); random policy {rnd:.1f}")
+        print(f"  expert episodes: {' '.join(f'{r:.1f}' for r in res['returns'])}")
 
 
 def _fmt(value: float | None) -> str:

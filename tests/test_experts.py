@@ -143,6 +143,21 @@ def test_shipped_expert_beats_random(task):
     assert expert_ret > factor * random_ret + slack, (expert_ret, random_ret)
 
 
+def test_eval_expert_command_prints_every_episode(capsys):
+    if not experts.weights_path("hopper-hop").exists():
+        pytest.skip("no shipped hopper-hop expert")
+    from masklam_bench import cli
+
+    cli.main(["eval-expert", "--task", "hopper", "--episodes", "2"])
+    out = capsys.readouterr().out
+    summary, episodes = out.strip().splitlines()
+    assert summary.startswith("hopper-hop: expert ") and "over 2 episodes" in summary
+    returns = [float(x) for x in episodes.split(":")[1].split()]
+    assert len(returns) == 2
+    mean = float(summary.split("expert ")[1].split(" +-")[0])
+    assert mean == pytest.approx(np.mean(returns), abs=0.051)
+
+
 def test_stop_return_ends_early(tmp_path):
     cfg = SACConfig(**{**TINY, "eval_every": 100, "stop_return": -1.0})
     res = train(cfg, tmp_path, resume=False, progress=False)
