@@ -37,8 +37,8 @@ def test_relative_links_resolve(doc):
             continue
         file_part, _, anchor = target.partition("#")
         path = (source.parent / file_part).resolve() if file_part else source
-        if not path.exists():
-            broken.append(target)
-        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+        missing_anchor = bool(anchor) and path.suffix == ".md" and (
+            not path.exists() or anchor not in _anchors(path))
+        if not path.exists() or missing_anchor:
             broken.append(target)
     assert not broken, f"{doc} links to missing files or headings: {broken}"
