@@ -155,7 +155,7 @@ def test_eval_expert_command_prints_every_episode(capsys):
     returns = [float(x) for x in episodes.split(":")[1].split()]
     assert len(returns) == 2
     mean = float(summary.split("expert ")[1].split(" +-")[0])
-    assert mean == pytest.approx(np.mean(returns), abs=0.051)
+    assert mean == pytest.approx(np.mean(returns), abs=0.1)  # both sides rounded to 0.1
 
 
 def test_stop_return_ends_early(tmp_path):
