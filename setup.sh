@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Mesa's EGL (software rendering) for MUJOCO_GL=egl.
+# Mesa's EGL (software rendering) for MUJOCO_GL=egl, and pip where the system Python lacks it.
 debs=(libegl1 libgl1 libglvnd0 libegl-mesa0 libgl1-mesa-dri libgles2)
 missing=()
 for d in "${debs[@]}"; do
     dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d")
 done
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -17,7 +18,15 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# torch is pinned exactly (pyproject.toml): a range would pull several GB of CUDA wheels.
+# Debian's own Python refuses pip installs outside a virtual environment (PEP 668); this machine
+# is set up for the suite, so allow them (older pips ignore the variable).
+export PIP_BREAK_SYSTEM_PACKAGES=1
+# torch is pinned exactly (pyproject.toml): a range would pull several GB of CUDA wheels. PyPI's
+# Linux wheel of torch is the CUDA build; for the CPU-only build set MASKLAM_TORCH_INDEX_URL, e.g.
+# https://download.pytorch.org/whl/cpu, and torch comes from there first.
+if [ -n "${MASKLAM_TORCH_INDEX_URL:-}" ]; then
+    python3 -m pip install -q "torch==2.13.0" --index-url "$MASKLAM_TORCH_INDEX_URL"
+fi
 # setuptools >= 70.1 builds wheels by itself (needed for the no-isolation build below).
 python3 -m pip install -q "setuptools==84.2.1"
 python3 -m pip install -q -e ".[dev]"

@@ -68,7 +68,8 @@ def _import_method(path: str) -> type[LatentActionMethod]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"Could not import module {module_name!r} for method {path!r} ({error}); "
-                         f"install it or run from the directory that contains it.") from error
+                         f"install it, or put the folder that contains it on PYTHONPATH (e.g. "
+                         f"PYTHONPATH=examples masklam-bench run ...).") from error
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ValueError(f"Module {module_name!r} has no attribute {class_name!r}; check the "

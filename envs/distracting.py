@@ -86,7 +86,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         _check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         if not isinstance(size, int) or not 16 <= size <= 1024:
             raise ValueError(f"size must be an int between 16 and 1024 pixels, got {size!r}.")
-        if not np.isfinite(coupling) or coupling < 0:
+        if (isinstance(coupling, bool) or not isinstance(coupling, (int, float, np.number))
+                or not np.isfinite(coupling) or coupling < 0):
             raise ValueError(f"coupling must be a finite number >= 0, got {coupling!r}.")
         self.split, self.size, self.level, self.floor = distractors, size, level, floor
         self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode

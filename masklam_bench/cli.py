@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):
@@ -35,7 +35,23 @@ def _cmd_bench_env(args: argparse.Namespace) -> None:
     print(format_table(run_benchmark(names, args.steps)))
 
 
-def parse_int_list(text: str, flag: str, minimum: int = 0) -> list[int]:
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``minimum``: anything else is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def parse_int_list(text: str, flag: str, minimum: int = 0, example: str = "64,8192") -> list[int]:
     """Parse ``"64,8192"`` into ``[64, 8192]``, with one clear sentence for anything else."""
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -45,7 +61,7 @@ def parse_int_list(text: str, flag: str, minimum: int = 0) -> list[int]:
     if not values or any(v < minimum for v in values) or len(set(values)) != len(values):
         raise UserError(
             f"{flag} must be a comma-separated list of distinct integers >= {minimum}, "
-            f"e.g. {flag} 64,8192; got {text!r}."
+            f"e.g. {flag} {example}; got {text!r}."
         )
     return values
 
@@ -72,7 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from masklam_bench.presets import default_preset_name, get_preset
 
     dims = parse_int_list(args.dims, "--dims", minimum=1)
-    seeds = parse_int_list(args.seeds, "--seeds", minimum=0)
+    seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
     tasks = parse_envs(args.envs)
     preset = args.preset or default_preset_name()
     get_preset(preset)
@@ -83,9 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from masklam_bench.mask_sources import parse_mask_source
 
     parse_mask_source(args.mask_source)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     from masklam_bench.runner import RunConfig, run
 
@@ -105,13 +119,29 @@ def _cmd_run(args: argparse.Namespace) -> None:
               f", {result['timings']['total_s']:.0f} s -> {args.out}/{config.run_name}.json")
 
 
+def check_device(device: str) -> str:
+    """Return ``device`` if it names a CPU or an available CUDA device, else a clear error."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or cuda:N; got {device!r}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
+    return device
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> None:
     """Print LAM training samples/s of our loop next to a bare PyTorch loop on the same networks."""
     from masklam_bench.baselines.base import LamConfig
     from masklam_bench.baselines.bench import train_throughput
 
     dims = parse_int_list(args.dims, "--dims", minimum=1)
-    threads = parse_int_list(args.threads, "--threads", minimum=1)
+    threads = parse_int_list(args.threads, "--threads", minimum=1, example="1,2")
+    check_device(args.device)
     print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
           "\n|---|---|---:|---|---:|---:|---:|")
     for name in args.methods.split(","):
@@ -148,8 +178,8 @@ def _cmd_eval_expert(args: argparse.Namespace) -> None:
     from masklam_bench.envs import get_task
     from masklam_bench.experts import evaluate_expert, random_policy_return
 
-    for name in args.task.split(","):
-        task = get_task(name).name
+    tasks = [get_task(name.strip()).name for name in args.task.split(",")]
+    for task in tasks:
         res = evaluate_expert(task, episodes=args.episodes, seed=args.seed)
         rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
         print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
@@ -171,8 +201,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="write a PNG strip of frames and masks, ID vs OOD vs clean")
     p.add_argument("env", help="a registered id, e.g. DistractingCheetah-v0")
     p.add_argument("--out", default="strip.png", help="PNG path to write (default: strip.png)")
-    p.add_argument("--frames", type=int, default=8, help="columns (default: 8)")
-    p.add_argument("--every", type=int, default=10, help="steps between columns (default: 10)")
+    p.add_argument("--frames", type=int_at_least(1), default=8, help="columns (default: 8)")
+    p.add_argument("--every", type=int_at_least(1), default=10,
+                   help="steps between columns (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the episode and actions")
     p.add_argument("--level", default="low", choices=["low", "hard"], help="distractor level")
     p.add_argument("--floor", default="keep", choices=["keep", "replace"], help="floor mode")
@@ -180,7 +211,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-env", help="frames/s of each id next to stock dm_control rendering")
     p.add_argument("--envs", default="", help="comma-separated ids (default: all twelve)")
-    p.add_argument("--steps", type=int, default=300, help="steps timed per id (default: 300)")
+    p.add_argument("--steps", type=int_at_least(1), default=300,
+                   help="steps timed per id (default: 300)")
     p.set_defaults(func=_cmd_bench_env)
 
     p = sub.add_parser("run", help="train and evaluate a method; writes one result JSON per run")
@@ -197,7 +229,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="leaderboards/results", help="folder for result JSON files")
     p.add_argument("--data-root", default="data", help="dataset folder (collected if missing)")
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (runs resume from it)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--threads", type=int_at_least(0), default=0,
+                   help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     p.add_argument("--no-bf16", action="store_true", help="train the LAM in float32")
     p.add_argument("--mask-source", default="exact",
@@ -222,7 +255,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1_000_000, help="environment steps in total")
     p.add_argument("--out", default=None, help="checkpoint folder (default runs/experts/TASK)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch CPU threads (default: 1)")
     p.add_argument("--stand-bonus", type=float, default=0.0,
                    help="dense standing term added to the training reward only (walker, hopper, "
                         "humanoid; hopper-hop and humanoid-walk are trained with 0.1)")
@@ -234,7 +268,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-expert", help="measure shipped experts' returns next to random's")
     p.add_argument("--task", required=True, help="task, or a comma-separated list")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int_at_least(1), default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_eval_expert)
 

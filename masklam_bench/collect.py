@@ -572,6 +572,9 @@ def collect(
                 policy)
     env_name = env_name.split(":", 1)[-1]
     task, _ = parse_env_id(env_name)
+    # Bad keyword arguments (e.g. size=8) fail here with the env's own message, not in a worker.
+    # Building the env is cheap: nothing renders until the first step.
+    gym.make(env_name, **env_kwargs).close()
     expert_sha, expert_meta = None, None
     if policy == "expert":
         from masklam_bench.experts import load_expert, weights_path

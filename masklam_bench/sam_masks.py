@@ -683,6 +683,8 @@ def _cmd_mask_quality(args: argparse.Namespace) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``masks`` and ``mask-quality`` sub-commands."""
+    from masklam_bench.cli import int_at_least
+
     p = subparsers.add_parser("masks", help="add SAM 2 agent masks to a collected dataset")
     p.add_argument("--dataset", required=True, help="dataset folder (from collect)")
     p.add_argument("--source", default="sam2", choices=["sam2"], help="mask source (sam2)")
@@ -700,7 +702,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help=f"frames tracked at once (default: {DEFAULT_CHUNK})")
     p.add_argument("--image-size", type=int, default=None,
                    help="SAM 2 input size (default: the config's 1024; 256 is ~30x faster on CPU)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int_at_least(0), default=0,
+                   help="torch CPU threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace SAM 2 masks made with other settings")
     p.set_defaults(func=_cmd_masks)

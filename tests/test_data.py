@@ -329,6 +329,10 @@ def test_bad_arguments_are_refused(tmp_path, fake_expert):
         collect(ENV, tmp_path, episodes=2, episode_steps=1001, policy="random")
     with pytest.raises(ValueError, match="policy"):
         collect(ENV, tmp_path, episodes=2, policy="greedy")
+    # A bad env keyword fails before any worker starts, and leaves no work folder behind.
+    with pytest.raises(ValueError, match="size must be"):
+        collect(ENV, tmp_path, episodes=2, policy="random", env_kwargs={"size": 8})
+    assert not any(tmp_path.rglob("*.partial"))
 
 
 # ----------------------------------------------------------------------------------------------

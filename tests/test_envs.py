@@ -223,6 +223,7 @@ def test_episode_ends_truncated_after_1000_steps():
         ({"floor": "glass"}, "floor must be one of"),
         ({"size": 7}, "size must be"),
         ({"coupling": -1.0}, "coupling must be"),
+        ({"coupling": "a"}, "coupling must be"),
         ({"shadow_size": 4}, "shadow_size must be"),
         ({"task": "ant-walk"}, "Unknown task"),
     ],

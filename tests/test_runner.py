@@ -186,11 +186,37 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--dims", "64,,x"], "--dims must be"),
         (["run", "--method", "masklam", "--dims", "0"], "--dims must be"),
         (["run", "--method", "masklam", "--envs", "cheetah,ant"], "Unknown task 'ant'"),
-        (["run", "--method", "masklam", "--seeds", "a"], "--seeds must be"),
+        (["run", "--method", "masklam", "--seeds", "a"], "e.g. --seeds 0,1,2"),
+        (["run", "--method", "nomodule:MyLAM"], "PYTHONPATH"),
+        (["run", "--method", "masklam", "--device", "tpu"], "--device must be"),
+        (["run", "--method", "masklam", "--device", "meta"], "--device must be"),
+        (["bench-train", "--device", "tpu"], "--device must be"),
+        (["eval-expert", "--task", "cheetah,,walker"], "Unknown task ''"),
     ],
 )
 def test_bad_run_arguments_are_clear_errors(argv, message, capsys):
     assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--method", "masklam", "--threads", "-2"], "--threads: must be at least 0"),
+        (["train-expert", "--task", "cheetah", "--threads", "0"], "--threads: must be at least 1"),
+        (["masks", "--dataset", "x", "--threads", "-1"], "--threads: must be at least 0"),
+        (["show", "DistractingCheetah-v0", "--frames", "-1"], "--frames: must be at least 1"),
+        (["show", "DistractingCheetah-v0", "--every", "0"], "--every: must be at least 1"),
+        (["bench-env", "--steps", "0"], "--steps: must be at least 1"),
+        (["eval-expert", "--task", "cheetah", "--episodes", "x"], "expected an integer"),
+    ],
+)
+def test_out_of_range_counts_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
