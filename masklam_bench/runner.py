@@ -40,6 +40,8 @@ RESULT_SCHEMA_VERSION = 1
 """Version of the result-file layout read by the leaderboard."""
 CHECKPOINT_EVERY = 500
 """LAM pretraining steps between checkpoints."""
+THROUGHPUT_WARMUP_STEPS = 20
+"""LAM steps at the start of a (resumed) stage 1 left out of ``lam_samples_per_s``."""
 EVAL_SEED_BASE = 100_000
 """Evaluation episode i uses env seed EVAL_SEED_BASE + i: fixed across methods and runs."""
 BC_LR = 4e-4
@@ -178,7 +180,13 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, steps), desc="stage 1/5 LAM", disable=not progress, initial=start,
                total=steps)
+    # Throughput leaves out the first steps of this process: they include torch.compile's
+    # tracing and CUDA's kernel selection, which a long run pays once.
+    warm = min(THROUGHPUT_WARMUP_STEPS, max(0, (steps - start) // 2))
+    t_warm = None
     for step in bar:
+        if step == start + warm:
+            t_warm = time.perf_counter()
         logs = method.train_step(sampler.sample(rng, batch))
         log["loss"].append(float(logs["loss"]))
         if step % 50 == 0:
@@ -188,7 +196,9 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
                                "torch_rng": torch.get_rng_state(), "step": step + 1, "log": log,
                                "elapsed": time.perf_counter() - t0}, ckpt_path)
     log["seconds"] = time.perf_counter() - t0
-    log["samples_per_s"] = (steps - start) * batch / max(log["seconds"] - elapsed, 1e-9)
+    if t_warm is not None:
+        timed = time.perf_counter() - t_warm
+        log["samples_per_s"] = (steps - start - warm) * batch / max(timed, 1e-9)
     atomic_torch_save({"method": method.state_dict(), "log": log}, final)
     ckpt_path.unlink(missing_ok=True)
     return log

@@ -51,6 +51,10 @@ def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
         metrics = result["metrics"]
         assert metrics["probe_nmse"] >= 0
         assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
+        # bc-labels trains no LAM, so it has no LAM throughput; every LAM does.
+        assert (metrics["lam_samples_per_s"] is None) == (method == "bc-labels")
+        if method != "bc-labels":
+            assert metrics["lam_samples_per_s"] > 0
         assert len(metrics["return_id_episodes"]) == get_preset("smoke").train.eval_episodes
         path = tmp_path / "results" / f"{result['run_name']}.json"
         saved = json.loads(path.read_text())
