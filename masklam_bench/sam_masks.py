@@ -659,6 +659,9 @@ def _parse_box_arg(text: str) -> tuple[float, float, float, float]:
 
 def _cmd_masks(args: argparse.Namespace) -> None:
     """Add SAM 2 masks to a dataset."""
+    from masklam_bench.cli import check_device
+
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint == RANDOM_CHECKPOINT:

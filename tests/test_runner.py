@@ -195,6 +195,8 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--device", "tpu"], "--device must be"),
         (["run", "--method", "masklam", "--device", "meta"], "--device must be"),
         (["bench-train", "--device", "tpu"], "--device must be"),
+        (["masks", "--dataset", "x", "--checkpoint", "random", "--device", "tpu"],
+         "--device must be"),
         (["eval-expert", "--task", "cheetah,,walker"], "Unknown task ''"),
     ],
 )
