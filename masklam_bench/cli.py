@@ -163,12 +163,12 @@ def _cmd_train_expert(args: argparse.Namespace) -> None:
 
     task = get_task(args.task).name
     overrides = {"num_threads": args.threads, "stand_bonus": args.stand_bonus,
-                 "stop_return": args.stop_return}
+                 "stop_return": args.stop_return, "init_from": args.init_from}
     try:
         summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
                                resume=not args.restart, export_weights=not args.no_export,
                                **overrides)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"masklam-bench train-expert: {e}") from None
     print(json.dumps(summary, indent=2, default=str))
 
@@ -262,6 +262,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "humanoid; hopper-hop and humanoid-walk are trained with 0.1)")
     p.add_argument("--stop-return", type=float, default=None,
                    help="stop once a training evaluation's mean return reaches this")
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="start from another run's agent, with an empty replay buffer (e.g. "
+                        "fine-tune a hopper trained with --stand-bonus without it)")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-export", action="store_true", help="do not write the package weights")
     p.set_defaults(func=_cmd_train_expert)

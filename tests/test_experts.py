@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,34 @@ def test_stand_bonus_shapes_training_reward_only():
         SACConfig(task="cheetah-run", stand_bonus=0.1)
     with pytest.raises(ValueError, match="stand_bonus"):
         SACConfig(task="hopper-hop", stand_bonus=-1.0)
+
+
+def test_init_from_starts_at_the_source_agent(tiny_runs, tmp_path):
+    _, _, _, whole, _ = tiny_runs
+    src = tmp_path / "src"
+    shutil.copytree(whole, src)
+    source = torch.load(src / "checkpoint.pt", weights_only=False)["agent"]
+    cfg = SACConfig(
+        **{**TINY, "seed": 5, "total_steps": 120, "learning_starts": 240, "init_from": str(src)}
+    )
+    res = train(cfg, tmp_path / "ft", resume=False, progress=False)
+    assert res["updates"] == 0  # still inside learning_starts: nothing trained yet
+    mine = res["agent"].state_dict()
+    for group in ("actor", "critic", "critic_target"):
+        for name, tensor in source[group].items():
+            assert torch.equal(tensor, mine[group][name]), f"{group}.{name} not copied"
+    # A resumed fine-tune continues from its own checkpoint; the source is no longer needed.
+    shutil.rmtree(src)
+    more = train(SACConfig(**{**cfg.__dict__, "total_steps": 360}), tmp_path / "ft", progress=False)
+    assert more["step"] == 360 and more["updates"] > 0
+
+
+def test_init_from_refuses_other_networks_and_missing_runs(tiny_runs, tmp_path):
+    _, _, _, whole, _ = tiny_runs
+    with pytest.raises(ValueError, match="hidden"):
+        cfg = SACConfig(**{**TINY, "hidden": (16, 16), "init_from": str(whole)})
+        train(cfg, tmp_path / "a", resume=False, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        cfg = SACConfig(**{**TINY, "init_from": str(tmp_path / "nowhere")})
+        train(cfg, tmp_path / "b", resume=False, progress=False)
+    assert not (tmp_path / "b").exists()  # refused before anything was written

@@ -114,6 +114,13 @@ class SACConfig:
     standing threshold. It gives a learning signal before the agent first stands, which hopper-hop's
     reward (zero unless standing and moving) lacks. Evaluations, logged returns and shipped
     returns always use the task's own reward."""
+    init_from: str | None = None
+    """Run directory whose checkpoint supplies the starting agent (networks, target critics,
+    temperature and optimiser states) instead of a random initialisation; used to fine-tune an
+    expert under a changed training reward, e.g. hopper without ``stand_bonus`` once it stands.
+    The replay buffer starts empty (the source's rewards may include a bonus) and during
+    ``learning_starts`` the loaded policy acts instead of uniform noise. Read only when the run
+    starts; a resumed run continues from its own checkpoint."""
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -128,6 +135,8 @@ class SACConfig:
             raise ValueError(f"stand_bonus must be >= 0, got {self.stand_bonus}")
         if self.stand_bonus > 0 and get_task(self.task).domain not in STAND_HEIGHT:
             raise ValueError(f"stand_bonus applies to {sorted(STAND_HEIGHT)} only, not {self.task}")
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +534,31 @@ def read_eval_log(out_dir: str | os.PathLike) -> list[dict[str, float]]:
     return [dict(zip(keys, map(float, ln.split(",")))) for ln in lines[1:]]
 
 
+def _init_agent_from(agent: SAC, cfg: SACConfig, src: Path, out: Path) -> None:
+    """Copy the agent of ``src``'s checkpoint into ``agent`` (see :attr:`SACConfig.init_from`)."""
+    path = src / CHECKPOINT_NAME
+    if src.resolve() == out.resolve():
+        raise ValueError("init_from must name another run directory than out_dir")
+    ck = torch.load(path, weights_only=False)
+    theirs = ck["config"]
+    for name in ("task", "hidden", "critic_layer_norm"):
+        mine = getattr(cfg, name)
+        other = tuple(theirs[name]) if name == "hidden" else theirs[name]
+        if other != mine:
+            raise ValueError(f"init_from: {path} has {name}={other!r}, this run {mine!r}")
+    state = dict(ck["agent"])
+    state["gen"] = agent.gen.get_state()  # this run's own seed drives its noise
+    state["num_updates"] = 0
+    agent.load_state_dict(state)
+    for opt, lr in (
+        (agent.actor_opt, cfg.actor_lr),
+        (agent.critic_opt, cfg.critic_lr),
+        (agent.alpha_opt, cfg.alpha_lr),
+    ):
+        for group in opt.param_groups:  # this run's learning rates, not the source's
+            group["lr"] = lr
+
+
 def train(
     config: SACConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True
 ) -> dict[str, Any]:
@@ -538,8 +572,13 @@ def train(
     cfg = config
     torch.set_num_threads(cfg.num_threads)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
+    fresh = not (resume and ckpt_path.exists())
+    if fresh and cfg.init_from is not None:
+        src = Path(cfg.init_from) / CHECKPOINT_NAME
+        if not src.is_file():  # before anything is written
+            raise FileNotFoundError(f"init_from: no checkpoint at {src}")
+    out.mkdir(parents=True, exist_ok=True)
 
     obs_dim, act_dim = task_dims(cfg.task)
     agent = SAC(cfg, obs_dim, act_dim)
@@ -551,7 +590,7 @@ def train(
     next_eval, next_ckpt = cfg.eval_every, cfg.checkpoint_every
     updates_owed = 0.0
 
-    if resume and ckpt_path.exists():
+    if not fresh:
         ck = torch.load(ckpt_path, weights_only=False)
         saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
         for f in dataclasses.fields(SACConfig):
@@ -580,8 +619,11 @@ def train(
         next_eval, next_ckpt = int(ck["next_eval"]), int(ck["next_ckpt"])
         updates_owed = float(ck["updates_owed"])
         _truncate_eval_log(out, step)
-    elif (out / EVAL_LOG_NAME).exists():
-        (out / EVAL_LOG_NAME).unlink()
+    else:
+        if (out / EVAL_LOG_NAME).exists():
+            (out / EVAL_LOG_NAME).unlink()
+        if cfg.init_from is not None:
+            _init_agent_from(agent, cfg, Path(cfg.init_from), out)
 
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -644,7 +686,7 @@ def train(
             ep_ret = np.zeros(cfg.num_envs)
             done = False
             while not done:
-                if step < cfg.learning_starts:
+                if step < cfg.learning_starts and cfg.init_from is None:
                     actions = np_rng.uniform(-1.0, 1.0, (cfg.num_envs, act_dim)).astype(np.float32)
                 else:
                     actions = agent.act(obs, deterministic=False)
