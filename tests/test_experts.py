@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -203,6 +204,10 @@ def test_init_from_starts_at_the_source_agent(tiny_runs, tmp_path):
     for group in ("actor", "critic", "critic_target"):
         for name, tensor in source[group].items():
             assert torch.equal(tensor, mine[group][name]), f"{group}.{name} not copied"
+    # The exported actor records the configs it descends from.
+    dest = export(tmp_path / "ft", "cheetah", dest=tmp_path / "ft.pt", eval_episodes=1)
+    chain = json.loads(torch.load(dest, weights_only=True)["init_from_configs"])
+    assert [c["seed"] for c in chain] == [TINY["seed"]]
     # A resumed fine-tune continues from its own checkpoint; the source is no longer needed.
     shutil.rmtree(src)
     more = train(SACConfig(**{**cfg.__dict__, "total_steps": 360}), tmp_path / "ft", progress=False)

@@ -784,6 +784,21 @@ def train(
 # --------------------------------------------------------------------------------------------
 
 
+def _init_from_chain(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Configs of the runs an ``init_from`` run started from, nearest first, where readable."""
+    chain: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    src = cfg.get("init_from")
+    while src and len(chain) < 16:
+        path = Path(src) / "config.json"
+        if path.resolve() in seen or not path.is_file():
+            break
+        seen.add(path.resolve())
+        chain.append(json.loads(path.read_text()))
+        src = chain[-1].get("init_from")
+    return chain
+
+
 def export(
     out_dir: str | os.PathLike,
     task: str | None = None,
@@ -847,6 +862,7 @@ def export(
         "eval_returns": [float(r) for r in rets],
         "eval_episodes": int(eval_episodes),
         "config": json.dumps(cfg),
+        "init_from_configs": json.dumps(_init_from_chain(cfg)),
         "torch_version": str(torch.__version__),
     }
     if dest is None:
