@@ -100,6 +100,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     parse_mask_source(args.mask_source)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from masklam_bench.experts import weights_path
+
+    missing = [t for t in tasks if not weights_path(t).exists()]
+    if missing:  # before any job runs, not after the others have taken hours
+        raise UserError(
+            f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
+            "see BENCHMARK.md#experts (`masklam-bench train-expert --task TASK` trains one)."
+        )
 
     from masklam_bench.runner import RunConfig, run
 

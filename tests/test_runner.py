@@ -228,6 +228,18 @@ def test_out_of_range_counts_are_usage_errors(argv, message, capsys):
     assert "Traceback" not in err
 
 
+def test_run_names_every_task_without_an_expert_before_starting(tmp_path, monkeypatch, capsys):
+    from masklam_bench import experts
+
+    monkeypatch.setattr(experts, "WEIGHTS_DIR", tmp_path / "no-weights")
+    argv = ["run", "--method", "lapo", "--envs", "cheetah,walker", "--preset", "smoke",
+            "--out", str(tmp_path / "results"), "--data-root", str(tmp_path / "data")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no shipped expert for cheetah-run, walker-run" in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
 def test_dataset_of_another_expert_is_refused(tmp_path, fake_cheetah_expert):
     """A dataset collected with other expert weights (e.g. an older shipped expert) is reported,
     never silently reused by a run of the current expert."""
