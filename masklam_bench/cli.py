@@ -187,8 +187,10 @@ def _cmd_eval_expert(args: argparse.Namespace) -> None:
     from masklam_bench.experts import evaluate_expert, random_policy_return
 
     tasks = [get_task(name.strip()).name for name in args.task.split(",")]
+    if args.weights is not None and len(tasks) != 1:
+        raise UserError("--weights names one expert file, so --task must name one task.")
     for task in tasks:
-        res = evaluate_expert(task, episodes=args.episodes, seed=args.seed)
+        res = evaluate_expert(task, episodes=args.episodes, seed=args.seed, path=args.weights)
         rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
         print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
               f"episodes (seed {args.seed}); random policy {rnd:.1f}")
@@ -281,6 +283,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task, or a comma-separated list")
     p.add_argument("--episodes", type=int_at_least(1), default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="an exported expert file to measure instead of the shipped one")
     p.set_defaults(func=_cmd_eval_expert)
 
     for module in _EXTRA_COMMANDS:

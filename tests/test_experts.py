@@ -161,6 +161,20 @@ def test_eval_expert_command_prints_every_episode(capsys):
     assert mean == pytest.approx(np.mean(returns), abs=0.1)  # both sides rounded to 0.1
 
 
+def test_eval_expert_measures_an_unshipped_file(tiny_runs, tmp_path, capsys):
+    from masklam_bench import cli
+
+    _, _, _, whole, _ = tiny_runs
+    dest = export(whole, "cheetah", dest=tmp_path / "candidate.pt", eval_episodes=1)
+    assert cli.main(["eval-expert", "--task", "cheetah", "--episodes", "1", "--weights",
+                     str(dest)]) == 0
+    assert capsys.readouterr().out.startswith("cheetah-run: expert ")
+    assert cli.main(["eval-expert", "--task", "walker", "--weights", str(dest)]) == 2
+    assert "holds an expert for 'cheetah-run', not 'walker-run'" in capsys.readouterr().err
+    assert cli.main(["eval-expert", "--task", "cheetah,walker", "--weights", str(dest)]) == 2
+    assert "--task must name one task" in capsys.readouterr().err
+
+
 def test_stop_return_ends_early(tmp_path):
     cfg = SACConfig(**{**TINY, "eval_every": 100, "stop_return": -1.0})
     res = train(cfg, tmp_path, resume=False, progress=False)

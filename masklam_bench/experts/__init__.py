@@ -132,10 +132,15 @@ def _run_episodes(task: str, policy, episodes: int, seed: int) -> np.ndarray:
 
 
 def evaluate_expert(
-    task: str, episodes: int = 10, seed: int = 0, noise_std: float = 0.0
+    task: str,
+    episodes: int = 10,
+    seed: int = 0,
+    noise_std: float = 0.0,
+    path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Mean/std/list of 1000-step returns of the shipped expert on dm_control state obs."""
-    expert = load_expert(task)
+    """Mean/std/list of 1000-step returns of the shipped expert (or the expert file at ``path``)
+    on dm_control state observations."""
+    expert = load_expert(task, path=path)
     rng = np.random.default_rng(seed)
     rets = _run_episodes(
         expert.task, lambda o: expert.act(o, noise_std=noise_std, rng=rng), episodes, seed
