@@ -100,9 +100,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     parse_mask_source(args.mask_source)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from masklam_bench.experts import weights_path
+    from masklam_bench.experts import available_experts
 
-    missing = [t for t in tasks if not weights_path(t).exists()]
+    shipped = available_experts()
+    missing = [t for t in tasks if t not in shipped]
     if missing:  # before any job runs, not after the others have taken hours
         raise UserError(
             f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
