@@ -23,6 +23,7 @@ import os
 import queue
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -612,19 +613,38 @@ def collect(
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path``, so two collections never write one dataset."""
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"Another collection is writing {lock_path.parent}/"
-                             f"{lock_path.name[1:-len('.lock')]}; wait for it to finish or "
-                             f"stop it.") from None
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
+def _exclusive(lock_path: Path, poll_s: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``, so two collections never write one dataset.
+
+    A second process (e.g. two ``masklam-bench run`` jobs of one task started together) waits,
+    with one message on stderr, until the first has finished collecting or checking the dataset.
+    The lock file is removed on release, so a waiter re-checks after locking that the path still
+    names the file it locked, and otherwise locks the new file.
+    """
+    told = False
+    while True:
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    name = lock_path.name[1:-len(".lock")]
+                    print(f"Another process is collecting or checking {lock_path.parent}/{name};"
+                          f" waiting for it (Ctrl-C to stop).", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(poll_s)
+                continue
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released and removed it between our open and our lock
+                continue
+            try:
+                yield
+            finally:
+                lock_path.unlink(missing_ok=True)
+            return
 
 
 def _config_json(config: CollectConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import threading
 
 import gymnasium as gym
 import numpy as np
@@ -268,6 +269,29 @@ def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, monkeypatch
     with pytest.raises(ValueError, match="other settings.*action_noise"):
         _collect(dataset.parents[2], fake_expert, workers=2, action_noise=0.1)
 
+
+
+def test_second_process_waits_for_the_lock(dataset, fake_expert, monkeypatch, capsys):
+    """Two runs of one task started together: the second waits instead of failing."""
+    def fail(*args, **kwargs):
+        raise AssertionError("collected again")
+
+    monkeypatch.setattr(collect_module, "_run_episodes", fail)
+    result = {}
+
+    def second():
+        result["path"] = _collect(dataset.parents[2], fake_expert, workers=2)
+
+    lock = dataset.parent / f".{dataset.name}.lock"
+    with collect_module._exclusive(lock):  # another process holds it (flock is per open file)
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=1.5)
+        assert waiter.is_alive() and "path" not in result
+    waiter.join(timeout=30)
+    assert result["path"] == dataset
+    assert "waiting for it" in capsys.readouterr().err
+    assert not lock.exists()
 
 # ----------------------------------------------------------------------------------------------
 # Damage is detected
