@@ -613,7 +613,7 @@ def collect(
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path, poll_s: float = 0.5) -> Iterator[None]:
+def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path``, so two collections never write one dataset.
 
     A second process (e.g. two ``masklam-bench run`` jobs of one task started together) waits,
@@ -632,8 +632,7 @@ def _exclusive(lock_path: Path, poll_s: float = 0.5) -> Iterator[None]:
                     print(f"Another process is collecting or checking {lock_path.parent}/{name};"
                           f" waiting for it (Ctrl-C to stop).", file=sys.stderr, flush=True)
                     told = True
-                time.sleep(poll_s)
-                continue
+                fcntl.flock(lock, fcntl.LOCK_EX)  # blocks until the holder releases it
             try:
                 same = os.stat(lock_path).st_ino == os.fstat(lock.fileno()).st_ino
             except FileNotFoundError:

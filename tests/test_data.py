@@ -260,23 +260,23 @@ def test_same_seed_gives_identical_dataset(dataset, resumed):
         assert meta_a[key] == meta_b[key]
 
 
-def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, monkeypatch):
+@pytest.fixture
+def no_recollection(monkeypatch):
+    """Fail the test if a finished dataset gets collected again."""
     def fail(*args, **kwargs):
         raise AssertionError("collected again")
 
     monkeypatch.setattr(collect_module, "_run_episodes", fail)
+
+
+def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, no_recollection):
     assert _collect(dataset.parents[2], fake_expert, workers=2) == dataset
     with pytest.raises(ValueError, match="other settings.*action_noise"):
         _collect(dataset.parents[2], fake_expert, workers=2, action_noise=0.1)
 
 
-
-def test_second_process_waits_for_the_lock(dataset, fake_expert, monkeypatch, capsys):
+def test_second_process_waits_for_the_lock(dataset, fake_expert, no_recollection, capsys):
     """Two runs of one task started together: the second waits instead of failing."""
-    def fail(*args, **kwargs):
-        raise AssertionError("collected again")
-
-    monkeypatch.setattr(collect_module, "_run_episodes", fail)
     result = {}
 
     def second():
@@ -292,6 +292,7 @@ def test_second_process_waits_for_the_lock(dataset, fake_expert, monkeypatch, ca
     assert result["path"] == dataset
     assert "waiting for it" in capsys.readouterr().err
     assert not lock.exists()
+
 
 # ----------------------------------------------------------------------------------------------
 # Damage is detected
