@@ -185,7 +185,7 @@ def _cmd_train_expert(args: argparse.Namespace) -> None:
 def _cmd_eval_expert(args: argparse.Namespace) -> None:
     """Measure the shipped expert's and a random policy's return (mean and std over episodes)."""
     from masklam_bench.envs import get_task
-    from masklam_bench.experts import evaluate_expert, random_policy_return
+    from masklam_bench.experts import LAOM_RETURNS, evaluate_expert, random_policy_return
 
     tasks = [get_task(name.strip()).name for name in args.task.split(",")]
     if args.weights is not None and len(tasks) != 1:
@@ -193,8 +193,10 @@ def _cmd_eval_expert(args: argparse.Namespace) -> None:
     for task in tasks:
         res = evaluate_expert(task, episodes=args.episodes, seed=args.seed, path=args.weights)
         rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
+        laom = LAOM_RETURNS[task]
         print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
-              f"episodes (seed {args.seed}); random policy {rnd:.1f}")
+              f"episodes (seed {args.seed}); random policy {rnd:.1f}; "
+              f"{res['mean'] / laom:.1%} of LAOM's expert ({laom})")
         print(f"  expert episodes: {' '.join(f'{r:.1f}' for r in res['returns'])}")
 
 

@@ -578,12 +578,16 @@ def collect(
     gym.make(env_name, **env_kwargs).close()
     expert_sha, expert_meta = None, None
     if policy == "expert":
-        from masklam_bench.experts import load_expert, weights_path
+        from masklam_bench.experts import load_expert, shortfall_note, weights_path
 
         if expert_path is not None:
             expert_path = str(Path(expert_path).resolve())
         # Loading here fails early, with a clear message, when no expert is shipped.
-        expert_meta = _jsonable(load_expert(task.name, expert_path).meta)
+        expert = load_expert(task.name, expert_path)
+        note = shortfall_note(expert)
+        if note is not None:
+            print(f"Warning: {note}", file=sys.stderr, flush=True)
+        expert_meta = _jsonable(expert.meta)
         expert_sha = ds.file_sha256(expert_path or weights_path(task.name))
     elif expert_path is not None:
         raise ValueError("expert_path only applies to policy='expert'.")

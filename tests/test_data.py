@@ -269,8 +269,10 @@ def no_recollection(monkeypatch):
     monkeypatch.setattr(collect_module, "_run_episodes", fail)
 
 
-def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, no_recollection):
+def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, no_recollection, capsys):
     assert _collect(dataset.parents[2], fake_expert, workers=2) == dataset
+    # The fake expert's recorded return (123.0) is far below LAOM's cheetah expert: flagged.
+    assert "14.7% of LAOM's expert (837.7), below the suite's 80% target" in capsys.readouterr().err
     with pytest.raises(ValueError, match="other settings.*action_noise"):
         _collect(dataset.parents[2], fake_expert, workers=2, action_noise=0.1)
 

@@ -21,13 +21,27 @@ from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, flatten_state, get_ta
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
+LAOM_RETURNS: dict[str, float] = {
+    "cheetah-run": 837.7,
+    "walker-run": 739.8,
+    "hopper-hop": 306.6,
+    "humanoid-walk": 617.2,
+}
+"""Returns of LAOM's experts, the references the shipped experts are measured against."""
+
+TARGET_FRACTION = 0.8
+"""An expert at less than this fraction of LAOM's return is flagged where it is used."""
+
 __all__ = [
+    "LAOM_RETURNS",
+    "TARGET_FRACTION",
     "WEIGHTS_DIR",
     "Expert",
     "available_experts",
     "evaluate_expert",
     "load_expert",
     "random_policy_return",
+    "shortfall_note",
     "train_expert",
     "weights_path",
 ]
@@ -106,6 +120,22 @@ def load_expert(task: str, path: str | os.PathLike | None = None) -> Expert:
     if payload.get("task") != name:
         raise ValueError(f"{p} holds an expert for {payload.get('task')!r}, not {name!r}.")
     return Expert(payload)
+
+
+def shortfall_note(expert: Expert) -> str | None:
+    """A one-line caveat if ``expert``'s recorded return is under the target, else ``None``.
+
+    The recorded return is the one ``export`` measured when it wrote the file.
+    """
+    ret = expert.meta.get("eval_return_mean")
+    reference = LAOM_RETURNS[expert.task]
+    if ret is None or ret >= TARGET_FRACTION * reference:
+        return None
+    return (
+        f"this {expert.task} expert returned {ret:.1f} when exported, {ret / reference:.1%} of "
+        f"LAOM's expert ({reference}), below the suite's {TARGET_FRACTION:.0%} target; its "
+        "episodes are not expert play, and returns normalised by them say little."
+    )
 
 
 def available_experts() -> list[str]:
