@@ -126,7 +126,7 @@ BEATS_RANDOM = {
     "cheetah-run": (3.0, 30.0),
     "walker-run": (3.0, 30.0),
     "hopper-hop": (3.0, 5.0),
-    "humanoid-walk": (2.0, 0.0),  # the shipped humanoid does not stand: it only falls later
+    "humanoid-walk": (3.0, 30.0),
 }
 
 

@@ -133,8 +133,9 @@ def shortfall_note(expert: Expert) -> str | None:
         return None
     return (
         f"this {expert.task} expert returned {ret:.1f} when exported, {ret / reference:.1%} of "
-        f"LAOM's expert ({reference}), below the suite's {TARGET_FRACTION:.0%} target; its "
-        "episodes are not expert play, and returns normalised by them say little."
+        f"LAOM's expert ({reference}), below the suite's {TARGET_FRACTION:.0%} target: its "
+        "episodes are weaker demonstrations than the papers', and normalised returns are "
+        "relative to it."
     )
 
 
