@@ -146,10 +146,8 @@ def test_shipped_expert_beats_random(task):
     assert expert_ret > factor * random_ret + slack, (expert_ret, random_ret)
 
 
-def test_shortfall_note_flags_experts_below_the_target(tiny_runs, tmp_path):
-    _, _, _, whole, _ = tiny_runs
-    payload = torch.load(export(whole, "cheetah", dest=tmp_path / "c.pt", eval_episodes=1),
-                         weights_only=True)
+def test_shortfall_note_flags_experts_below_the_target(fake_cheetah_expert, tmp_path):
+    payload = torch.load(fake_cheetah_expert(tmp_path / "c.pt"), weights_only=True)
     notes = {}
     for ret in (671.0, 669.0, None):  # the target is 80% of LAOM's 837.7, i.e. 670.16
         payload["eval_return_mean"] = ret
