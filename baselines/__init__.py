@@ -1,11 +1,18 @@
 """Latent action methods (LAPO, MaskLAM and its variants, reference rows) behind one interface.
 
 Look a method up by name with :func:`get_method` (``lapo``, ``masklam``, ``masklam-full``,
-``oracle``, ``bc-labels``) or pass ``module.path:ClassName`` for a method of your own.
+``oracle``, ``bc-labels``, and the floor rows ``untrained-idm`` and ``bc-labelled``) or pass ``module.path:ClassName`` for a method of your own.
 """
 
 # Importing the method modules registers them.
-from masklam_bench.baselines import bc_labels, lapo, masklam, masklam_full, oracle  # noqa: F401
+from masklam_bench.baselines import (  # noqa: F401
+    bc_labels,
+    floors,
+    lapo,
+    masklam,
+    masklam_full,
+    oracle,
+)
 from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.registry import available_methods, get_method, register
 

@@ -66,6 +66,12 @@ class LatentActionMethod(abc.ABC):
     """Train and evaluate on the distractor-free data and env (the oracle)."""
     latent_is_action: ClassVar[bool] = False
     """The latent is the true action (the ``bc-labels`` reference row); no pretraining."""
+    uses_masks: ClassVar[bool] = False
+    """Reads the agent masks of a batch, so ``--mask-source`` changes its result (MaskLAM)."""
+    skips_pretraining: ClassVar[bool] = False
+    """Stage 1 is skipped: the IDM keeps its random weights (the ``untrained`` floor row)."""
+    bc_on_labelled_only: ClassVar[bool] = False
+    """Latent BC sees only the labelled subset, not all train data (``bc-labels-subset``)."""
 
     def __init__(self, config: LamConfig, image_size: int, action_dim: int,
                  device: torch.device | str = "cpu") -> None:

@@ -27,6 +27,7 @@ class MaskLAM(LAPO):
     """MaskLAM (Adnan et al. 2026): LAPO with the reconstruction loss masked to the agent."""
 
     name = "masklam"
+    uses_masks = True
 
     def batch_keys(self) -> tuple[str, ...]:
         """Batch keys :meth:`train_step` reads: LAPO's and the target's agent mask."""

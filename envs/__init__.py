@@ -29,10 +29,17 @@ logging.getLogger("absl").addFilter(_DropSetTotalMassWarning())
 # Id prefix and suffix for each distractor split.
 _VARIANTS = {"id": ("Distracting", ""), "ood": ("Distracting", "OOD"), "none": ("Clean", "")}
 
+ENV_VERSIONS = {"id": 0, "ood": 1, "none": 0}
+"""The current (and only registered) version of each split's ids. OOD is v1: v0's pool had three
+videos that repeated an ID (family, palette); asking for ``...OOD-v0`` makes Gymnasium raise its
+``DeprecatedEnv`` error, which names the v1 id."""
 
-def env_id(task: str, distractors: str = "id", version: int = 0) -> str:
-    """The registered id of a task and distractor split, e.g. ``DistractingCheetahOOD-v0``."""
+
+def env_id(task: str, distractors: str = "id", version: int | None = None) -> str:
+    """The id of a task and split, by default its current version: ``DistractingCheetahOOD-v1``."""
     prefix, suffix = _VARIANTS[distractors]
+    if version is None:
+        version = ENV_VERSIONS[distractors]
     return f"{prefix}{get_task(task).short.capitalize()}{suffix}-v{version}"
 
 
@@ -59,14 +66,18 @@ def register_envs() -> None:
 def parse_env_id(name: str) -> tuple[Task, str]:
     """Map a registered id (with or without the ``masklam_bench:`` namespace) to (task, split)."""
     bare = name.split(":", 1)[-1]
+    unversioned = bare.rsplit("-v", 1)[0]
     for task in TASKS.values():
         for split in _VARIANTS:
-            if env_id(task.name, split) == bare:
+            current = env_id(task.name, split)
+            if current == bare:
                 return task, split
+            if current.rsplit("-v", 1)[0] == unversioned:
+                raise ValueError(f"{name!r} is not a current version; use {current!r}.")
     raise ValueError(
         f"Unknown environment {name!r}; masklam-bench registers: {', '.join(registered_ids())}."
     )
 
 
-__all__ = ["EPISODE_STEPS", "TASKS", "env_id", "get_task", "parse_env_id", "register_envs",
-           "registered_ids"]
+__all__ = ["ENV_VERSIONS", "EPISODE_STEPS", "TASKS", "env_id", "get_task", "parse_env_id",
+           "register_envs", "registered_ids"]

@@ -63,19 +63,22 @@ class VideoSpec:
 def video_pool(split: str) -> tuple[VideoSpec, ...]:
     """The fixed pool of videos of a split (``"id"`` or ``"ood"``); the two pools are disjoint.
 
-    The ID pool cycles through ID families and palettes; the OOD pool cycles through all families
-    and the OOD-only palettes, and every third OOD video uses an OOD-only family, so OOD contains
-    looks the ID pool never shows.
+    The ID pool cycles the three ID families through the three ID palettes. The OOD pool cycles all
+    four families (the ID ones and the OOD-only ``plasma``) through the OOD-only palettes only, so
+    every OOD video has a palette the ID pool never shows, and every fourth a family it never shows.
     """
     if split == "id":
         return tuple(
             VideoSpec(ID_FAMILIES[i % 3], ID_PALETTES[(i // 3) % 3], i) for i in range(ID_POOL_SIZE)
         )
     if split == "ood":
+        # No ID palette here: an ID family in an ID palette would differ from ID videos only by
+        # seed, a look the agent has already seen (OOD-v0 had three such videos).
         families = ID_FAMILIES + OOD_ONLY_FAMILIES
-        palettes = OOD_ONLY_PALETTES + ID_PALETTES
         return tuple(
-            VideoSpec(families[i % 4], palettes[(i // 4) % len(palettes)], _OOD_SEED_BASE + i)
+            VideoSpec(families[i % len(families)],
+                      OOD_ONLY_PALETTES[(i // len(families)) % len(OOD_ONLY_PALETTES)],
+                      _OOD_SEED_BASE + i)
             for i in range(OOD_POOL_SIZE)
         )
     raise ValueError(f"Unknown split {split!r}; expected 'id' or 'ood'.")

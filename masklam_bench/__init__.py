@@ -1,7 +1,7 @@
 """masklam-bench: latent action models that learn from video with distracting backgrounds.
 
 Importing the package registers the twelve environments with Gymnasium
-(``DistractingCheetah-v0``, ``DistractingCheetahOOD-v0``, ``CleanCheetah-v0``, ...).
+(``DistractingCheetah-v0``, ``DistractingCheetahOOD-v1``, ``CleanCheetah-v0``, ...).
 """
 
 from masklam_bench.envs import env_id, register_envs, registered_ids

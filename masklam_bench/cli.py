@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -73,37 +74,95 @@ def parse_envs(text: str) -> list[str]:
     tasks = []
     for name in (p.strip() for p in text.split(",")):
         try:
-            task = parse_env_id(name)[0] if name.endswith("-v0") else get_task(name)
+            # A registered id ends in its version (ID and clean ids are v0, OOD ids v1).
+            is_id = re.search(r"-v\d+$", name) is not None
+            task = parse_env_id(name)[0] if is_id else get_task(name)
         except ValueError as err:
             raise UserError(f"--envs: {err}") from None
         tasks.append(task.name)
     return list(dict.fromkeys(tasks))
 
 
+MAX_LATENT_DIM = 65_536
+"""Largest ``--dims`` value accepted (the papers sweep 32..8192; LAOM uses 8192)."""
+
+
+def parse_overrides(items: Sequence[str], labels: int | None) -> dict[str, int | float | str]:
+    """``--set KEY=VALUE`` (repeatable) and ``--labels N`` as one dict of preset overrides."""
+    from masklam_bench.presets import parse_override
+
+    overrides: dict[str, int | float | str] = {}
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        overrides[key] = value
+    if labels is not None:
+        overrides["data.labelled_transitions"] = labels
+    return overrides
+
+
+def _check_run_options(method_cls: type, mask_source: str, envs: str) -> None:
+    """Refuse options that would do nothing for this method or these envs."""
+    from masklam_bench.mask_sources import parse_mask_source
+
+    label = parse_mask_source(mask_source).label
+    if label != "exact" and not getattr(method_cls, "uses_masks", False):
+        raise UserError(
+            f"--mask-source {mask_source}: method {method_cls.name!r} trains without agent masks, "
+            "so the run would repeat the plain one under another name; use it with masklam, "
+            "masklam-full or a method that reads masks.")
+    for name in envs.split(","):
+        if "OOD-v" in name or name.strip().startswith("Clean"):
+            raise UserError(
+                f"--envs {name.strip()}: runs train on a task's ID data and are evaluated in its "
+                "ID and OOD envs (the oracle in the clean env); name the task, e.g. --envs cheetah.")
+
+
+def _run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """Check every ``run`` argument before any job starts; return the (task, dim, seed) jobs."""
+    from masklam_bench.baselines import get_method
+    from masklam_bench.presets import apply_overrides, get_preset
+
+    dims = parse_int_list(args.dims, "--dims", minimum=1)
+    if max(dims) > MAX_LATENT_DIM:
+        raise UserError(f"--dims: {max(dims)} is above the largest latent size accepted "
+                        f"({MAX_LATENT_DIM}); the papers use 32..8192.")
+    seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
+    tasks = parse_envs(args.envs)
+    try:
+        cls = get_method(args.method)
+    except (ValueError, ImportError) as err:
+        raise UserError(str(err)) from None
+    _check_run_options(cls, args.mask_source, args.envs)
+    preset = get_preset(args.preset)
+    try:
+        apply_overrides(preset, args.overrides)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if cls.latent_is_action and len(dims) > 1:
+        print(f"note: {args.method} has no latent (its latent is the action): one run per seed, "
+              "whatever --dims says.")
+    if cls.latent_is_action:
+        dims = [0]
+    return [(t, d, s) for t in tasks for d in dims for s in seeds]
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     """Run the benchmark pipeline for every (env, latent dim, seed) of one method."""
     import torch
 
-    from masklam_bench.baselines import get_method
-    from masklam_bench.presets import default_preset_name, get_preset
+    from masklam_bench.presets import default_preset_name
 
-    dims = parse_int_list(args.dims, "--dims", minimum=1)
-    seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
-    tasks = parse_envs(args.envs)
-    preset = args.preset or default_preset_name()
-    get_preset(preset)
-    try:
-        get_method(args.method)
-    except (ValueError, ImportError) as err:
-        raise UserError(str(err)) from None
-    from masklam_bench.mask_sources import parse_mask_source
-
-    parse_mask_source(args.mask_source)
+    args.preset = args.preset or default_preset_name()
+    args.overrides = parse_overrides(args.set, args.labels)
+    jobs = _run_jobs(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from masklam_bench.experts import available_experts
 
     shipped = available_experts()
-    missing = [t for t in tasks if t not in shipped]
+    missing = sorted({t for t, _, _ in jobs if t not in shipped})
     if missing:  # before any job runs, not after the others have taken hours
         raise UserError(
             f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
@@ -112,15 +171,20 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     from masklam_bench.runner import RunConfig, run
 
-    jobs = [(t, d, s) for t in tasks for d in dims for s in seeds]
+    print(f"preset {args.preset}" + (f" with --set {args.overrides}" if args.overrides else "")
+          + f", {len(jobs)} run(s), results -> {args.out}/")
     for n, (task, dim, seed) in enumerate(jobs, 1):
         config = RunConfig(method=args.method, task=task, latent_dim=dim, seed=seed,
-                           preset=preset, device=device, data_root=args.data_root,
+                           preset=args.preset, device=device, data_root=args.data_root,
                            runs_root=args.runs_root, results_dir=args.out,
                            threads=args.threads, compile=args.compile,
-                           mask_source=args.mask_source, bf16=not args.no_bf16)
+                           mask_source=args.mask_source, bf16=not args.no_bf16,
+                           overrides=args.overrides)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
-        result = run(config)
+        try:
+            result = run(config)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         m = result["metrics"]
         print(f"  probe NMSE {_fmt(m.get('probe_nmse'))} (untrained IDM "
               f"{_fmt(m.get('probe_nmse_untrained'))}), normalised return ID "
@@ -239,7 +303,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, choices=["smoke", "cpu", "gpu"],
                    help="size preset (default: gpu when CUDA is available, else cpu)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--out", default="leaderboards/results", help="folder for result JSON files")
+    p.add_argument("--out", default="results",
+                   help="folder for result JSON files (default: results; the committed "
+                        "leaderboard's files are added to leaderboards/results by hand)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set train.lam_steps=6000 (repeatable)")
+    p.add_argument("--labels", type=int_at_least(1), default=None, metavar="N",
+                   help="labelled transitions for the action decoder (= --set "
+                        "data.labelled_transitions=N; the paper sweeps 2k..128k)")
     p.add_argument("--data-root", default="data", help="dataset folder (collected if missing)")
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (runs resume from it)")
     p.add_argument("--threads", type=int_at_least(0), default=0,
@@ -297,6 +368,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 _EXTRA_COMMANDS = (
     "masklam_bench.collect",
+    "masklam_bench.curves",
     "masklam_bench.leaderboard",
     "masklam_bench.sam_masks",
 )

@@ -1,10 +1,25 @@
 """The leaderboard: result files of single runs in, Markdown tables, CSVs and plots out.
 
 Each run writes one JSON file under ``leaderboards/results/``. This module validates them
-(a malformed file is named and skipped, never merged), summarises seeds per task with a mean and
-Student-t interval, summarises tasks with the IQM and a stratified-bootstrap interval, and
+(a malformed file is named and skipped, never merged), summarises seeds per task (probe columns: a
+mean with a Student-t interval over seeds; return columns: a mean with a Student-t interval over all
+episodes of all seeds), summarises tasks with the IQM and a stratified-bootstrap interval, and
 regenerates ``leaderboards/README.md``, ``<task>.csv``, ``summary.csv`` and
-``<preset>_<task>_{nmse,return}.png``. Presets are never mixed in one table or aggregate.
+``<preset>_<task>_{nmse,return}.png``.
+
+Rules (issues 17 and 18):
+
+- Protocols are never mixed. A row's protocol is the hash of its resolved preset
+  (``config.preset``, see :func:`protocol_id`) plus its ``--set`` overrides. Main tables hold the
+  current protocol of each preset without overrides; any other protocol gets its own section and is
+  never in the main aggregates.
+- Returns are gated: they count only where the ``bc-labels`` row (pixel BC on all true actions)
+  reaches ``RETURN_GATE``; elsewhere they are shown marked and left out of return aggregates.
+- A row whose latent is the true action has no probe and no latent dim: its cells show "–".
+- Across tasks, rows are compared only over tasks they all cover; others are shown apart.
+- Every interval is named; one sample shows no interval. The oracle's OOD return (it has no OOD
+  environment of its own) is marked "same env" and left out of OOD aggregates.
+
 Output is deterministic: regenerating without new results rewrites identical bytes.
 """
 
@@ -13,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -22,11 +38,11 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from masklam_bench import metrics
+from masklam_bench import metrics, presets
 from masklam_bench.fileio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -41,6 +57,26 @@ BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 """Fixed seed of every bootstrap, so regenerating gives identical files."""
 
+# Pixel BC on all true actions is the ceiling of every LAM row; below 0.5 a return cannot
+# separate methods.
+RETURN_GATE = 0.5
+"""Least mean normalised ID return of the ``bc-labels`` row for a task's returns to count."""
+
+CEILING_METHOD = "bc-labels"
+"""The method whose ID return is the ceiling that gates a task's returns."""
+
+GATE_MARK = "†"
+"""Suffix of a return cell that the gate marks as not informative."""
+
+PROTOCOL_ID_CHARS = 8
+"""Hex digits of the SHA-256 kept in a protocol id."""
+
+UNKNOWN_PROTOCOL = "unknown"
+"""Protocol id of a result file without ``config.preset``."""
+
+NO_DIM = 0
+"""Latent-dim key of a row whose latent is the true action (it has no latent dim of its own)."""
+
 REGENERATE = "masklam-bench leaderboard"
 """The command that rewrites the generated files."""
 
@@ -53,6 +89,7 @@ _REQUIRED: dict[str, type] = {
 _OPTIONAL: dict[str, type] = {
     "method_label": str, "env_id": str, "ood_env_id": str, "config": dict, "versions": dict,
     "env_versions": dict, "timings": dict, "device": str, "machine": str, "created": str,
+    "overrides": dict, "latent_is_action": bool,
 }
 """Keys that may be absent (or null) but, when present, must have these types."""
 
@@ -63,29 +100,44 @@ _NUMERIC_METRICS = (
 )
 """Metrics the leaderboard reads: each a finite number or null (other metrics pass through)."""
 
+_EPISODE_LISTS = ("return_id_episodes", "return_ood_episodes")
+"""Per-episode raw returns the leaderboard reads: each a list of finite numbers or null."""
+
+_PROBE_METRICS = ("probe_nmse", "probe_nmse_untrained")
+"""Metrics of the linear probe: undefined for a row whose latent is the true action."""
+
+_RETURN_METRICS = ("normalized_return_id", "normalized_return_ood", "return_per_bc")
+"""Normalised returns: gated, aggregated across tasks, with intervals over episodes per task."""
+
+_RAW_RETURNS = ("return_id", "return_ood")
+"""Raw returns: in the CSVs per task only (their scale differs between tasks)."""
+
+_SEED_METRICS = _PROBE_METRICS + _RETURN_METRICS + _RAW_RETURNS
+"""Per-run metrics summarised over seeds (the CSVs' main columns)."""
+
+_EPISODE_SOURCE = {"normalized_return_id": ("return_id_episodes", "normalized_return_id"),
+                   "normalized_return_ood": ("return_ood_episodes", "normalized_return_ood"),
+                   "return_per_bc": ("return_id_episodes", "return_id")}
+"""Per return metric: the episode list it is computed from and the per-run metric it pools."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _Column:
-    """One summarised metric: its key, its table heading, and whether lower is better."""
+    """One metric in the Markdown tables: its key, heading and kind ("probe" or "return")."""
 
     key: str
     heading: str
-    lower_is_better: bool
+    kind: str
 
 
 _COLUMNS = (
-    _Column("probe_nmse", "Probe NMSE ↓", True),
-    _Column("probe_nmse_untrained", "Untrained-IDM NMSE (control)", True),
-    _Column("normalized_return_id", "Norm. return ID ↑", False),
-    _Column("normalized_return_ood", "Norm. return OOD ↑", False),
+    _Column("probe_nmse", "Probe NMSE ↓", "probe"),
+    _Column("probe_nmse_untrained", "Untrained-IDM NMSE (control)", "probe"),
+    _Column("normalized_return_id", "Norm. return ID ↑", "return"),
+    _Column("normalized_return_ood", "Norm. return OOD ↑", "return"),
+    _Column("return_per_bc", "Return / bc-labels ID ↑", "return"),
 )
 """The metrics in the Markdown tables and aggregates, in order."""
-
-_AGGREGATED = tuple(c.key for c in _COLUMNS)
-"""The metrics summarised across tasks (all normalised, so tasks are comparable)."""
-
-_CSV_METRICS = _AGGREGATED + ("return_id", "return_ood")
-"""The metrics in the CSVs (raw returns too, per task only)."""
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """Task and preset names become file names, so they are restricted to these characters."""
@@ -93,8 +145,57 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED_TASKS = frozenset({"summary", "README"})
 """Task names that would collide with the leaderboard's own files."""
 
-_GroupKey = tuple[str, str, str, int]
-"""(preset, task, method_label, latent_dim)."""
+
+class _TableId(NamedTuple):
+    """A set of rows that may be compared: one preset, one protocol, one set of overrides."""
+
+    preset: str
+    protocol: str
+    overrides: str
+
+
+class _Key(NamedTuple):
+    """One row of a per-task table; ``dim`` is ``NO_DIM`` for a row without a latent dim."""
+
+    table: _TableId
+    task: str
+    label: str
+    dim: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols
+
+
+def protocol_id(record: dict[str, Any]) -> str:
+    """First 8 hex digits of SHA-256 of ``json.dumps(config.preset, sort_keys=True)``; or "unknown"
+    when the record has no ``config.preset``."""
+    config = record.get("config")
+    preset = config.get("preset") if isinstance(config, dict) else None
+    if preset is None:
+        return UNKNOWN_PROTOCOL
+    digest = hashlib.sha256(json.dumps(preset, sort_keys=True).encode("utf-8")).hexdigest()
+    return digest[:PROTOCOL_ID_CHARS]
+
+
+def current_protocol(preset_name: str) -> str | None:
+    """The protocol id this code's preset of that name gives, or None when it has no such preset."""
+    try:
+        preset = presets.get_preset(preset_name)
+    except ValueError:
+        return None
+    return protocol_id({"config": {"preset": dataclasses.asdict(preset)}})
+
+
+def overrides_text(overrides: dict[str, Any] | None) -> str:
+    """``--set`` overrides as ``k=v, k=v`` sorted by key; empty without overrides."""
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+                     for k, v in sorted((overrides or {}).items()))
+
+
+def _is_main(table: _TableId) -> bool:
+    """Whether a table holds the current protocol of its preset without overrides."""
+    return not table.overrides and table.protocol == current_protocol(table.preset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,11 +207,12 @@ def load_results(results_dir: str | os.PathLike = "leaderboards/results",
     """Valid result records under ``results_dir`` (recursively, ``*.json``) and the problems.
 
     Each problem is ``"<path relative to results_dir>: <reason>"``; its file is skipped. A file
-    repeating the (preset, task, method_label, latent_dim, seed) of an earlier one (in path
-    order) is skipped as a duplicate. Returned records are the parsed JSON with
-    ``method_label`` defaulting to ``method``, every leaderboard metric present (None when
+    repeating the (preset, protocol, overrides, task, method_label, latent dim, seed) of an
+    earlier one (in path order) is skipped as a duplicate. Returned records are the parsed JSON
+    with ``method_label`` defaulting to ``method``, every leaderboard metric present (None when
     missing), normalised returns filled in from raw returns and reference scores where the run
-    left them out, and ``_path`` (the relative path).
+    left them out, ``_path`` (the relative path) and the derived ``_table``, ``_dim``,
+    ``_no_probe`` and ``_same_env`` (see ``_annotate``).
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -132,11 +234,10 @@ def load_results(results_dir: str | os.PathLike = "leaderboards/results",
         except _Malformed as err:
             problems.append(f"{rel}: {err}")
             continue
-        key = (record["preset"], record["task"], record["method_label"], record["latent_dim"],
-               record["seed"])
+        key = (_key(record), record["seed"])
         if key in seen:
-            problems.append(f"{rel}: duplicate of {seen[key]} (same preset, task, method_label, "
-                            "latent_dim and seed); keep one of them")
+            problems.append(f"{rel}: duplicate of {seen[key]} (same preset, protocol, overrides, "
+                            "task, method_label, latent_dim and seed); keep one of them")
             continue
         seen[key] = rel
         record["_path"] = rel
@@ -171,28 +272,61 @@ def _validate(data: Any) -> dict[str, Any]:
         raise _Malformed(f"latent_dim must be positive, got {data['latent_dim']}")
     record = dict(data)
     record["method_label"] = data.get("method_label") or data["method"]
-    record["metrics"] = found = dict(data["metrics"])
+    record["metrics"] = _validate_metrics(data["metrics"])
+    return _annotate(record)
+
+
+def _validate_metrics(given: dict[str, Any]) -> dict[str, Any]:
+    """The metrics with every read one present (None when missing) and normalised returns filled."""
+    found = dict(given)
     for key in _NUMERIC_METRICS:
         value = found.get(key)
         if value is not None and not (_is_type(value, float) and math.isfinite(value)):
             raise _Malformed(f"metrics.{key} must be a finite number or null, got {value!r}")
         found[key] = None if value is None else float(value)
+    for key in _EPISODE_LISTS:
+        value = found.get(key)
+        if value is not None and not (isinstance(value, list) and all(
+                _is_type(v, float) and math.isfinite(v) for v in value)):
+            raise _Malformed(f"metrics.{key} must be a list of finite numbers or null")
+        found[key] = None if value is None else [float(v) for v in value]
     lo, hi = found["ref_min_score"], found["ref_max_score"]
     for split in ("id", "ood"):
         raw, norm = found[f"return_{split}"], f"normalized_return_{split}"
-        if found[norm] is None and raw is not None and lo is not None and hi is not None \
-                and hi != lo:
+        if found[norm] is None and raw is not None and _has_refs(lo, hi):
             found[norm] = metrics.normalized_return(raw, lo, hi)
+    return found
+
+
+def _has_refs(lo: float | None, hi: float | None) -> bool:
+    """Whether reference scores R_random and R_data are both known and distinct."""
+    return lo is not None and hi is not None and hi != lo
+
+
+def _annotate(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its table, latent-dim key, no-probe and same-env flags (``_``-prefixed)."""
+    no_probe = bool(record.get("latent_is_action")) or record["method"] == CEILING_METHOD
+    env, ood = record.get("env_id"), record.get("ood_env_id")
+    record["_table"] = _TableId(record["preset"], protocol_id(record),
+                                overrides_text(record.get("overrides")))
+    record["_no_probe"] = no_probe
+    record["_dim"] = NO_DIM if no_probe else record["latent_dim"]
+    record["_same_env"] = env is not None and env == ood
     return record
 
 
-_JSON_NAMES = {int: "integer", float: "number", str: "string", dict: "object"}
+def _key(record: dict[str, Any]) -> _Key:
+    """The row a record belongs to."""
+    return _Key(record["_table"], record["task"], record["method_label"], record["_dim"])
+
+
+_JSON_NAMES = {int: "integer", float: "number", str: "string", dict: "object", bool: "boolean"}
 
 
 def _is_type(value: Any, kind: type) -> bool:
-    """JSON-typed isinstance: booleans are not numbers, integers are numbers."""
-    if isinstance(value, bool):
-        return False
+    """JSON-typed isinstance: booleans are only booleans, integers are numbers."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
     if kind is float:
         return isinstance(value, (int, float))
     return isinstance(value, kind)
@@ -204,12 +338,57 @@ def _is_type(value: Any, kind: type) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Stat:
-    """A summarised metric: point estimate, interval (nan when undefined) and sample count."""
+    """A summarised metric: point, interval (nan when undefined), samples and runs behind it."""
 
     point: float
     low: float
     high: float
     n: int
+    runs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ceiling:
+    """The ``bc-labels`` row of one (table, task): its mean normalised and raw ID return."""
+
+    normalized: float | None = None
+    raw: float | None = None
+
+    @property
+    def informative(self) -> bool:
+        """Whether returns at this (table, task) can separate methods (the gate)."""
+        return self.normalized is not None and self.normalized >= RETURN_GATE
+
+    @property
+    def ratio_base(self) -> float | None:
+        """The raw return that ``Return / bc-labels`` divides by; None when not positive."""
+        return self.raw if self.raw is not None and self.raw > 0 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """One (table, task, method_label, dim): its runs, per-run values and summaries."""
+
+    key: _Key
+    runs: list[dict[str, Any]]
+    values: dict[str, list[float]]
+    seeds: dict[str, _Stat | None]
+    episodes: dict[str, _Stat | None]
+
+    @property
+    def method(self) -> str:
+        """The method of the row's runs."""
+        return self.runs[0]["method"]
+
+    @property
+    def no_probe(self) -> bool:
+        """Whether the row's latent is the true action, so it has no probe."""
+        return any(r["_no_probe"] for r in self.runs)
+
+    @property
+    def same_env(self) -> bool:
+        """Whether the row's OOD return is its ID return (no OOD environment of its own)."""
+        return any(r["_same_env"] for r in self.runs)
 
 
 def _seed_stat(values: list[float]) -> _Stat | None:
@@ -217,33 +396,174 @@ def _seed_stat(values: list[float]) -> _Stat | None:
     if not values:
         return None
     mean, low, high = metrics.mean_ci(values, CONFIDENCE)
-    return _Stat(mean, low, high, len(values))
+    return _Stat(mean, low, high, len(values), len(values))
 
 
 def _task_stat(per_task: list[list[float]]) -> _Stat | None:
-    """IQM over all runs of all tasks with a stratified-bootstrap interval, or None."""
+    """IQM over all runs of all tasks with a stratified-bootstrap interval, or None.
+
+    With one run per task the bootstrap cannot vary anything, so there is no interval (nan).
+    """
     per_task = [v for v in per_task if v]
     if not per_task:
         return None
+    n_runs = sum(map(len, per_task))
+    if max(map(len, per_task)) == 1:
+        point = metrics.iqm([v[0] for v in per_task])
+        return _Stat(point, math.nan, math.nan, n_runs, n_runs)
     scores = np.full((max(map(len, per_task)), len(per_task)), np.nan)
     for j, values in enumerate(per_task):
         scores[:len(values), j] = values
     point, low, high = metrics.stratified_bootstrap_ci(
         scores, metrics.iqm_over_all, BOOTSTRAP_REPS, CONFIDENCE, BOOTSTRAP_SEED)
-    return _Stat(point, low, high, sum(map(len, per_task)))
+    return _Stat(point, low, high, n_runs, n_runs)
 
 
-def _group(records: Iterable[dict[str, Any]]) -> dict[_GroupKey, list[dict[str, Any]]]:
-    """Records by (preset, task, method_label, latent_dim), keys sorted, runs by seed."""
-    groups: dict[_GroupKey, list[dict[str, Any]]] = defaultdict(list)
+def _group(records: Iterable[dict[str, Any]]) -> dict[_Key, list[dict[str, Any]]]:
+    """Records by row key, keys sorted, runs by seed."""
+    groups: dict[_Key, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(r["preset"], r["task"], r["method_label"], r["latent_dim"])].append(r)
+        groups[_key(r)].append(r)
     return {k: sorted(groups[k], key=lambda r: r["seed"]) for k in sorted(groups)}
 
 
 def _values(runs: list[dict[str, Any]], key: str) -> list[float]:
     """The non-null values of one metric over runs."""
     return [r["metrics"][key] for r in runs if r["metrics"][key] is not None]
+
+
+def _ceilings(groups: dict[_Key, list[dict[str, Any]]]) -> dict[tuple[_TableId, str], _Ceiling]:
+    """Per (table, task): the ``bc-labels`` row's mean ID returns (empty _Ceiling without one).
+
+    With several ``bc-labels`` rows at a (table, task), the one labelled ``bc-labels`` wins, else
+    the first label in sorted order.
+    """
+    out: dict[tuple[_TableId, str], _Ceiling] = {}
+    for key, runs in groups.items():
+        spot = (key.table, key.task)
+        out.setdefault(spot, _Ceiling())
+        if runs[0]["method"] != CEILING_METHOD or (out[spot].normalized is not None
+                                                   and key.label != CEILING_METHOD):
+            continue
+        norm, raw = _values(runs, "normalized_return_id"), _values(runs, "return_id")
+        out[spot] = _Ceiling(float(np.mean(norm)) if norm else None,
+                             float(np.mean(raw)) if raw else None)
+    return out
+
+
+def _rows(groups: dict[_Key, list[dict[str, Any]]],
+          ceilings: dict[tuple[_TableId, str], _Ceiling]) -> dict[_Key, _Row]:
+    """Every row summarised: seed statistics for all metrics, episode statistics for returns."""
+    return {key: _row(key, runs, ceilings[(key.table, key.task)])
+            for key, runs in groups.items()}
+
+
+def _row(key: _Key, runs: list[dict[str, Any]], ceiling: _Ceiling) -> _Row:
+    """One row summarised; probe values are dropped for a row without a probe."""
+    no_probe = any(r["_no_probe"] for r in runs)
+    values = {m: [] if no_probe and m in _PROBE_METRICS else _values(runs, m)
+              for m in _SEED_METRICS if m != "return_per_bc"}
+    base = ceiling.ratio_base
+    values["return_per_bc"] = [] if base is None else [v / base for v in values["return_id"]]
+    seeds = {m: _seed_stat(values[m]) for m in _SEED_METRICS}
+    episodes = {m: _episode_stat(runs, m, base) for m in _RETURN_METRICS}
+    return _Row(key, runs, values, seeds, episodes)
+
+
+def _episode_stat(runs: list[dict[str, Any]], metric: str, base: float | None) -> _Stat | None:
+    """Mean and Student-t interval over all episodes of all runs that report ``metric``.
+
+    None when no run reports it or one of them left out its episode returns.
+    """
+    episodes_key, run_key = _EPISODE_SOURCE[metric]
+    used = [r["metrics"] for r in runs if r["metrics"][run_key] is not None]
+    if metric == "return_per_bc" and base is None:
+        return None
+    pooled: list[float] = []
+    for m in used:
+        episodes = m[episodes_key]
+        if not episodes:
+            return None
+        if metric == "return_per_bc":
+            pooled += [e / base for e in episodes]
+        elif _has_refs(m["ref_min_score"], m["ref_max_score"]):
+            pooled += [metrics.normalized_return(e, m["ref_min_score"], m["ref_max_score"])
+                       for e in episodes]
+        else:
+            return None
+    if not pooled:
+        return None
+    mean, low, high = metrics.mean_ci(pooled, CONFIDENCE)
+    return _Stat(mean, low, high, len(pooled), len(used))
+
+
+# --- Across tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Aggregate:
+    """One row of a cross-task summary: a (table, method_label, dim) over some of its tasks."""
+
+    table: _TableId
+    label: str
+    dim: int
+    method: str
+    tasks: tuple[str, ...]
+    return_tasks: tuple[str, ...]
+    compared: bool
+    no_probe: bool
+    same_env: bool
+    stats: dict[str, _Stat | None]
+
+
+def _compared_tasks(task_sets: Iterable[frozenset[str]]) -> frozenset[str]:
+    """The task set compared at one (table, dim): of the rows' own task sets, the one that puts
+    the most (row, task) results into the comparison; ties go to more rows, then more tasks."""
+    sets = list(task_sets)
+
+    def score(candidate: frozenset[str]) -> tuple[int, int, int]:
+        covering = sum(candidate <= s for s in sets)
+        return covering * len(candidate), covering, len(candidate)
+
+    return max(sorted(set(sets), key=sorted), key=score)
+
+
+def _aggregates(rows: dict[_Key, _Row],
+                ceilings: dict[tuple[_TableId, str], _Ceiling]) -> list[_Aggregate]:
+    """Per (table, dim, method_label): the IQM over the compared tasks, or over its own tasks
+    when it does not cover them (then ``compared`` is False). Sorted by table, dim, label."""
+    by_group: dict[tuple[_TableId, int], dict[str, dict[str, _Row]]] = defaultdict(
+        lambda: defaultdict(dict))
+    for key, row in rows.items():
+        by_group[(key.table, key.dim)][key.label][key.task] = row
+    out = []
+    for table, dim in sorted(by_group):
+        per_label = by_group[(table, dim)]
+        compared = _compared_tasks(frozenset(t) for t in per_label.values())
+        for label in sorted(per_label):
+            own = per_label[label]
+            inside = compared <= own.keys()
+            tasks = sorted(compared if inside else own)
+            informative = [t for t in tasks if ceilings[(table, t)].informative]
+            out.append(_aggregate([own[t] for t in tasks],
+                                  [own[t] for t in informative], inside))
+    return out
+
+
+def _aggregate(task_rows: list[_Row], return_rows: list[_Row], compared: bool) -> _Aggregate:
+    """IQM of probe metrics over ``task_rows`` and of returns over ``return_rows`` (gated);
+    OOD returns leave out rows whose OOD environment is their ID one."""
+    first = task_rows[0]
+    no_probe = any(r.no_probe for r in task_rows)
+    stats = {m: None if no_probe else _task_stat([r.values[m] for r in task_rows])
+             for m in _PROBE_METRICS}
+    for m in _RETURN_METRICS:
+        used = [r for r in return_rows if not (m == "normalized_return_ood" and r.same_env)]
+        stats[m] = _task_stat([r.values[m] for r in used])
+    return _Aggregate(first.key.table, first.key.label, first.key.dim, first.method,
+                      tuple(r.key.task for r in task_rows),
+                      tuple(r.key.task for r in return_rows), compared, no_probe,
+                      any(r.same_env for r in task_rows), stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,78 +588,99 @@ def _no_results_message(results_dir: str | os.PathLike, problems: list[str]) -> 
             "nothing written. Run the benchmark first or pass --results DIR.")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Board:
+    """Everything the generated files are made of."""
+
+    rows: dict[_Key, _Row]
+    ceilings: dict[tuple[_TableId, str], _Ceiling]
+    aggregates: list[_Aggregate]
+    problems: list[str]
+
+
 def _write_all(records: list[dict[str, Any]], problems: list[str],
                out: Path) -> dict[str, Path]:
     """Write every leaderboard file from validated records."""
     groups = _group(records)
-    rows = {key: {m: _seed_stat(_values(runs, m)) for m in _CSV_METRICS}
-            for key, runs in groups.items()}
-    aggregates = _aggregates(groups)
+    ceilings = _ceilings(groups)
+    rows = _rows(groups, ceilings)
+    board = _Board(rows, ceilings, _aggregates(rows, ceilings), problems)
     written: dict[str, Path] = {}
 
     def emit(name: str, data: bytes) -> None:
         atomic_write_bytes(out / name, data)
         written[name] = out / name
 
-    tasks = sorted({key[1] for key in groups})
-    for task in tasks:
-        emit(f"{task}.csv", _csv([_csv_row(key, groups[key], rows[key]) for key in groups
-                                  if key[1] == task]))
-    summary = [_csv_row(key, groups[key], rows[key]) for key in groups]
-    summary += [_csv_row((p, "all", label, dim), None, stats, n_tasks, method)
-                for (p, label, dim), (stats, n_tasks, method) in aggregates.items()]
+    for task in sorted({key.task for key in rows}):
+        emit(f"{task}.csv", _csv([_csv_row(row, ceilings) for key, row in rows.items()
+                                  if key.task == task]))
+    summary = [_csv_row(row, ceilings) for row in rows.values()]
+    summary += [_csv_aggregate_row(agg) for agg in board.aggregates]
     emit("summary.csv", _csv(summary))
 
     plots: dict[tuple[str, str], list[str]] = {}
-    for preset, task in sorted({(k[0], k[1]) for k in groups}):
-        task_rows = {k: v for k, v in rows.items() if k[0] == preset and k[1] == task}
-        for kind, png in _plots(task_rows, f"{task} ({preset} preset)").items():
-            name = f"{preset}_{task}_{kind}.png"
+    for table, task in sorted({(k.table, k.task) for k in rows if _is_main(k.table)}):
+        task_rows = [row for k, row in rows.items() if k.table == table and k.task == task]
+        title = f"{task} ({table.preset} preset)"
+        for kind, png in _plots(task_rows, title, ceilings[(table, task)]).items():
+            name = f"{table.preset}_{task}_{kind}.png"
             emit(name, png)
-            plots.setdefault((preset, task), []).append(name)
-    emit("README.md", _readme(groups, rows, aggregates, plots, problems).encode("utf-8"))
+            plots.setdefault((table.preset, task), []).append(name)
+    emit("README.md", _readme(board, plots).encode("utf-8"))
     return written
 
 
-def _aggregates(groups: dict[_GroupKey, list[dict[str, Any]]],
-                ) -> dict[tuple[str, str, int], tuple[dict[str, _Stat | None], int, str]]:
-    """Per (preset, method_label, dim): IQM over tasks per metric, task count and method.
-
-    Raw returns are not aggregated: their scale differs from task to task.
-    """
-    by_method: dict[tuple[str, str, int], dict[str, list]] = defaultdict(dict)
-    for (preset, task, label, dim), runs in groups.items():
-        by_method[(preset, label, dim)][task] = runs
-    out = {}
-    for key in sorted(by_method):
-        tasks = by_method[key]
-        stats = {m: _task_stat([_values(runs, m) for runs in tasks.values()])
-                 if m in _AGGREGATED else None for m in _CSV_METRICS}
-        out[key] = (stats, len(tasks), next(iter(tasks.values()))[0]["method"])
-    return out
+# --- CSV
 
 
-_CSV_HEADER = (["preset", "task", "method_label", "method", "latent_dim", "statistic",
-                "n_tasks", "n_runs", "seeds"]
-               + [f"{m}{s}" for m in _CSV_METRICS for s in ("", "_low", "_high", "_n")])
+_CSV_HEADER = (["preset", "protocol", "current_protocol", "overrides", "task", "method_label",
+                "method", "latent_dim", "statistic", "compared", "n_tasks", "tasks",
+                "return_tasks", "n_runs", "seeds", "returns_informative", "bc_labels_ceiling",
+                "ood_same_env"]
+               + [f"{m}{s}" for m in _SEED_METRICS for s in ("", "_low", "_high", "_n")]
+               + [f"{m}_episodes{s}" for m in _RETURN_METRICS
+                  for s in ("", "_low", "_high", "_n")])
+"""Per-task rows: seed statistics (mean, Student-t interval, runs) of every metric, then episode
+statistics (mean, Student-t interval over all episodes of all seeds, episodes) of returns.
+Aggregate rows: IQM with a stratified-bootstrap interval; episode columns empty."""
 
 
-def _csv_row(key: _GroupKey, runs: list[dict[str, Any]] | None,
-             stats: dict[str, _Stat | None], n_tasks: int = 1, method: str = "") -> list[str]:
-    """One CSV row: per task (mean, t interval) when ``runs`` is given, else an IQM aggregate."""
-    preset, task, label, dim = key
-    if runs is not None:
-        head = [preset, task, label, runs[0]["method"], str(dim), "mean", "1", str(len(runs)),
-                " ".join(str(r["seed"]) for r in runs)]
-    else:
-        n_runs = max((s.n for s in stats.values() if s is not None), default=0)
-        head = [preset, task, label, method, str(dim), "iqm", str(n_tasks), str(n_runs), ""]
+def _csv_head(table: _TableId, task: str, label: str, method: str, dim: int) -> list[str]:
+    """The identifying cells of a CSV row."""
+    current = "1" if _is_main(table) else "0"
+    return [table.preset, table.protocol, current, table.overrides, task, label, method,
+            "" if dim == NO_DIM else str(dim)]
+
+
+def _csv_row(row: _Row, ceilings: dict[tuple[_TableId, str], _Ceiling]) -> list[str]:
+    """One per-task CSV row: means with Student-t intervals over seeds and over episodes."""
+    k = row.key
+    ceiling = ceilings[(k.table, k.task)]
+    head = _csv_head(k.table, k.task, k.label, row.method, k.dim) + [
+        "mean", "", "1", k.task, k.task if ceiling.informative else "", str(len(row.runs)),
+        " ".join(str(r["seed"]) for r in row.runs), "1" if ceiling.informative else "0",
+        _num(ceiling.normalized), "1" if row.same_env else "0"]
+    return (head + _stat_cells(row.seeds[m] for m in _SEED_METRICS)
+            + _stat_cells(row.episodes[m] for m in _RETURN_METRICS))
+
+
+def _csv_aggregate_row(agg: _Aggregate) -> list[str]:
+    """One cross-task CSV row: IQM with a stratified-bootstrap interval per aggregated metric."""
+    n_runs = max((s.runs for s in agg.stats.values() if s is not None), default=0)
+    head = _csv_head(agg.table, "all", agg.label, agg.method, agg.dim) + [
+        "iqm", "1" if agg.compared else "0", str(len(agg.tasks)), " ".join(agg.tasks),
+        " ".join(agg.return_tasks), str(n_runs), "", "", "", "1" if agg.same_env else "0"]
+    return (head + _stat_cells(agg.stats.get(m) for m in _SEED_METRICS)
+            + _stat_cells(None for _ in _RETURN_METRICS))
+
+
+def _stat_cells(stats: Iterable[_Stat | None]) -> list[str]:
+    """Point, low, high and sample count of each statistic; empty (count 0) when undefined."""
     cells = []
-    for m in _CSV_METRICS:
-        s = stats[m]
+    for s in stats:
         cells += (["", "", "", "0"] if s is None
                   else [_num(s.point), _num(s.low), _num(s.high), str(s.n)])
-    return head + cells
+    return cells
 
 
 def _csv(rows: list[list[str]]) -> bytes:
@@ -350,17 +691,54 @@ def _csv(rows: list[list[str]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _num(x: float) -> str:
+def _num(x: float | None) -> str:
     """A number for a CSV: full precision, empty when undefined."""
     return "" if x is None or math.isnan(x) else repr(float(x))
 
 
 # --- Markdown
 
+_TASK_INTERVALS = (
+    f"Intervals: probe columns, mean ± half-width of the {CONFIDENCE:.0%} Student-t interval "
+    f"over seeds; return columns, mean ± half-width of the {CONFIDENCE:.0%} Student-t interval "
+    "over all evaluation episodes of all seeds.")
+"""The caption under every per-task table."""
 
-def _readme(groups, rows, aggregates, plots, problems) -> str:
-    n_runs = sum(len(v) for v in groups.values())
-    lines = [
+
+def _readme(board: _Board, plots: dict[tuple[str, str], list[str]]) -> str:
+    """The whole README: header, skipped files, then per preset its main and other sections."""
+    lines = _header(sum(len(row.runs) for row in board.rows.values()))
+    if board.problems:
+        lines += [f"## Skipped result files ({len(board.problems)})", "",
+                  "These files are malformed and were not merged:", ""]
+        lines += [f"- `{_code(p.split(': ', 1)[0])}`: {_cell(p.split(': ', 1)[-1])}"
+                  for p in board.problems]
+        lines.append("")
+    tables = sorted({key.table for key in board.rows})
+    for preset in sorted({t.preset for t in tables}):
+        current = current_protocol(preset)
+        main = _TableId(preset, current, "") if current is not None else None
+        lines += [f"## Preset `{preset}`", ""]
+        if current is None:
+            lines += [(f"This version of masklam-bench defines no `{preset}` preset, so none of "
+                       "its protocols is current: every result is listed below by protocol."), ""]
+        elif main in tables:
+            lines += [(f"Protocol `{current}`: the current `{preset}` preset, no `--set` "
+                       "overrides. Rows of any other protocol are in their own sections below."),
+                      ""]
+            lines += _section(board, main, plots, "")
+        else:
+            lines += [(f"No result of the current protocol (`{current}`) yet; results of other "
+                       "protocols are listed below."), ""]
+        for table in tables:
+            if table.preset == preset and table != main:
+                lines += _other_section(board, table, current)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _header(n_runs: int) -> list[str]:
+    """The README's title, provenance line and the definitions of every column and rule."""
+    return [
         (f"<!-- Generated by masklam_bench.leaderboard: do not edit; regenerate with "
          f"`{REGENERATE}`. -->"),
         "# masklam-bench leaderboard",
@@ -371,61 +749,192 @@ def _readme(groups, rows, aggregates, plots, problems) -> str:
         ("- **Probe NMSE** (lower is better): a ridge probe z → a fitted on the frozen IDM's "
          "latents of train transitions, MSE on held-out transitions divided by the mean "
          "per-dimension action variance (MaskLAM Eq. 5). The **untrained-IDM control** is the "
-         "same probe on a randomly initialised IDM of the same architecture."),
-        ("- **Normalised return** (higher is better): (R − R_random) / (R_expert − R_random) "
-         "of the latent BC policy with its action decoder, in the ID and the OOD environment."),
-        (f"- Per task: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds "
-         "(none with one seed). Across tasks: interquartile mean (IQM) of all runs with a "
-         f"{CONFIDENCE:.0%} stratified-bootstrap interval ({BOOTSTRAP_REPS} replicates). "
-         "Presets are never mixed."),
+         "same probe on a randomly initialised IDM of the same architecture. A row whose latent "
+         "is the true action (`bc-labels`) has no probe and no latent dim: it shows \"–\"."),
+        ("- **Normalised return** (higher is better): (R − R_random) / (R_data − R_random) "
+         "of the latent BC policy with its action decoder, in the ID and the OOD environment. "
+         "**R_data** (`ref_max_score`) is the mean return of the data-collecting policy (the "
+         "expert's actions plus Gaussian noise), not the expert's greedy return; R_random is a "
+         "random policy's. **Return / bc-labels**: the row's raw ID return divided by the "
+         "`bc-labels` row's mean raw ID return at the same task and protocol (LAOM's "
+         "normalisation)."),
+        (f"- **Return gate**: pixel BC on all true actions (`bc-labels`) is the ceiling of every "
+         f"LAM row. Where its mean normalised ID return (the **bc-labels ceiling**) is below "
+         f"{RETURN_GATE} or was not measured, a return cannot separate methods: return cells are "
+         f"marked {GATE_MARK} and left out of return aggregates."),
+        (f"- **Intervals**: per task, probe columns show mean ± half-width of the "
+         f"{CONFIDENCE:.0%} Student-t interval over seeds, return columns the {CONFIDENCE:.0%} "
+         "Student-t interval over all evaluation episodes of all seeds. Across tasks: "
+         f"interquartile mean (IQM, 25% trimmed mean) of all runs with a {CONFIDENCE:.0%} "
+         f"stratified-bootstrap interval ({BOOTSTRAP_REPS} replicates). One sample gives no "
+         "interval (\"n=1, no interval\")."),
+        ("- **Protocols are never mixed**: a protocol is the resolved preset of a run "
+         "(`config.preset`; its id is the first 8 hex digits of the SHA-256 of its sorted JSON). "
+         "Main tables hold the current protocol without `--set` overrides; other protocols have "
+         "their own sections and are never in the main aggregates."),
+        ("- **Oracle OOD**: the oracle runs in the clean environment, which has no OOD variant of "
+         "its own, so its OOD return is its ID return: marked \"same env\" and left out of OOD "
+         "aggregates."),
         "",
     ]
-    if problems:
-        lines += [f"## Skipped result files ({len(problems)})", "",
-                  "These files are malformed and were not merged:", ""]
-        lines += [f"- `{_code(p.split(': ', 1)[0])}`: {_cell(p.split(': ', 1)[-1])}"
-                  for p in problems]
-        lines.append("")
-    for preset in sorted({k[0] for k in groups}):
-        lines += [f"## Preset `{preset}`", ""]
-        agg = {k: v for k, v in aggregates.items() if k[0] == preset}
-        lines += [f"### All tasks (IQM, {CONFIDENCE:.0%} stratified-bootstrap CI)", "",
-                  "| Method | Dim | Tasks | " + " | ".join(c.heading for c in _COLUMNS) + " |",
-                  "|---|---:|---:|" + "---|" * len(_COLUMNS)]
-        for (_, label, dim), (stats, n_tasks, _) in agg.items():
-            lines.append(f"| `{_code(label)}` | {dim} | {n_tasks} | "
-                         + " | ".join(_interval_cell(stats[c.key]) for c in _COLUMNS) + " |")
-        lines.append("")
-        for task in sorted({k[1] for k in groups if k[0] == preset}):
-            lines += [f"### Task `{task}`", "",
-                      "| Method | Dim | " + " | ".join(c.heading for c in _COLUMNS)
-                      + " | Seeds |",
-                      "|---|---:|" + "---|" * len(_COLUMNS) + "---:|"]
-            for key, runs in groups.items():
-                if key[0] == preset and key[1] == task:
-                    lines.append(f"| `{_code(key[2])}` | {key[3]} | "
-                                 + " | ".join(_mean_cell(rows[key][c.key], len(runs))
-                                              for c in _COLUMNS)
-                                 + f" | {len(runs)} |")
+
+
+def _other_section(board: _Board, table: _TableId, current: str | None) -> list[str]:
+    """A section of rows that are not the current protocol, headed by what differs."""
+    heading = f"## Preset `{table.preset}`, protocol `{table.protocol}`"
+    if table.overrides:
+        heading += " with `--set` overrides"
+    suffix = f" (protocol `{table.protocol}`{', overrides' if table.overrides else ''})"
+    return [heading, "", _protocol_note(table, current) + " These rows are never in the main "
+            "tables or aggregates; plots show the current protocol only.", ""] + \
+        _section(board, table, {}, suffix)
+
+
+def _protocol_note(table: _TableId, current: str | None) -> str:
+    """One sentence saying how a section's protocol differs from the current one."""
+    now = "none" if current is None else f"`{current}`"
+    if table.overrides:
+        return (f"Made with --set {_cell(table.overrides)} (protocol `{table.protocol}`; "
+                f"current {now}).")
+    if table.protocol == UNKNOWN_PROTOCOL:
+        return (f"Made with an unrecorded protocol: these result files carry no `config.preset` "
+                f"(current {now}).")
+    if current is None:
+        return (f"Made with protocol `{table.protocol}` of a `{table.preset}` preset that this "
+                "version of masklam-bench does not define.")
+    return (f"Made with an older version of the `{table.preset}` preset (protocol "
+            f"`{table.protocol}`; current `{current}`).")
+
+
+def _section(board: _Board, table: _TableId, plots: dict[tuple[str, str], list[str]],
+             suffix: str) -> list[str]:
+    """The cross-task summary and the per-task tables of one table id."""
+    lines = _summary_tables([a for a in board.aggregates if a.table == table], suffix)
+    for task in sorted({k.task for k in board.rows if k.table == table}):
+        rows = [row for k, row in board.rows.items() if k.table == table and k.task == task]
+        lines += _task_table(task, rows, board.ceilings[(table, task)], suffix)
+        names = plots.get((table.preset, task), [])
+        for name in names:
+            kind = "probe NMSE" if name.endswith("_nmse.png") else "normalised return"
+            lines.append(f"![{kind} vs latent dim, {task}, {table.preset}]({name})")
+        if names:
             lines.append("")
-            for name in plots.get((preset, task), []):
-                kind = "probe NMSE" if name.endswith("_nmse.png") else "normalised return"
-                lines.append(f"![{kind} vs latent dim, {task}, {preset}]({name})")
-            if plots.get((preset, task)):
-                lines.append("")
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return lines
 
 
-def _mean_cell(s: _Stat | None, n_runs: int) -> str:
-    """``mean ± half-width``; ``(n=k)`` when fewer seeds than the row has reported it."""
-    if s is None:
+_SUMMARY_CAPTION = (
+    f"IQM over all runs of the compared tasks, with a {CONFIDENCE:.0%} stratified-bootstrap "
+    f"interval ({BOOTSTRAP_REPS} replicates; none with one run per task). Rows are compared only "
+    "within one latent dim and only over tasks that all of them cover: of the rows' own task "
+    "sets, the one that puts the most (row, task) results into the comparison (ties: more rows, "
+    "then more tasks); a row with more tasks is aggregated over those tasks only, and a row "
+    "missing one of them is shown apart. Returns are aggregated only over the tasks whose "
+    f"bc-labels ceiling is ≥ {RETURN_GATE} (column *Return tasks*).")
+"""The caption under every cross-task summary."""
+
+
+def _summary_tables(aggs: list[_Aggregate], suffix: str) -> list[str]:
+    """The compared rows of a cross-task summary and, apart, the rows that cover other tasks."""
+    head = ("| Method | Dim | Tasks | Return tasks | "
+            + " | ".join(c.heading for c in _COLUMNS) + " |")
+    rule = "|---|---:|---|---:|" + "---|" * len(_COLUMNS)
+    lines = [f"### All tasks (IQM, {CONFIDENCE:.0%} stratified-bootstrap CI){suffix}", "",
+             _SUMMARY_CAPTION, "", head, rule]
+    lines += [_summary_line(a, str(len(a.tasks))) for a in aggs if a.compared]
+    apart = [a for a in aggs if not a.compared]
+    if apart:
+        lines += ["", ("Shown apart: these rows do not cover the tasks compared at their latent "
+                       "dim, so each is aggregated over its own tasks and not ranked with the rows "
+                       "above."), "", head, rule]
+        lines += [_summary_line(a, f"over {len(a.tasks)} task{'s' * (len(a.tasks) != 1)}: "
+                                + ", ".join(a.tasks)) for a in apart]
+    return lines + [""]
+
+
+def _summary_line(agg: _Aggregate, tasks: str) -> str:
+    """One Markdown row of a cross-task summary."""
+    return (f"| `{_code(agg.label)}` | {_dim(agg.dim)} | {tasks} | {len(agg.return_tasks)} | "
+            + " | ".join(_aggregate_cell(agg, c) for c in _COLUMNS) + " |")
+
+
+def _task_table(task: str, rows: list[_Row], ceiling: _Ceiling, suffix: str) -> list[str]:
+    """One per-task table with its interval caption, gate note and same-env note."""
+    lines = [f"### Task `{task}`{suffix}", "",
+             "| Method | Dim | " + " | ".join(c.heading for c in _COLUMNS) + " | Seeds |",
+             "|---|---:|" + "---|" * len(_COLUMNS) + "---:|"]
+    for row in rows:
+        lines.append(f"| `{_code(row.key.label)}` | {_dim(row.key.dim)} | "
+                     + " | ".join(_task_cell(row, c, ceiling) for c in _COLUMNS)
+                     + f" | {len(row.runs)} |")
+    lines += ["", _TASK_INTERVALS, _gate_note(ceiling)]
+    if any(row.same_env for row in rows):
+        lines.append("\"same env\": the oracle has no OOD environment of its own; its OOD return "
+                     "is its ID return and is left out of OOD aggregates.")
+    return lines + [""]
+
+
+def _gate_note(ceiling: _Ceiling) -> str:
+    """The line under a per-task table naming the bc-labels ceiling and what it means here."""
+    if ceiling.normalized is None:
+        return (f"{GATE_MARK} Returns not informative: the **bc-labels ceiling** was not measured "
+                f"(no `{CEILING_METHOD}` run at this task and protocol), so nothing shows that a "
+                "return can separate methods; they are left out of return aggregates.")
+    if not ceiling.informative:
+        return (f"{GATE_MARK} Returns not informative: the **bc-labels ceiling** is "
+                f"{ceiling.normalized:.3f} < {RETURN_GATE}, so a return cannot separate methods; "
+                "they are left out of return aggregates.")
+    return (f"Returns informative: the **bc-labels ceiling** is {ceiling.normalized:.3f} "
+            f"≥ {RETURN_GATE}.")
+
+
+def _task_cell(row: _Row, col: _Column, ceiling: _Ceiling) -> str:
+    """A per-task cell: probe columns over seeds, return columns over episodes, with marks."""
+    if col.kind == "probe":
+        return "–" if row.no_probe else _seed_cell(row.seeds[col.key], len(row.runs))
+    seed, episode = row.seeds[col.key], row.episodes[col.key]
+    if seed is None:
         return "–"
-    text = f"{s.point:.3f}" if math.isnan(s.low) else f"{s.point:.3f} ± {(s.high - s.low) / 2:.3f}"
-    return text if s.n == n_runs else f"{text} (n={s.n})"
+    if episode is None:
+        text = f"{seed.point:.3f} (no episode returns, no interval)"
+    else:
+        text = _pm(episode) + _partial(episode, len(row.runs))
+    if col.key == "normalized_return_ood" and row.same_env:
+        text += " (same env)"
+    return text if ceiling.informative else f"{text} {GATE_MARK}"
 
 
-def _interval_cell(s: _Stat | None) -> str:
-    return "–" if s is None else f"{s.point:.3f} [{s.low:.3f}, {s.high:.3f}]"
+def _seed_cell(s: _Stat | None, n_runs: int) -> str:
+    """``mean ± half-width`` over seeds; says so when fewer seeds than the row's report it."""
+    return "–" if s is None else _pm(s) + _partial(s, n_runs)
+
+
+def _pm(s: _Stat) -> str:
+    """``mean ± half-width``, or the mean and "n=1, no interval" with one sample."""
+    if math.isnan(s.low):
+        return f"{s.point:.3f} (n=1, no interval)"
+    return f"{s.point:.3f} ± {(s.high - s.low) / 2:.3f}"
+
+
+def _partial(s: _Stat, n_runs: int) -> str:
+    """`` (k of n seeds)`` when only k of the row's n runs report the metric."""
+    return "" if s.runs == n_runs else f" ({s.runs} of {n_runs} seeds)"
+
+
+def _aggregate_cell(agg: _Aggregate, col: _Column) -> str:
+    """A cross-task cell: IQM [bootstrap interval], "same env" or "–"."""
+    s = agg.stats[col.key]
+    if s is None:
+        same_env = col.key == "normalized_return_ood" and agg.same_env
+        return "same env" if same_env else "–"
+    if math.isnan(s.low):
+        why = "n=1" if s.n == 1 else "one run per task"
+        return f"{s.point:.3f} ({why}, no interval)"
+    return f"{s.point:.3f} [{s.low:.3f}, {s.high:.3f}]"
+
+
+def _dim(dim: int) -> str:
+    """A latent dim for a table; "–" for a row without one."""
+    return "–" if dim == NO_DIM else str(dim)
 
 
 def _code(text: str) -> str:
@@ -440,26 +949,34 @@ def _cell(text: str) -> str:
 # --- Plots
 
 
-def _plots(task_rows: dict[_GroupKey, dict[str, _Stat | None]], title: str) -> dict[str, bytes]:
-    """PNG bytes of the NMSE and return plots of one (preset, task); a plot without data is left
-    out."""
+def _plots(task_rows: list[_Row], title: str, ceiling: _Ceiling) -> dict[str, bytes]:
+    """PNG bytes of the NMSE and return plots of one (table, task); a plot without data is left
+    out. Rows without a latent dim are not points; the bc-labels ceiling is a horizontal line."""
     by_label: dict[str, dict[int, dict[str, _Stat | None]]] = defaultdict(dict)
-    for (_, _, label, dim), stats in task_rows.items():
-        by_label[label][dim] = stats
+    for row in task_rows:
+        if row.key.dim == NO_DIM:
+            continue
+        stats = {**{m: row.seeds[m] for m in _PROBE_METRICS},
+                 **{m: row.episodes[m] for m in _RETURN_METRICS}}
+        if row.same_env:
+            stats["normalized_return_ood"] = None
+        by_label[row.key.label][row.key.dim] = stats
     labels = sorted(by_label)
     dims = sorted({d for per_dim in by_label.values() for d in per_dim})
+    gate = "" if ceiling.informative else f" ({GATE_MARK} returns not informative)"
     specs = {
-        "nmse": ("probe NMSE (lower is better)", [("probe_nmse", "-", None),
-                                                 ("probe_nmse_untrained", ":", "untrained IDM")]),
-        "return": ("normalised return", [("normalized_return_id", "-", "ID"),
-                                         ("normalized_return_ood", "--", "OOD")]),
+        "nmse": (f"probe NMSE, {CONFIDENCE:.0%} t over seeds (lower is better)", title,
+                 [("probe_nmse", "-", None), ("probe_nmse_untrained", ":", "untrained IDM")]),
+        "return": (f"normalised return, {CONFIDENCE:.0%} t over episodes", title + gate,
+                   [("normalized_return_id", "-", "ID"), ("normalized_return_ood", "--", "OOD")]),
     }
     out = {}
-    for kind, (ylabel, series) in specs.items():
+    for kind, (ylabel, plot_title, series) in specs.items():
         if not any(stats[m] is not None for m, _, _ in series
                    for per_dim in by_label.values() for stats in per_dim.values()):
             continue
-        out[kind] = _plot(by_label, labels, dims, series, ylabel, title)
+        line = ceiling.normalized if kind == "return" else None
+        out[kind] = _plot(by_label, labels, dims, series, ylabel, plot_title, line)
     return out
 
 
@@ -467,7 +984,8 @@ _DODGE = 0.08
 """Horizontal offset between methods in the plots, in octaves of latent dim."""
 
 
-def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
+def _plot(by_label, labels, dims, series, ylabel, title, ceiling_line=None) -> bytes:
+    """One errorbar plot over latent dims, with an optional bc-labels ceiling line."""
     from matplotlib.figure import Figure  # Agg through savefig; pyplot's global state untouched
 
     fig = Figure(figsize=(8.5, 4.0), dpi=100)
@@ -490,6 +1008,9 @@ def _plot(by_label, labels, dims, series, ylabel, title) -> bytes:
                         color="grey" if untrained else color,
                         mfc=color if untrained else None,
                         label=label if suffix is None else f"{label} {suffix}")
+    if ceiling_line is not None:
+        ax.axhline(ceiling_line, color="black", linestyle="-.", linewidth=1,
+                   label=f"{CEILING_METHOD} ceiling (ID)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.minorticks_off()

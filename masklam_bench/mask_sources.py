@@ -78,7 +78,9 @@ def parse_mask_source(text: str) -> MaskSource:
             raise _form_error(text, f"takes no value ({kind!r} alone)")
         return MaskSource(kind)
     if raw is None:
-        raise _form_error(text, f"needs a value ({kind}-R or {kind}-P)")
+        form = f"{kind}-R, R a radius in pixels" if kind in _RADIUS_KINDS \
+            else f"{kind}-P, P a probability"
+        raise _form_error(text, f"needs a value ({form})")
     try:
         value = float(raw)
     except ValueError:

@@ -33,6 +33,9 @@ _CHUNK_ELEMENTS = 1 << 23
 _STD_FLOOR_REL = 1e-10
 """A latent dimension whose std is below this times its |mean| is constant up to rounding."""
 
+IQM_TRIM = 0.25
+"""Share of the sorted values cut from each end by the IQM (rliable: ``trim_mean(x, 0.25)``)."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Linear probe
@@ -278,11 +281,13 @@ def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
 
 def normalized_return(ret: float | np.ndarray, ret_random: float,
                       ret_expert: float) -> float | np.ndarray:
-    """Return on a random-to-expert scale (D4RL / Minari convention); higher is better.
+    """Return on a random-to-data scale (D4RL / Minari convention); higher is better.
 
-        normalised = (R - R_random) / (R_expert - R_random)
+        normalised = (R - R_random) / (R_data - R_random)
 
-    0 is the random policy, 1 the expert; values outside [0, 1] are possible and kept.
+    R_data (a dataset's ``ref_max_score``, passed as ``ret_expert``) is the mean return of the
+    data-collecting policy, i.e. the expert's actions plus Gaussian noise, not the expert's greedy
+    return. 0 is the random policy, 1 the data; values outside [0, 1] are possible and kept.
     """
     if not (np.isfinite(ret_random) and np.isfinite(ret_expert)):
         raise ValueError(f"reference returns must be finite; got random {ret_random}, "
@@ -322,29 +327,29 @@ def mean_ci(values: Sequence[float] | np.ndarray,
 
 
 def iqm(values: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% of the empirical distribution.
+    """Interquartile mean, as rliable computes it: ``scipy.stats.trim_mean(values, 0.25)``.
 
-        IQM = 2 ∫_{1/4}^{3/4} F^-1(u) du = 2 Σ_i x_(i) |[(i-1)/n, i/n] ∩ [1/4, 3/4]|
+        g = floor(n / 4),   IQM = 1 / (n - 2g) · Σ_{i=g+1}^{n-g} x_(i)
 
-    over the sorted values x_(1) <= ... <= x_(n), each holding probability mass 1/n. A value
-    straddling a quartile counts with the fraction of its mass inside, so every n works; when n
-    is a multiple of 4 this equals ``scipy.stats.trim_mean(values, 0.25)`` (what rliable uses).
+    over the sorted values x_(1) <= ... <= x_(n): the g smallest and g largest values are
+    dropped whole and the rest averaged equally (with n < 4 nothing is dropped). E.g.
+    [0]*6 + [1]*3 (n = 9, g = 2) keeps x_(3)..x_(7) = 0, 0, 0, 0, 1, so IQM = 1/5 = 0.2.
     """
-    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("iqm needs at least one value.")
     if not np.all(np.isfinite(x)):
         raise ValueError("iqm got NaN or inf; drop missing runs first.")
-    return float(x @ _iqm_weights(x.size))
+    return float(np.sort(x) @ _iqm_weights(x.size))
 
 
 def _iqm_weights(n: int) -> np.ndarray:
-    """Weight of each sorted value in the IQM of n values (they sum to 1)."""
-    # Work in units of 1/(4n) so the overlaps are exact integers: value i covers [4(i-1), 4i],
-    # the middle half [n, 3n].
-    upper = 4 * np.arange(1, n + 1)
-    overlap = np.clip(np.minimum(upper, 3 * n) - np.maximum(upper - 4, n), 0, None)
-    return overlap / (2 * n)
+    """Weight of each sorted value in the IQM of n values: 1 / (n - 2g) inside, 0 for the g
+    values cut at each end (g = floor(n / 4)); they sum to 1."""
+    cut = int(IQM_TRIM * n)
+    weights = np.zeros(n)
+    weights[cut:n - cut] = 1.0 / (n - 2 * cut)
+    return weights
 
 
 def iqm_over_all(scores: np.ndarray) -> float:

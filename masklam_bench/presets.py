@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,10 @@ class TrainPreset:
     """Gradient steps of LAM pretraining (stage 1)."""
     lam_batch: int
     """Batch size of LAM pretraining (MaskLAM code: 512)."""
+    lam_lr: float
+    """Peak AdamW learning rate of LAM pretraining (MaskLAM code: 6e-4)."""
+    lam_warmup: int
+    """Linear warm-up steps before the LAM's cosine decay."""
     bc_steps: int
     """Gradient steps of latent behaviour cloning o -> z."""
     bc_batch: int
@@ -43,6 +48,9 @@ class TrainPreset:
     """Rollout episodes per evaluation env (ID and OOD)."""
     eval_episode_steps: int
     """Steps per evaluation episode."""
+    decoder_inputs: str = "idm"
+    """What the action decoder z -> a is trained on: ``idm`` (the IDM's latents of the labelled
+    transitions, MaskLAM code) or ``policy`` (the latent policy's predictions on them, LAOM code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,24 +67,26 @@ PRESETS: dict[str, Preset] = {
         "smoke",
         DataPreset(train_episodes=2, test_episodes=1, episode_steps=40, labelled_transitions=40,
                    action_noise=0.3),
-        TrainPreset(encoder="light", lam_steps=3, lam_batch=8, bc_steps=3, bc_batch=8,
-                    decoder_steps=5, probe_fit_transitions=60, eval_episodes=1,
+        TrainPreset(encoder="light", lam_steps=3, lam_batch=8, lam_lr=6e-4, lam_warmup=0,
+                    bc_steps=3, bc_batch=8, decoder_steps=5, probe_fit_transitions=60, eval_episodes=1,
                     eval_episode_steps=20),
     ),
     "cpu": Preset(
         "cpu",
         DataPreset(train_episodes=24, test_episodes=4, episode_steps=1000,
                    labelled_transitions=4000, action_noise=0.3),
-        TrainPreset(encoder="light", lam_steps=1500, lam_batch=64, bc_steps=1500, bc_batch=64,
-                    decoder_steps=2000, probe_fit_transitions=20000, eval_episodes=3,
+        # LAM schedule from the probe curve (BENCHMARK.md "Probe curve"): at lr 6e-4 and 1,500 steps
+        # the LAMs stopped mid-learning (oracle 0.93x its untrained control on cheetah).
+        TrainPreset(encoder="light", lam_steps=3000, lam_batch=64, lam_lr=2e-3, lam_warmup=100,
+                    bc_steps=1500, bc_batch=64, decoder_steps=2000, probe_fit_transitions=20000, eval_episodes=3,
                     eval_episode_steps=1000),
     ),
     "gpu": Preset(
         "gpu",
         DataPreset(train_episodes=400, test_episodes=40, episode_steps=1000,
                    labelled_transitions=128_000, action_noise=0.3),
-        TrainPreset(encoder="impala", lam_steps=30_000, lam_batch=512, bc_steps=15_000,
-                    bc_batch=512, decoder_steps=25_000, probe_fit_transitions=100_000,
+        TrainPreset(encoder="impala", lam_steps=30_000, lam_batch=512, lam_lr=6e-4, lam_warmup=0,
+                    bc_steps=15_000, bc_batch=512, decoder_steps=25_000, probe_fit_transitions=100_000,
                     eval_episodes=10, eval_episode_steps=1000),
     ),
 }
@@ -87,6 +97,67 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+DATA_FIELDS_OF_DATASET = ("train_episodes", "test_episodes", "episode_steps", "action_noise")
+"""``data`` fields that change what is collected (the labelled budget is a subset of it)."""
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "train.encoder": ("light", "impala"), "train.decoder_inputs": ("idm", "policy"),
+}
+"""Overridable string fields and the values each accepts."""
+
+
+def overridable_keys() -> list[str]:
+    """Every ``section.field`` that ``--set`` accepts."""
+    return [f"{section}.{f.name}" for section, cls in (("data", DataPreset), ("train", TrainPreset))
+            for f in dataclasses.fields(cls)]
+
+
+def parse_override(text: str) -> tuple[str, int | float | str]:
+    """Parse ``"train.lam_steps=6000"`` into a key and a value of the field's type.
+
+    Raises ValueError with one sentence naming what was wrong and what is accepted.
+    """
+    import difflib
+
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    keys = overridable_keys()
+    if not sep or not raw:
+        raise ValueError(f"--set expects KEY=VALUE, e.g. --set train.lam_steps=6000; got {text!r}.")
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"--set: unknown preset field {key!r}.{hint} Fields: {', '.join(keys)}.")
+    section, name = key.split(".")
+    kind = {f.name: f.type for f in dataclasses.fields(DataPreset if section == "data"
+                                                       else TrainPreset)}[name]
+    if kind == "str":
+        if raw not in _CHOICES.get(key, (raw,)):
+            raise ValueError(f"--set {key}: expected one of {', '.join(_CHOICES[key])}; got {raw!r}.")
+        return key, raw
+    try:
+        value: int | float = int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        raise ValueError(f"--set {key}: expected {'an integer' if kind == 'int' else 'a number'}, "
+                         f"got {raw!r}.") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--set {key}: expected a finite value >= 0, got {raw!r}.")
+    return key, value
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, int | float | str]) -> Preset:
+    """``preset`` with ``{"section.field": value}`` replaced (values as :func:`parse_override` gives)."""
+    data, train = preset.data, preset.train
+    for key, value in sorted(overrides.items()):
+        _, parsed = parse_override(f"{key}={value}")
+        section, name = key.split(".")
+        if section == "data":
+            data = dataclasses.replace(data, **{name: parsed})
+        else:
+            train = dataclasses.replace(train, **{name: parsed})
+    return Preset(preset.name, data, train)
 
 
 def default_preset_name() -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,7 +35,8 @@ from masklam_bench.dataset import (
 from masklam_bench.envs import env_id, get_task
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
-from masklam_bench.presets import Preset, get_preset
+from masklam_bench.presets import DATA_FIELDS_OF_DATASET, Preset, apply_overrides, get_preset
+from masklam_bench.provenance import check_identity, git_state, method_sha256, method_source_files
 from masklam_bench.sampling import TransitionSampler
 
 RESULT_SCHEMA_VERSION = 1
@@ -72,8 +75,9 @@ class RunConfig:
     """Folder holding datasets as ``<data_root>/<preset>/<task>``; collected when missing."""
     runs_root: str = "runs"
     """Folder of per-run checkpoints (resumable)."""
-    results_dir: str = "leaderboards/results"
-    """Where the result JSON goes."""
+    results_dir: str = "results"
+    """Where the result JSON goes (the committed leaderboard's files are added to
+    ``leaderboards/results`` by hand: BENCHMARK.md, "Submitting a method")."""
     threads: int = 0
     """torch CPU threads; 0 = all cores."""
     compile: bool = False
@@ -85,14 +89,31 @@ class RunConfig:
     """bf16 autocast for the LAM, latent BC and decoder (CPU too: faster with bf16 instructions)."""
     data_seed: int = 0
     """Seed of dataset collection (shared by all methods so their data are identical)."""
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Preset fields replaced for this run, ``{"train.lam_steps": 6000}`` (``--set``)."""
+
+    @property
+    def variant(self) -> str:
+        """What sets this run apart from the preset's protocol, e.g. ``+fp32+set-1a2b3c``."""
+        tags = [] if self.bf16 else ["fp32"]
+        if self.data_seed:
+            tags.append(f"data{self.data_seed}")
+        if self.overrides:
+            digest = hashlib.sha256(json.dumps(self.overrides, sort_keys=True).encode())
+            tags.append(f"set-{digest.hexdigest()[:6]}")
+        return "".join(f"+{t}" for t in tags)
 
     @property
     def run_name(self) -> str:
-        """Self-describing name: ``{task}__{method}__d{dim}__s{seed}__{preset}``."""
+        """Self-describing name: ``{task}__{method}__d{dim}__s{seed}__{preset}{variant}``.
+
+        Methods whose latent is the action have no latent dim and leave ``d{dim}`` out.
+        """
         method = self.method.replace(":", "-").replace("/", "-")
         label = parse_mask_source(self.mask_source).label
         mask = "" if label == "exact" else f"[{label}]"
-        return f"{self.task}__{method}{mask}__d{self.latent_dim}__s{self.seed}__{self.preset}"
+        dim = f"__d{self.latent_dim}" if self.latent_dim else ""
+        return f"{self.task}__{method}{mask}{dim}__s{self.seed}__{self.preset}{self.variant}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,8 +133,18 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
 # Data
 # ------------------------------------------------------------------------------------------------
 def dataset_path(config: RunConfig) -> Path:
-    """Where the run's dataset lives."""
-    return Path(config.data_root) / config.preset / get_task(config.task).name
+    """Where the run's dataset lives: ``<data_root>/<preset>[+variant]/<task>``.
+
+    Overrides of what is collected (episodes, noise) and another data seed get a folder of their
+    own, so they never collide with the preset's dataset.
+    """
+    changed = {k: v for k, v in sorted(config.overrides.items())
+               if k.startswith("data.") and k[5:] in DATA_FIELDS_OF_DATASET}
+    tag = ""
+    if changed or config.data_seed:
+        key = json.dumps({"data": changed, "seed": config.data_seed}, sort_keys=True)
+        tag = "+data-" + hashlib.sha256(key.encode()).hexdigest()[:6]
+    return Path(config.data_root) / f"{config.preset}{tag}" / get_task(config.task).name
 
 
 def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> Path:
@@ -137,18 +168,13 @@ def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> 
 # ------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------
-def _seed_everything(seed: int) -> np.random.Generator:
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
-
-
 def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim: int,
                   seed: int) -> LatentActionMethod:
     """Instantiate the method with the preset's networks, seeded."""
     cls = get_method(config.method)
-    lam = LamConfig(latent_dim=config.latent_dim, encoder=preset.train.encoder,
-                    total_steps=preset.train.lam_steps,
-                    bf16=config.bf16)
+    lam = LamConfig(latent_dim=config.latent_dim or 1, encoder=preset.train.encoder,
+                    total_steps=preset.train.lam_steps, lr=preset.train.lam_lr,
+                    warmup_steps=preset.train.lam_warmup, bf16=config.bf16)
     overrides = cls.config_overrides() if hasattr(cls, "config_overrides") else {}
     lam = dataclasses.replace(lam, **overrides)
     torch.manual_seed(seed)
@@ -159,13 +185,13 @@ def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim
 
 
 def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int, batch: int,
-              run_dir: Path, seed: int, progress: bool) -> dict[str, Any]:
-    """Stage 1: LAM pretraining on unlabelled transitions, checkpointed every CHECKPOINT_EVERY steps."""
-    final = run_dir / "lam_final.pt"
-    done = _load_checkpoint(final)
-    if done is not None:
-        method.load_state_dict(done["method"])
-        return done["log"]
+              run_dir: Path, seed: int, progress: bool,
+              snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Stage 1: LAM pretraining on unlabelled transitions, checkpointed every CHECKPOINT_EVERY steps.
+
+    Resumes from ``run_dir/lam_ckpt.pt``. The method's state after each step in
+    ``snapshot_steps`` is also kept as ``lam_step{N}.pt`` (the probe curve reads them).
+    """
     ckpt_path = run_dir / "lam_ckpt.pt"
     ckpt = _load_checkpoint(ckpt_path)
     rng = np.random.default_rng([seed, 1])
@@ -175,8 +201,6 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         start, log, elapsed = ckpt["step"], ckpt["log"], ckpt["elapsed"]
-    if method.latent_is_action:
-        steps = 0
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, steps), desc="stage 1/5 LAM", disable=not progress, initial=start,
                total=steps)
@@ -191,6 +215,9 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
         log["loss"].append(float(logs["loss"]))
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        if step + 1 in snapshot_steps:
+            atomic_torch_save({"method": method.state_dict(), "step": step + 1},
+                              run_dir / f"lam_step{step + 1}.pt")
         if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
             atomic_torch_save({"method": method.state_dict(), "rng": rng.bit_generator.state,
                                "torch_rng": torch.get_rng_state(), "step": step + 1, "log": log,
@@ -199,8 +226,6 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
     if t_warm is not None:
         timed = time.perf_counter() - t_warm
         log["samples_per_s"] = (steps - start - warm) * batch / max(timed, 1e-9)
-    atomic_torch_save({"method": method.state_dict(), "log": log}, final)
-    ckpt_path.unlink(missing_ok=True)
     return log
 
 
@@ -276,36 +301,219 @@ def evaluate_policy(policy: LatentPolicy, decoder: ActionDecoder, env_names: dic
 
 
 # ------------------------------------------------------------------------------------------------
-# The whole pipeline
+# The whole pipeline: a list of stages behind one resume-and-timing helper
 # ------------------------------------------------------------------------------------------------
-def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every stage of one benchmark run and write its result file."""
-    preset = get_preset(config.preset)
+@dataclasses.dataclass
+class _Run:
+    """What every stage of one run reads: config, data, samplers, the method and the timings."""
+
+    config: RunConfig
+    preset: Preset
+    cls: type[LatentActionMethod]
+    run_dir: Path
+    data_dir: Path
+    meta: dict[str, Any]
+    train: Any
+    test: Any
+    train_s: TransitionSampler
+    test_s: TransitionSampler
+    method: LatentActionMethod
+    device: torch.device
+    progress: bool
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def record(self, key: str, seconds: float) -> None:
+        """Keep how long a stage took (a resumed run keeps the original figures)."""
+        self.timings[key] = seconds
+        atomic_write_json(self.run_dir / "timings.json", self.timings)
+
+
+T = TypeVar("T")
+
+
+def _stage(run: _Run, key: str, path: Path, compute: Callable[[], T],
+           save: Callable[[T, Path], None], load: Callable[[Path], T],
+           seconds: Callable[[T], float] | None = None) -> T:
+    """Load a finished stage's artefact; else compute it, time it and write it atomically.
+
+    ``seconds`` reads the stage's own time from its value (LAM training times itself across
+    resumes inside the stage); otherwise the wall time of ``compute`` is recorded.
+    """
+    if path.exists():
+        return load(path)
+    t0 = time.perf_counter()
+    value = compute()
+    save(value, path)
+    run.record(key, seconds(value) if seconds else time.perf_counter() - t0)
+    return value
+
+
+def _save_json(value: dict[str, Any], path: Path) -> None:
+    atomic_write_json(path, value)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _stage_lam(run: _Run, snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Stage 1: LAM pretraining (none for methods that skip it)."""
+    steps = 0 if (run.cls.latent_is_action or run.cls.skips_pretraining) \
+        else run.preset.train.lam_steps
+
+    def save(log: dict[str, Any], path: Path) -> None:
+        atomic_torch_save({"method": run.method.state_dict(), "log": log}, path)
+        (run.run_dir / "lam_ckpt.pt").unlink(missing_ok=True)  # only once the final one is safe
+
+    def load(path: Path) -> dict[str, Any]:
+        done = _load_checkpoint(path)
+        run.method.load_state_dict(done["method"])
+        return done["log"]
+
+    return _stage(run, "lam_s", run.run_dir / "lam_final.pt",
+                  lambda: train_lam(run.method, run.train_s, steps, run.preset.train.lam_batch,
+                                    run.run_dir, run.config.seed, run.progress,
+                                    snapshot_steps),
+                  save, load, seconds=lambda log: log["seconds"])
+
+
+def _stage_probe(run: _Run) -> dict[str, Any]:
+    """Stage 2: linear probes on the frozen IDM and on an untrained one (the control).
+
+    Targets: z -> a_t, and z -> the background's exogenous motion (how much of the distractor
+    the latent carries).
+    """
+    def compute() -> dict[str, Any]:
+        config, train = run.config, run.train
+        motion = {split: load_background_motion(run.data_dir, split) for split in ("train", "test")}
+        fit_rng = np.random.default_rng([config.seed, 2])
+        n_fit = min(run.preset.train.probe_fit_transitions, len(train.transitions))
+        fit_index = np.sort(fit_rng.choice(train.transitions, size=n_fit, replace=False))
+        targets = {"probe_nmse": (train.actions, run.test.actions)}
+        if motion["train"] is not None:
+            targets["distractor_nmse"] = (motion["train"], motion["test"])
+        res: dict[str, Any] = {}
+        if run.cls.latent_is_action:  # the latent is the action: nothing to probe
+            return {f"{name}{suffix}": None for name in targets for suffix in ("", "_untrained")}
+        untrained = _build_method(config, run.preset, train.image_size, train.action_dim,
+                                  config.seed)
+        for suffix, model in (("", run.method), ("_untrained", untrained)):
+            nmse = probe(model, run.train_s, run.test_s, fit_index, targets)
+            res.update({f"{name}{suffix}": value for name, value in nmse.items()})
+        return res
+
+    return _stage(run, "probe_s", run.run_dir / "probe.json", compute, _save_json, _load_json)
+
+
+def _stage_bc(run: _Run) -> LatentPolicy:
+    """Stage 3: latent behaviour cloning o -> z (on all train data, or the labelled subset)."""
+    config = run.config
+    # Seed right before building, so a run resumed after stage 2 starts from the same weights.
+    torch.manual_seed(config.seed + 3)
+    policy = LatentPolicy(run.method.config, run.train.image_size,
+                          run.method.latent_dim).to(run.device)
+
+    def compute() -> LatentPolicy:
+        pool = (labelled_subset(run.train, run.preset.data.labelled_transitions)
+                if run.cls.bc_on_labelled_only else run.train.transitions)
+        z_all = torch.from_numpy(encode_all(run.method, run.train_s, pool)).to(run.device)
+        _fit_indexed(policy, run.train_s.policy_input, z_all, pool, run.preset.train.bc_steps,
+                     run.preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
+                     "stage 3/5 latent BC", run.progress, config.bf16)
+        return policy
+
+    def load(path: Path) -> LatentPolicy:
+        policy.load_state_dict(_load_checkpoint(path)["policy"])
+        return policy
+
+    return _stage(run, "bc_s", run.run_dir / "bc.pt", compute,
+                  lambda p, path: atomic_torch_save({"policy": p.state_dict()}, path), load)
+
+
+@torch.no_grad()
+def _policy_latents(policy: LatentPolicy, sampler: TransitionSampler,
+                    index: np.ndarray) -> np.ndarray:
+    """The latent policy's predictions z(o_t) for ``index`` (LAOM trains its decoder on these)."""
+    policy.eval()
+    out = [policy(sampler.policy_input(chunk)).float().cpu().numpy()
+           for chunk in np.array_split(index, max(1, int(np.ceil(len(index) / ENCODE_BATCH))))
+           if len(chunk)]
+    return np.concatenate(out)
+
+
+def _stage_decoder(run: _Run, policy: LatentPolicy) -> ActionDecoder:
+    """Stage 4: action decoder z -> a on the labelled subset."""
+    config, preset = run.config, run.preset
+    torch.manual_seed(config.seed + 4)
+    decoder = ActionDecoder(run.method.latent_dim, run.train.action_dim).to(run.device)
+
+    def compute() -> ActionDecoder:
+        labelled = labelled_subset(run.train, preset.data.labelled_transitions)
+        if preset.train.decoder_inputs == "policy":
+            z = _policy_latents(policy, run.train_s, labelled)
+        else:
+            z = encode_all(run.method, run.train_s, labelled)
+        z_lab = torch.from_numpy(z).to(run.device)
+        a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
+        _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
+                     preset.train.decoder_steps, min(preset.train.bc_batch * 4, len(labelled)),
+                     DECODER_LR, np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
+                     run.progress, config.bf16)
+        return decoder
+
+    def load(path: Path) -> ActionDecoder:
+        decoder.load_state_dict(_load_checkpoint(path)["decoder"])
+        return decoder
+
+    return _stage(run, "decoder_s", run.run_dir / "decoder.pt", compute,
+                  lambda d, path: atomic_torch_save({"decoder": d.state_dict()}, path), load)
+
+
+def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict[str, Any]:
+    """Stage 5: rollouts in the ID and OOD envs (the oracle: the clean env, ID only)."""
+    task = run.config.task
+
+    def compute() -> dict[str, Any]:
+        # The oracle has no OOD env of its own: it is scored in the clean env, and its OOD
+        # return is a copy marked by env ids (result["ood_env_id"] == result["env_id"]).
+        splits = {"id": "none"} if run.cls.uses_clean_data else {"id": "id", "ood": "ood"}
+        returns = evaluate_policy(
+            policy, decoder, {name: env_id(task, split) for name, split in splits.items()},
+            run.preset.train.eval_episodes, run.preset.train.eval_episode_steps,
+            run.method.config.context_frames, run.device, run.progress,
+            f"stage 5/5 eval {'+'.join(splits)}")
+        returns.setdefault("ood", returns["id"])
+        return returns
+
+    return _stage(run, "eval_s", run.run_dir / "eval.json", compute, _save_json, _load_json)
+
+
+def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
+    """The config with its task's full name (and no latent dim for action-latent methods), and
+    its preset with the config's overrides applied."""
     task = get_task(config.task)
-    config = dataclasses.replace(config, task=task.name)
+    cls = get_method(config.method)
+    dim = 0 if cls.latent_is_action else config.latent_dim
+    config = dataclasses.replace(config, task=task.name, latent_dim=dim)
+    return config, apply_overrides(get_preset(config.preset), config.overrides)
+
+
+def _open_run(config: RunConfig, progress: bool) -> _Run:
+    """Resolve the config, make sure the dataset exists, check the run's identity, load data."""
+    config, preset = resolve(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     run_dir = Path(config.runs_root) / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
-    # Seconds each stage took when it was computed; a resumed run keeps the original figures.
-    timings_file = run_dir / "timings.json"
-    timings: dict[str, float] = (json.loads(timings_file.read_text())
-                                 if timings_file.exists() else {})
-
-    def record(key: str, start: float) -> None:
-        timings[key] = time.perf_counter() - start
-        atomic_write_json(timings_file, timings)
-
-
     data_dir = ensure_dataset(config, preset, progress)
     meta = dataset_metadata(data_dir)
     cls = get_method(config.method)
+    check_identity(run_dir, run_identity(config, preset, cls, meta))
+    atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     # Only the oracle reads the paired clean frames; the others leave them on disk.
     train = load_frames(data_dir, "train", clean=cls.uses_clean_data)
     test = load_frames(data_dir, "test", clean=cls.uses_clean_data)
-    t0 = time.perf_counter()
     method = _build_method(config, preset, train.image_size, train.action_dim, config.seed)
     lam_cfg = method.config
     mask_label = parse_mask_source(config.mask_source).label
@@ -317,138 +525,95 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
                                 masks=masks["train"])
     test_s = TransitionSampler(test, lam_cfg.context_frames, 1, use_clean=cls.uses_clean_data,
                                device=device, masks=masks["test"])
+    timings_file = run_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    return _Run(config, preset, cls, run_dir, data_dir, meta, train, test, train_s, test_s,
+                method, device, progress, timings)
 
-    # Stage 1: LAM pretraining.
-    lam_log = train_lam(method, train_s, preset.train.lam_steps, preset.train.lam_batch, run_dir,
-                        config.seed, progress)
-    timings["lam_s"] = lam_log.get("seconds", time.perf_counter() - t0)
-    atomic_write_json(timings_file, timings)
 
-    # Stage 2: linear probes on the frozen IDM and on an untrained one (the control): z -> a_t,
-    # and z -> the background's exogenous motion (how much of the distractor the latent carries).
-    t0 = time.perf_counter()
-    probe_file = run_dir / "probe.json"
-    probe_res = json.loads(probe_file.read_text()) if probe_file.exists() else {}
-    motion = {split: load_background_motion(data_dir, split) for split in ("train", "test")}
-    wanted = ["probe_nmse", "probe_nmse_untrained"]
-    if motion["train"] is not None:
-        wanted += ["distractor_nmse", "distractor_nmse_untrained"]
-    if any(key not in probe_res for key in wanted):
-        fit_rng = np.random.default_rng([config.seed, 2])
-        n_fit = min(preset.train.probe_fit_transitions, len(train.transitions))
-        fit_index = np.sort(fit_rng.choice(train.transitions, size=n_fit, replace=False))
-        untrained = _build_method(config, preset, train.image_size, train.action_dim,
-                                  config.seed)
-        targets = {"probe_nmse": (train.actions, test.actions)}
-        if motion["train"] is not None:
-            targets["distractor_nmse"] = (motion["train"], motion["test"])
-        for suffix, model in (("", method), ("_untrained", untrained)):
-            if cls.latent_is_action and suffix:
-                probe_res.update({f"{name}{suffix}": None for name in targets})
-                continue
-            nmse = probe(model, train_s, test_s, fit_index, targets)
-            probe_res.update({f"{name}{suffix}": value for name, value in nmse.items()})
-        del untrained, model
-        atomic_write_json(probe_file, probe_res)
-        record("probe_s", t0)
+def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod],
+                 meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes a run's result: settings, the resolved preset, data and code."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("data_root", "runs_root", "results_dir", "threads", "compile")}
+    files = meta.get("files", {})
+    return {"settings": settings, "preset": dataclasses.asdict(preset),
+            "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
+            "method_sha256": method_sha256(cls)}
 
-    # Stage 3: latent behaviour cloning o -> z on all unlabelled train data.
-    t0 = time.perf_counter()
-    # Seed right before building, so a run resumed after stage 2 starts from the same weights.
-    torch.manual_seed(config.seed + 3)
-    policy = LatentPolicy(lam_cfg, train.image_size, method.latent_dim).to(device)
-    bc_file = run_dir / "bc.pt"
-    bc_ckpt = _load_checkpoint(bc_file)
-    if bc_ckpt is not None:
-        policy.load_state_dict(bc_ckpt["policy"])
-    else:
-        pool = train.transitions
-        z_all = torch.from_numpy(encode_all(method, train_s, pool)).to(device)
-        _fit_indexed(policy, train_s.policy_input, z_all, pool, preset.train.bc_steps,
-                     preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
-                     "stage 3/5 latent BC", progress, config.bf16)
-        atomic_torch_save({"policy": policy.state_dict()}, bc_file)
-        record("bc_s", t0)
 
-    # Stage 4: action decoder z -> a on the labelled subset.
-    t0 = time.perf_counter()
-    torch.manual_seed(config.seed + 4)
-    decoder = ActionDecoder(method.latent_dim, train.action_dim).to(device)
-    dec_file = run_dir / "decoder.pt"
-    dec_ckpt = _load_checkpoint(dec_file)
-    if dec_ckpt is not None:
-        decoder.load_state_dict(dec_ckpt["decoder"])
-    else:
-        labelled = labelled_subset(train, preset.data.labelled_transitions)
-        z_lab = torch.from_numpy(encode_all(method, train_s, labelled)).to(device)
-        a_lab = torch.from_numpy(train.actions[labelled]).to(device)
-        _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
-                     preset.train.decoder_steps, min(preset.train.bc_batch * 4, len(labelled)),
-                     DECODER_LR, np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
-                     progress, config.bf16)
-        atomic_torch_save({"decoder": decoder.state_dict()}, dec_file)
-        record("decoder_s", t0)
+def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every stage of one benchmark run and write its result file."""
+    r = _open_run(config, progress)
+    lam_log = _stage_lam(r)
+    probe_res = _stage_probe(r)
+    policy = _stage_bc(r)
+    decoder = _stage_decoder(r, policy)
+    returns = _stage_eval(r, policy, decoder)
+    r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
+    result = _result(r, lam_log, probe_res, returns)
+    atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)
+    return result
 
-    # Stage 5: rollouts in the ID and OOD envs (the oracle: the clean env for both).
-    t0 = time.perf_counter()
-    eval_file = run_dir / "eval.json"
-    if eval_file.exists():
-        returns = json.loads(eval_file.read_text())
-    else:
-        # The oracle has no OOD env of its own: it is scored in the clean env for both.
-        splits = {"id": "none"} if cls.uses_clean_data else {"id": "id", "ood": "ood"}
-        returns = evaluate_policy(
-            policy, decoder, {name: env_id(task.name, split) for name, split in splits.items()},
-            preset.train.eval_episodes, preset.train.eval_episode_steps,
-            lam_cfg.context_frames, device, progress, f"stage 5/5 eval {'+'.join(splits)}")
-        returns.setdefault("ood", returns["id"])
-        atomic_write_json(eval_file, returns)
-        record("eval_s", t0)
-    timings["total_s"] = sum(v for k, v in timings.items() if k != "total_s")
 
-    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
-    result_metrics: dict[str, Any] = dict(probe_res)
+def _result_metrics(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
+                    returns: dict[str, Any]) -> dict[str, Any]:
+    lo, hi = r.meta.get("ref_min_score"), r.meta.get("ref_max_score")
+    out: dict[str, Any] = dict(probe_res)
     for name in ("id", "ood"):
         mean_return = float(np.mean(returns[name]))
-        result_metrics[f"return_{name}"] = mean_return
-        result_metrics[f"return_{name}_episodes"] = returns[name]
-        result_metrics[f"normalized_return_{name}"] = (
+        out[f"return_{name}"] = mean_return
+        out[f"return_{name}_episodes"] = returns[name]
+        out[f"normalized_return_{name}"] = (
             metrics.normalized_return(mean_return, lo, hi)
             if lo is not None and hi is not None and hi != lo else None)
-    result_metrics.update(ref_min_score=lo, ref_max_score=hi,
-                          lam_samples_per_s=lam_log.get("samples_per_s"))
+    out.update(ref_min_score=lo, ref_max_score=hi, lam_samples_per_s=lam_log.get("samples_per_s"))
+    return out
+
+
+def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
+            returns: dict[str, Any]) -> dict[str, Any]:
+    """The result file's content: what was run, with what, and what it measured."""
     from masklam_bench.collect import package_versions
 
-    result = {
+    config, cls, task = r.config, r.cls, r.config.task
+    mask_label = parse_mask_source(config.mask_source).label
+    name = cls.name or config.method
+    plugin = ":" in config.method
+    identity = run_identity(config, r.preset, cls, r.meta)
+    return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "run_name": config.run_name,
-        "task": task.name,
-        "env_id": env_id(task.name, "none" if cls.uses_clean_data else "id"),
-        "ood_env_id": env_id(task.name, "none" if cls.uses_clean_data else "ood"),
-        "method": config.method,
-        "method_label": config.method if mask_label == "exact"
-        else f"{config.method}[{mask_label}]",
+        "task": task,
+        "env_id": env_id(task, "none" if cls.uses_clean_data else "id"),
+        "ood_env_id": env_id(task, "none" if cls.uses_clean_data else "ood"),
+        "method": name,
+        "method_label": name if mask_label == "exact" else f"{name}[{mask_label}]",
+        "method_path": config.method if plugin else None,
+        "latent_is_action": cls.latent_is_action,
         "mask_source": mask_label,
-        "latent_dim": method.latent_dim if cls.latent_is_action else config.latent_dim,
+        "latent_dim": r.method.latent_dim if cls.latent_is_action else config.latent_dim,
         "seed": config.seed,
         "preset": config.preset,
-        "config": {"run": dataclasses.asdict(config), "lam": dataclasses.asdict(lam_cfg),
-                   "preset": dataclasses.asdict(preset)},
-        "dataset": {"path": str(data_dir), "metadata": _small_meta(meta),
-                    "train_transitions": len(train.transitions),
-                    "test_transitions": len(test.transitions)},
+        "overrides": dict(sorted(config.overrides.items())),
+        "config": {"run": dataclasses.asdict(config), "lam": dataclasses.asdict(r.method.config),
+                   "preset": dataclasses.asdict(r.preset)},
+        "dataset": {"path": str(r.data_dir), "metadata": _small_meta(r.meta),
+                    "sha256": identity["dataset_sha256"],
+                    "train_transitions": len(r.train.transitions),
+                    "test_transitions": len(r.test.transitions)},
+        "code": {**git_state(), "method_sha256": identity["method_sha256"],
+                 "method_files": [p.name for p in method_source_files(cls)]},
         "versions": package_versions(),
-        "env_versions": {"id": env_id(task.name, "id"), "ood": env_id(task.name, "ood"),
-                         "clean": env_id(task.name, "none")},
-        "device": str(device),
+        "env_versions": {"id": env_id(task, "id"), "ood": env_id(task, "ood"),
+                         "clean": env_id(task, "none")},
+        "device": str(r.device),
         "machine": f"{platform.machine()} {platform.processor() or ''} "
                    f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}".strip(),
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "metrics": result_metrics,
-        "timings": timings,
+        "metrics": _result_metrics(r, lam_log, probe_res, returns),
+        "timings": r.timings,
     }
-    atomic_write_json(Path(config.results_dir) / f"{config.run_name}.json", result)
-    return result
 
 
 def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -21,13 +21,12 @@ def rollout_frames(env_name: str, frames: int, every: int, seed: int,
     backgrounds. Returns arrays of shape ``(frames, H, W, 3)`` per row.
     """
     task, _ = parse_env_id(env_name)
-    version = int(env_name.rsplit("-v", 1)[-1])
     steps = frames * every
     actions_rng = np.random.default_rng(seed)
     rows: dict[str, list[np.ndarray]] = {name: [] for name in ROWS}
     actions = None
     for split, row in (("id", "in-distribution"), ("ood", "OOD"), ("none", "clean")):
-        env = gym.make(env_id(task.name, split, version), **env_kwargs)
+        env = gym.make(env_id(task.name, split), **env_kwargs)  # each split's current version
         if actions is None:
             actions = actions_rng.uniform(env.action_space.low, env.action_space.high,
                                           size=(steps, *env.action_space.shape))

@@ -12,7 +12,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import masklam_bench
-from masklam_bench.envs import backgrounds, distractors, registered_ids
+from masklam_bench.cli import parse_envs
+from masklam_bench.envs import backgrounds, distractors, parse_env_id, registered_ids
 
 
 def _rollout(env, seed: int, steps: int, action_seed: int = 0):
@@ -32,6 +33,9 @@ def _rollout(env, seed: int, steps: int, action_seed: int = 0):
 def test_twelve_ids_registered_idempotently():
     ids = registered_ids()
     assert len(ids) == 12 and len(set(ids)) == 12
+    # OOD ids are v1 (their pool changed); ID and clean ids are still v0.
+    assert sum(name.endswith("OOD-v1") for name in ids) == 4
+    assert sum(name.endswith("-v0") for name in ids) == 8
     masklam_bench.register_envs()  # a second registration changes nothing and raises nothing
     for name in ids:
         assert name in gym.registry
@@ -54,7 +58,7 @@ def test_check_env(name):
 
 
 def test_namespaced_make_and_size_kwarg():
-    env = gym.make("masklam_bench:DistractingWalkerOOD-v0", size=48)
+    env = gym.make("masklam_bench:DistractingWalkerOOD-v1", size=48)
     obs, info = env.reset(seed=1)
     assert obs.shape == (48, 48, 3) and info["agent_mask"].shape == (48, 48)
 
@@ -81,7 +85,7 @@ def test_hard_level_is_deterministic_and_moves_camera():
 
 def test_same_trajectory_under_id_ood_and_clean():
     states = []
-    for name in ("DistractingWalker-v0", "DistractingWalkerOOD-v0", "CleanWalker-v0"):
+    for name in ("DistractingWalker-v0", "DistractingWalkerOOD-v1", "CleanWalker-v0"):
         _, infos, _ = _rollout(gym.make(name), seed=7, steps=10)
         states.append(np.stack([i["state"] for i in infos]))
     np.testing.assert_array_equal(states[0], states[1])
@@ -140,6 +144,46 @@ def test_id_and_ood_pools_are_disjoint_and_ood_has_unseen_looks():
     assert {v.palette for v in ood_pool} - {v.palette for v in id_pool}
 
 
+# The ID pool as it was when the first ID datasets and results were made: it must not change.
+ID_POOL_V0 = [
+    ("noise", "warm", 0), ("shapes", "warm", 1), ("stripes", "warm", 2),
+    ("noise", "cool", 3), ("shapes", "cool", 4), ("stripes", "cool", 5),
+    ("noise", "earth", 6), ("shapes", "earth", 7), ("stripes", "earth", 8),
+    ("noise", "warm", 9), ("shapes", "warm", 10), ("stripes", "warm", 11),
+    ("noise", "cool", 12), ("shapes", "cool", 13), ("stripes", "cool", 14),
+    ("noise", "earth", 15), ("shapes", "earth", 16), ("stripes", "earth", 17),
+    ("noise", "warm", 18), ("shapes", "warm", 19), ("stripes", "warm", 20),
+    ("noise", "cool", 21), ("shapes", "cool", 22), ("stripes", "cool", 23),
+]
+
+
+def test_id_pool_is_unchanged():
+    assert [(v.family, v.palette, v.seed) for v in backgrounds.video_pool("id")] == ID_POOL_V0
+
+
+@pytest.mark.parametrize("id_size, ood_size", [(24, 12), (24, 1), (24, 5), (24, 9), (60, 30),
+                                               (3, 40)])
+def test_no_ood_look_occurs_in_the_id_pool(monkeypatch, id_size, ood_size):
+    # A look is a (family, palette) pair: an OOD video sharing one with an ID video would differ
+    # from it only by seed, which is not out of distribution.
+    monkeypatch.setattr(backgrounds, "ID_POOL_SIZE", id_size)
+    monkeypatch.setattr(backgrounds, "OOD_POOL_SIZE", ood_size)
+    id_pool, ood_pool = backgrounds.video_pool("id"), backgrounds.video_pool("ood")
+    assert len(id_pool) == id_size and len(ood_pool) == ood_size
+    id_looks = {(v.family, v.palette) for v in id_pool}
+    shared = [v.name for v in ood_pool if (v.family, v.palette) in id_looks]
+    assert not shared, f"OOD videos with a look the ID pool shows: {shared}"
+
+
+@pytest.mark.filterwarnings("ignore:.*out of date:DeprecationWarning")  # gym warns, then raises
+def test_old_ood_version_is_refused_naming_v1():
+    with pytest.raises(gym.error.DeprecatedEnv, match="DistractingCheetahOOD-v1"):
+        gym.make("DistractingCheetahOOD-v0")
+    with pytest.raises(ValueError, match="use 'DistractingCheetahOOD-v1'"):
+        parse_env_id("DistractingCheetahOOD-v0")
+    assert parse_envs("DistractingCheetahOOD-v1,walker") == ["cheetah-run", "walker-run"]
+
+
 def test_videos_are_tileable_and_seeded():
     spec = backgrounds.video_pool("id")[1]
     a = backgrounds.render_video(spec, 64, 8)
@@ -181,7 +225,7 @@ def test_background_motion_correlates_with_action_by_coupling():
 
 def test_id_and_ood_use_different_projections():
     w_id = gym.make("DistractingCheetah-v0").unwrapped.projection
-    w_ood = gym.make("DistractingCheetahOOD-v0").unwrapped.projection
+    w_ood = gym.make("DistractingCheetahOOD-v1").unwrapped.projection
     assert w_id.shape == (2, 6)
     assert not np.allclose(w_id, w_ood)
 
@@ -260,13 +304,13 @@ def test_davis_folder_supplies_the_pools(tmp_path):
     assert env.unwrapped.video_names == ["bear", "boat"]
     obs, _ = env.reset(seed=0)
     assert obs.shape == (64, 64, 3)
-    ood = gym.make("DistractingCheetahOOD-v0", davis_dir=str(root))
+    ood = gym.make("DistractingCheetahOOD-v1", davis_dir=str(root))
     assert ood.unwrapped.video_names == ["cows"]
     (root / "JPEGImages" / "480p" / "cows" / "00000.jpg").unlink()
     for f in (root / "JPEGImages" / "480p" / "cows").glob("*.jpg"):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="incomplete"):
-        gym.make("DistractingCheetahOOD-v0", davis_dir=str(root))
+        gym.make("DistractingCheetahOOD-v1", davis_dir=str(root))
 
 
 def test_bench_env_measures_every_column_and_finds_few_changed_pixels():

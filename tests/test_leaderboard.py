@@ -2,11 +2,14 @@
 
 import argparse
 import csv
+import dataclasses
+import hashlib
 import json
 
+import numpy as np
 import pytest
 
-from masklam_bench import leaderboard, metrics
+from masklam_bench import leaderboard, metrics, presets
 
 TASKS = ("cheetah-run", "walker-walk")
 METHODS = ("lapo", "masklam")
@@ -15,9 +18,17 @@ SEEDS = (0, 1, 2)
 
 
 def _nmse(task, method, dim, seed):
-    """A made-up probe NMSE, distinct for every run."""
-    return round(0.3 + 0.2 * TASKS.index(task) + 0.1 * METHODS.index(method) + dim / 1000
+    """A made-up probe NMSE, distinct for every run of the fixture's tasks and methods."""
+    def index(options, x):
+        return options.index(x) if x in options else len(options)
+
+    return round(0.3 + 0.2 * index(TASKS, task) + 0.1 * index(METHODS, method) + dim / 1000
                  + 0.01 * seed, 6)
+
+
+def _preset_dict(name="cpu"):
+    """The resolved preset as the runner writes it into ``config.preset``."""
+    return dataclasses.asdict(presets.get_preset(name))
 
 
 def _result(task, method, dim, seed, preset="cpu", **metric_overrides):
@@ -27,14 +38,16 @@ def _result(task, method, dim, seed, preset="cpu", **metric_overrides):
         "return_id": 100.0 + 10 * seed, "return_ood": 50.0 + 5 * seed,
         "normalized_return_id": 0.1 + 0.1 * seed, "normalized_return_ood": 0.05 + 0.05 * seed,
         "ref_min_score": 5.0, "ref_max_score": 700.0,
-        "return_id_episodes": [100.0, 101.0],
+        "return_id_episodes": [99.0 + 10 * seed, 101.0 + 10 * seed],
+        "return_ood_episodes": [49.0 + 5 * seed, 51.0 + 5 * seed],
     }
     m.update(metric_overrides)
     return {
         "schema_version": 1, "run_name": f"{task}__{method}__d{dim}__s{seed}__{preset}",
         "task": task, "env_id": "X-v0", "ood_env_id": "XOOD-v0", "method": method,
         "method_label": method, "latent_dim": dim, "seed": seed, "preset": preset,
-        "config": {}, "versions": {"masklam_bench": "0.1.0"}, "env_versions": {},
+        "config": {"preset": _preset_dict(preset)}, "versions": {"masklam_bench": "0.1.0"},
+        "env_versions": {},
         "device": "cpu", "machine": "test", "created": "2026-11-21T12:00:00Z",
         "metrics": m, "timings": {"total_s": 1.0},
     }
@@ -51,7 +64,8 @@ def results(tmp_path):
                 for seed in SEEDS:
                     overrides = {}
                     if (task, method, dim, seed) == ("walker-walk", "lapo", 8, 2):
-                        overrides = {"normalized_return_ood": None, "return_ood": None}
+                        overrides = {"normalized_return_ood": None, "return_ood": None,
+                                     "return_ood_episodes": None}
                     path = root / task / f"{method}_d{dim}_s{seed}.json"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(_result(task, method, dim, seed, **overrides)))
@@ -112,9 +126,10 @@ def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
     mean, low, high = metrics.mean_ci(values)
     assert f"| `masklam` | 8 | {mean:.3f} ± {(high - low) / 2:.3f} |" in cpu
     assert "5.000" not in cpu
-    # The run without an OOD return: two OOD values in a row of three seeds.
-    ood_mean, ood_low, ood_high = metrics.mean_ci([0.05, 0.10])
-    assert f"{ood_mean:.3f} ± {(ood_high - ood_low) / 2:.3f} (n=2) | 3 |" in readme
+    # The run without an OOD return: the episodes of two seeds in a row of three seeds.
+    episodes = [(r - 5.0) / 695.0 for r in (49.0, 51.0, 54.0, 56.0)]
+    ood_mean, ood_low, ood_high = metrics.mean_ci(episodes)
+    assert f"{ood_mean:.3f} ± {(ood_high - ood_low) / 2:.3f} (2 of 3 seeds) †" in readme
 
     rows = list(csv.DictReader((out / "cheetah-run.csv").open()))
     assert len(rows) == 2 * 2 + 1  # cpu rows plus the smoke row
@@ -179,3 +194,241 @@ def test_cli_fails_without_valid_results(tmp_path):
     args = parser.parse_args(["leaderboard", "--results", str(tmp_path / "results")])
     with pytest.raises(ValueError, match="no valid result files"):
         args.func(args)
+
+
+# --- Rules of issues 17 and 18, on small synthetic result sets
+
+
+def _board(tmp_path, records):
+    """Write ``records`` as result files, regenerate, and return the README and summary rows."""
+    root = tmp_path / "results"
+    root.mkdir(exist_ok=True)
+    for i, record in enumerate(records):
+        (root / f"{i:03d}.json").write_text(json.dumps(record))
+    out = tmp_path / "board"
+    leaderboard.write_leaderboard(root, out)
+    return (out / "README.md").read_text(), list(csv.DictReader((out / "summary.csv").open()))
+
+
+def _bc(task, seed, norm, raw, dim=6):
+    """A bc-labels run: its latent is the true action, its probe NMSE is ~0."""
+    return _result(task, "bc-labels", dim, seed, probe_nmse=2e-8, probe_nmse_untrained=None,
+                   normalized_return_id=norm, return_id=raw,
+                   return_id_episodes=[raw - 1.0, raw + 1.0])
+
+
+def _line(readme, label, section=None):
+    """The Markdown table rows of ``label`` (within ``section``'s text when given)."""
+    text = readme if section is None else section
+    return [ln for ln in text.splitlines() if ln.startswith(f"| `{label}` |")]
+
+
+def _iqm_row(summary, label, **where):
+    return next(r for r in summary if r["statistic"] == "iqm" and r["method_label"] == label
+                and all(r[k] == v for k, v in where.items()))
+
+
+def test_protocol_id_is_the_short_hash_of_the_sorted_preset():
+    preset = {"name": "cpu", "train": {"lam_steps": 10, "bc_steps": 2}}
+    shuffled = {"train": {"bc_steps": 2, "lam_steps": 10}, "name": "cpu"}
+    expected = hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()[:8]
+    assert leaderboard.protocol_id({"config": {"preset": preset}}) == expected
+    assert leaderboard.protocol_id({"config": {"preset": shuffled}}) == expected
+    assert leaderboard.protocol_id({"config": {}}) == "unknown"
+    assert leaderboard.protocol_id({}) == "unknown"
+    assert leaderboard.current_protocol("cpu") == leaderboard.protocol_id(
+        {"config": {"preset": _preset_dict("cpu")}})
+    assert leaderboard.current_protocol("no-such-preset") is None
+    assert leaderboard.overrides_text({"train.lam_steps": 6000, "data.x": "a"}) == \
+        "data.x=a, train.lam_steps=6000"
+
+
+def test_other_protocols_get_their_own_sections_and_stay_out_of_main_aggregates(tmp_path):
+    current = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    older_preset = _preset_dict()
+    older_preset["train"]["lam_steps"] += 1
+    older = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
+    overridden = [_result("cheetah-run", "lapo", 8, s, probe_nmse=9.0) for s in SEEDS]
+    for r in older:
+        r["config"]["preset"] = older_preset
+    for r in overridden:
+        r["overrides"] = {"train.lam_steps": 6000, "train.bc_steps": 10}
+    readme, summary = _board(tmp_path, current + older + overridden)  # same seeds: no duplicates
+
+    now, old = leaderboard.current_protocol("cpu"), leaderboard.protocol_id(older[0])
+    assert "Skipped result files" not in readme
+    main = readme.split("## Preset `cpu`, protocol")[0]
+    assert f"Protocol `{now}`: the current `cpu` preset" in main
+    assert "7.000" not in main and "9.000" not in main
+    assert (f"Made with an older version of the `cpu` preset (protocol `{old}`; current `{now}`)"
+            in readme)
+    assert (f"Made with --set train.bc_steps=10, train.lam_steps=6000 (protocol `{now}`; "
+            f"current `{now}`)") in readme
+    assert readme.count("## Preset `cpu`, protocol") == 2
+    main_iqm = _iqm_row(summary, "lapo", protocol=now, overrides="")
+    assert main_iqm["current_protocol"] == "1"
+    assert float(main_iqm["probe_nmse"]) == pytest.approx(
+        metrics.iqm([_nmse("cheetah-run", "lapo", 8, s) for s in SEEDS]))
+    assert float(_iqm_row(summary, "lapo", protocol=old)["probe_nmse"]) == pytest.approx(7.0)
+    other = _iqm_row(summary, "lapo", overrides="train.bc_steps=10, train.lam_steps=6000")
+    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(9.0)
+
+
+def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(tmp_path):
+    records = [_bc("cheetah-run", 0, norm=0.8, raw=560.0), _bc("walker-walk", 0, 0.2, 140.0)]
+    for task in ("cheetah-run", "walker-walk", "hopper-hop"):  # hopper-hop: no bc-labels run
+        records += [_result(task, "lapo", 8, s, normalized_return_id=0.3 + 0.1 * s)
+                    for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+
+    sections = {t: readme.split(f"### Task `{t}`")[1].split("###")[0]
+                for t in ("cheetah-run", "walker-walk", "hopper-hop")}
+    assert "†" not in _line(readme, "lapo", sections["cheetah-run"])[0]
+    assert "**bc-labels ceiling** is 0.800 ≥ 0.5" in sections["cheetah-run"]
+    assert all(c.endswith("†") for c in _line(readme, "lapo", sections["walker-walk"])[0]
+               .split(" | ")[4:7])
+    assert "**bc-labels ceiling** is 0.200 < 0.5" in sections["walker-walk"]
+    assert "**bc-labels ceiling** was not measured" in sections["hopper-hop"]
+    assert "†" in _line(readme, "lapo", sections["hopper-hop"])[0]
+
+    # Return / bc-labels: raw ID return over bc-labels' mean raw ID return, "–" without one.
+    ratio = metrics.mean_ci([r / 560.0 for s in SEEDS for r in (99.0 + 10 * s, 101.0 + 10 * s)])
+    assert f"| {ratio[0]:.3f} ± {(ratio[2] - ratio[1]) / 2:.3f} | 3 |" in \
+        _line(readme, "lapo", sections["cheetah-run"])[0] + " | 3 |"
+    assert _line(readme, "lapo", sections["hopper-hop"])[0].endswith("| – | 3 |")
+
+    # Aggregates: probe over all three tasks, returns over the one gated-in task only.
+    agg = _iqm_row(summary, "lapo")
+    assert agg["n_tasks"] == "3" and agg["return_tasks"] == "cheetah-run"
+    assert float(agg["normalized_return_id"]) == pytest.approx(metrics.iqm([0.3, 0.4, 0.5]))
+    per_task = {r["task"]: r for r in summary if r["statistic"] == "mean"
+                and r["method_label"] == "lapo"}
+    assert per_task["cheetah-run"]["returns_informative"] == "1"
+    assert per_task["walker-walk"]["returns_informative"] == "0"
+    assert per_task["walker-walk"]["bc_labels_ceiling"] == "0.2"
+    assert per_task["hopper-hop"]["bc_labels_ceiling"] == ""
+
+
+def test_a_row_without_returns_passing_the_gate_has_no_return_aggregate(tmp_path):
+    records = [_bc("cheetah-run", 0, 0.1, 70.0)] + [_result("cheetah-run", "lapo", 8, s)
+                                                    for s in SEEDS]
+    _, summary = _board(tmp_path, records)
+    agg = _iqm_row(summary, "lapo")
+    assert agg["return_tasks"] == "" and agg["normalized_return_id"] == ""
+    assert agg["probe_nmse"] != ""
+
+
+def test_rows_whose_latent_is_the_action_show_no_probe_and_no_dim(tmp_path):
+    records = [_bc("cheetah-run", 0, 0.8, 560.0, dim=64), _bc("cheetah-run", 1, 0.7, 490.0, dim=6)]
+    records += [_result("cheetah-run", "labels", 6, s, latent_is_action=True) for s in (0, 1)]
+    for r in records[2:]:
+        r["latent_is_action"] = True
+    records += [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+
+    bc_rows = _line(readme, "bc-labels")
+    assert len(bc_rows) == 2  # one summary row, one task row: latent_dim 64 and 6 merged
+    assert all(row.startswith("| `bc-labels` | – |") for row in bc_rows)
+    assert bc_rows[1].startswith("| `bc-labels` | – | – | – | ")
+    assert _line(readme, "labels")[1].startswith("| `labels` | – | – | – | ")
+    assert "0.000" not in bc_rows[1].split(" | ")[2]
+    task_row = next(r for r in summary if r["method_label"] == "bc-labels"
+                    and r["statistic"] == "mean")
+    assert task_row["latent_dim"] == "" and task_row["probe_nmse"] == ""
+    assert task_row["seeds"] == "0 1"
+    agg = _iqm_row(summary, "bc-labels")
+    assert agg["probe_nmse"] == "" and agg["probe_nmse_n"] == "0"
+    assert float(agg["normalized_return_id"]) == pytest.approx(0.75)
+
+
+def test_cross_task_aggregates_compare_rows_only_over_common_tasks(tmp_path):
+    tasks = ("a-task", "b-task", "c-task")
+    records = [_result(t, m, 8, s) for t in tasks for m in ("lapo", "masklam") for s in SEEDS]
+    records += [_result(t, "oracle", 8, s, probe_nmse=0.1 * s) for t in tasks for s in SEEDS]
+    records += [_result("d-task", "oracle", 8, s, probe_nmse=50.0 + s) for s in SEEDS]
+    records += [_result("a-task", "masklam[x]", 8, s) for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+
+    # The oracle's extra task is left out: it is aggregated over the tasks all rows cover.
+    oracle = _iqm_row(summary, "oracle")
+    assert oracle["compared"] == "1" and oracle["tasks"] == "a-task b-task c-task"
+    assert float(oracle["probe_nmse"]) == pytest.approx(metrics.iqm([0.0, 0.1, 0.2] * 3))
+    apart = _iqm_row(summary, "masklam[x]")
+    assert apart["compared"] == "0" and apart["n_tasks"] == "1"
+    summary_text = readme.split("### All tasks")[1].split("### Task")[0]
+    assert "over tasks that all of them cover" in summary_text
+    shown_apart = summary_text.split("Shown apart")[1]
+    assert _line(readme, "masklam[x]", shown_apart)[0].startswith(
+        "| `masklam[x]` | 8 | over 1 task: a-task |")
+    assert not _line(readme, "lapo", shown_apart)
+
+
+def test_a_single_run_shows_no_interval(tmp_path):
+    records = [_result(t, "lapo", 8, 0) for t in ("cheetah-run", "walker-walk")]
+    records[0]["metrics"]["return_id_episodes"] = [100.0]
+    readme, summary = _board(tmp_path, records)
+    row = _line(readme, "lapo", readme.split("### Task `cheetah-run`")[1])[0]
+    assert row.startswith(f"| `lapo` | 8 | {_nmse('cheetah-run', 'lapo', 8, 0):.3f} "
+                          "(n=1, no interval) |")
+    assert "(n=1, no interval) †" in row  # the one-episode return
+    assert "± 0.000" not in readme
+    assert "(one run per task, no interval)" in _line(readme, "lapo")[0]
+    agg = _iqm_row(summary, "lapo")
+    assert agg["probe_nmse_low"] == "" and agg["probe_nmse"] != ""
+
+
+def test_intervals_are_named_and_return_cells_pool_episodes(tmp_path):
+    records = [_bc("cheetah-run", 0, 0.8, 560.0)]
+    records += [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+    assert "Student-t interval over seeds" in readme
+    assert "Student-t interval over all evaluation episodes of all seeds" in readme
+    assert "stratified-bootstrap" in readme
+    episodes = [(r - 5.0) / 695.0 for s in SEEDS for r in (99.0 + 10 * s, 101.0 + 10 * s)]
+    mean, low, high = metrics.mean_ci(episodes)
+    assert f"| {mean:.3f} ± {(high - low) / 2:.3f} |" in _line(readme, "lapo")[1]
+    row = next(r for r in summary if r["method_label"] == "lapo" and r["statistic"] == "mean")
+    assert float(row["normalized_return_id_episodes_low"]) == pytest.approx(low)
+    assert row["normalized_return_id_episodes_n"] == "6"
+    assert "R_data" in readme and "R_expert" not in readme
+    assert "data-collecting policy" in readme
+
+
+def test_oracle_ood_return_is_marked_same_env_and_left_out_of_ood_aggregates(tmp_path):
+    records = [_bc("cheetah-run", 0, 0.8, 560.0)]
+    records += [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    oracle = [_result("cheetah-run", "oracle", 8, s) for s in SEEDS]
+    for r in oracle:
+        r["env_id"] = r["ood_env_id"] = "CleanCheetah-v0"
+    readme, summary = _board(tmp_path, records + oracle)
+    task_row = _line(readme, "oracle")[1]
+    assert "(same env)" in task_row.split(" | ")[5]
+    assert "(same env)" not in _line(readme, "lapo")[1]
+    assert _line(readme, "oracle")[0].split(" | ")[7] == "same env"
+    agg = _iqm_row(summary, "oracle")
+    assert agg["normalized_return_ood"] == "" and agg["ood_same_env"] == "1"
+    assert agg["normalized_return_id"] != ""
+    assert _iqm_row(summary, "lapo")["normalized_return_ood"] != ""
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda d: d.update(overrides=["train.lam_steps=1"]), "overrides must be"),
+    (lambda d: d.update(latent_is_action=1), "latent_is_action must be"),
+    (lambda d: d["metrics"].update(return_id_episodes=[1.0, "x"]), "return_id_episodes"),
+])
+def test_load_results_checks_the_new_fields(tmp_path, mutate, reason):
+    data = _result("cheetah-run", "lapo", 8, 0)
+    mutate(data)
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    records, problems = leaderboard.load_results(tmp_path)
+    assert records == [] and len(problems) == 1 and reason in problems[0]
+
+
+def test_load_results_accepts_the_new_fields(tmp_path):
+    data = _result("cheetah-run", "lapo", 8, 0)
+    data.update(overrides={}, latent_is_action=False)
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    records, problems = leaderboard.load_results(tmp_path)
+    assert problems == [] and records[0]["_table"].overrides == ""
+    assert not records[0]["_no_probe"] and np.isclose(records[0]["metrics"]["probe_nmse"],
+                                                       _nmse("cheetah-run", "lapo", 8, 0))

@@ -162,11 +162,24 @@ def test_mean_ci_of_one_seed_has_no_interval():
 
 
 def test_iqm_matches_hand_computed_value():
-    # n = 5: the middle half [1/4, 3/4] holds 0.15 of x(2), 0.2 of x(3), 0.15 of x(4).
-    assert metrics.iqm([100.0, 2.0, 8.0, 1.0, 4.0]) == pytest.approx(2 * (0.15 * 2 + 0.2 * 4
-                                                                          + 0.15 * 8))
-    # n = 8: exactly x(3)..x(6), as scipy.stats.trim_mean(x, 0.25).
+    # n = 9: g = floor(9 / 4) = 2 cut from each end, x(3)..x(7) = 0, 0, 0, 0, 1 kept: 1/5.
+    assert metrics.iqm([0.0] * 6 + [1.0] * 3) == pytest.approx(0.2)
+    # n = 5: g = 1, the mean of x(2), x(3), x(4) = 2, 4, 8.
+    assert metrics.iqm([100.0, 2.0, 8.0, 1.0, 4.0]) == pytest.approx((2 + 4 + 8) / 3)
+    # n = 8: exactly x(3)..x(6).
     assert metrics.iqm([0, 1, 4, 9, 16, 25, 36, 49]) == pytest.approx((4 + 9 + 16 + 25) / 4)
+    # n < 4 cuts nothing: the plain mean.
+    assert metrics.iqm([1.0, 2.0, 6.0]) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 30])
+def test_iqm_is_scipy_trim_mean_as_rliable_uses_it(n):
+    from scipy.stats import trim_mean
+
+    x = np.random.default_rng(n).normal(size=n)
+    assert metrics.iqm(x) == pytest.approx(trim_mean(x, 0.25, axis=None), rel=1e-12)
+    assert metrics.iqm_over_all(np.append(x, np.nan)) == pytest.approx(
+        trim_mean(x, 0.25, axis=None), rel=1e-12)
 
 
 def test_iqm_ignores_outliers_and_rejects_nan():

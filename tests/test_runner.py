@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,8 +50,13 @@ def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
     for method in ("masklam", "lapo", "oracle", "bc-labels", "masklam-full"):
         result = runner.run(_config(tmp_path, data_root, method), progress=False)
         metrics = result["metrics"]
-        assert metrics["probe_nmse"] >= 0
-        assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
+        if method == "bc-labels":  # its latent is the action: nothing to probe
+            assert metrics["probe_nmse"] is None and metrics["probe_nmse_untrained"] is None
+            assert "__d" not in result["run_name"] and result["latent_is_action"]
+        else:
+            assert metrics["probe_nmse"] >= 0
+            assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
+        assert result["code"]["method_sha256"] and "git_commit" in result["code"]
         # bc-labels trains no LAM, so it has no LAM throughput; every LAM does.
         assert (metrics["lam_samples_per_s"] is None) == (method == "bc-labels")
         if method != "bc-labels":
@@ -172,8 +178,12 @@ def test_paper_networks_run_through_the_pipeline(tmp_path, data_root, monkeypatc
 
 def test_plugin_method_runs_through_module_class(tmp_path, data_root):
     result = runner.run(_config(tmp_path, data_root, f"{__name__}:MyLAM"), progress=False)
-    assert result["method"] == f"{__name__}:MyLAM"
-    assert (tmp_path / "results").glob("*MyLAM*")
+    # The row carries the name the class declares; the module path and the source's hash say
+    # which code made it.
+    assert result["method"] == "my-lam" and result["method_path"] == f"{__name__}:MyLAM"
+    assert Path(__file__).name in result["code"]["method_files"]
+    assert len(result["code"]["method_sha256"]) == 64
+    assert list((tmp_path / "results").glob("*MyLAM*"))
 
 
 def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
@@ -193,6 +203,12 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--seeds", "a"], "e.g. --seeds 0,1,2"),
         (["run", "--method", "nomodule:MyLAM"], "PYTHONPATH"),
         (["run", "--method", "masklam", "--device", "tpu"], "--device must be"),
+        (["run", "--method", "masklam", "--dims", "99999999999"], "largest latent size"),
+        (["run", "--method", "masklam", "--set", "train.lam_stps=5"], "Did you mean 'train.lam_steps'"),
+        (["run", "--method", "masklam", "--set", "train.lam_lr=fast"], "expected a number"),
+        (["run", "--method", "masklam", "--set", "lam_steps"], "KEY=VALUE"),
+        (["run", "--method", "lapo", "--mask-source", "dilate-3"], "trains without agent masks"),
+        (["run", "--method", "masklam", "--envs", "DistractingCheetahOOD-v1"], "name the task"),
         (["run", "--method", "masklam", "--device", "meta"], "--device must be"),
         (["bench-train", "--device", "tpu"], "--device must be"),
         (["masks", "--dataset", "x", "--checkpoint", "random", "--device", "tpu"],
@@ -257,3 +273,56 @@ def test_dataset_of_another_expert_is_refused(tmp_path, fake_cheetah_expert):
     config = _config(tmp_path, root)
     with pytest.raises(ValueError, match="expert_sha256"):
         runner.ensure_dataset(config, get_preset("smoke"), progress=False)
+
+
+_TIME_DEPENDENT = {"lam_samples_per_s"}
+"""Metrics that measure the machine, not the run (left out of reproducibility checks)."""
+
+
+@pytest.mark.parametrize("method", ["lapo", "masklam", "masklam-full", "oracle", "bc-labels",
+                                    "untrained-idm", "bc-labelled"])
+def test_every_builtin_method_reproduces_its_result_file(tmp_path, data_root, method):
+    # Same seed, same thread count, same machine: identical metrics, bit for bit.
+    results = []
+    for attempt in ("a", "b"):
+        result = runner.run(_config(tmp_path / attempt, data_root, method), progress=False)
+        results.append({k: v for k, v in result["metrics"].items() if k not in _TIME_DEPENDENT})
+    assert results[0] == results[1]
+
+
+def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
+    config = _config(tmp_path, data_root, "lapo")
+    run_dir = tmp_path / "runs" / config.run_name
+    run_dir.mkdir(parents=True)
+    runner.run(config, progress=False)
+    identity = json.loads((run_dir / "identity.json").read_text())
+    identity["method_sha256"] = "0" * 64  # as if lapo.py had been edited since
+    (run_dir / "identity.json").write_text(json.dumps(identity))
+    with pytest.raises(ValueError, match="method_sha256"):
+        runner.run(config, progress=False)
+
+
+def test_settings_that_change_a_result_give_the_run_its_own_name(tmp_path, data_root):
+    base = _config(tmp_path, data_root, "lapo")
+    fp32 = _config(tmp_path, data_root, "lapo", bf16=False)
+    longer = _config(tmp_path, data_root, "lapo", overrides={"train.lam_steps": 4})
+    names = {base.run_name, fp32.run_name, longer.run_name}
+    assert len(names) == 3 and "+fp32" in fp32.run_name and "+set-" in longer.run_name
+    result = runner.run(longer, progress=False)
+    assert result["overrides"] == {"train.lam_steps": 4}
+    assert result["config"]["preset"]["train"]["lam_steps"] == 4
+    assert (tmp_path / "runs" / longer.run_name / "lam_final.pt").exists()
+
+
+def test_labelled_only_bc_sees_only_the_labelled_subset(tmp_path, data_root, monkeypatch):
+    seen = []
+    original = runner._fit_indexed
+
+    def spy(module, inputs, targets, pool, *args, **kwargs):
+        seen.append(np.asarray(pool).copy())
+        return original(module, inputs, targets, pool, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_fit_indexed", spy)
+    runner.run(_config(tmp_path, data_root, "bc-labelled"), progress=False)
+    budget = get_preset("smoke").data.labelled_transitions
+    assert len(seen[0]) == budget  # stage 3 pool: the labelled subset only

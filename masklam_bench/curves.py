@@ -1,0 +1,248 @@
+"""Scale curves: how the probe and the return ceiling move with training and data.
+
+- ``probe``: probe NMSE against LAM steps, for each method beside its untrained control. One long
+  LAM run per (method, seed) keeps snapshots at the asked steps, and each snapshot is probed, so
+  the points share one schedule (that of the longest run) rather than being separate runs.
+- ``ceiling``: ``bc-labels`` (pixel BC on all true actions, the ceiling of every LAM row)
+  normalised return against BC steps and dataset size, through the full pipeline.
+
+Both write one JSON file and one PNG under ``--out`` and resume from the runs' folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from masklam_bench import metrics
+from masklam_bench.fileio import atomic_write_bytes, atomic_write_json
+
+PROBE_STEPS = (1500, 6000, 24000)
+"""Default LAM steps at which the probe curve is read (issue 17: 1.5k, 6k, 24k)."""
+CEILING_BC_STEPS = (1500, 6000, 24000)
+"""Default BC steps of the ceiling curve."""
+
+
+def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int], dim: int,
+                preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
+                threads: int, progress: bool = True) -> list[dict[str, Any]]:
+    """Probe NMSE after each of ``steps`` LAM steps (one run to ``max(steps)``), and its control."""
+    import torch
+
+    from masklam_bench import runner
+
+    points = []
+    for method in methods:
+        for seed in seeds:
+            config = runner.RunConfig(
+                method=method, task=task, latent_dim=dim, seed=seed, preset=preset,
+                data_root=data_root, runs_root=runs_root, threads=threads,
+                overrides={**overrides, "train.lam_steps": max(steps)})
+            r = runner._open_run(config, progress)
+            runner._stage_lam(r, snapshot_steps=tuple(steps))
+            base = runner._stage_probe(r)  # the final snapshot and the untrained control
+            cache = r.run_dir / "curve.json"
+            done = json.loads(cache.read_text()) if cache.exists() else {}
+            for step in steps:
+                if str(step) not in done:
+                    state = torch.load(r.run_dir / f"lam_step{step}.pt", map_location="cpu",
+                                       weights_only=False)
+                    r.method.load_state_dict(state["method"])
+                    done[str(step)] = _probe_action(r)
+                    atomic_write_json(cache, done)
+                points.append({"method": method, "seed": seed, "step": step,
+                               "probe_nmse": done[str(step)],
+                               "probe_nmse_untrained": base["probe_nmse_untrained"],
+                               "lr": r.preset.train.lam_lr, "warmup": r.preset.train.lam_warmup,
+                               "schedule_steps": max(steps)})
+    return points
+
+
+def _probe_action(r: Any) -> float:
+    """The action-probe NMSE of the run's method as it is now (stage 2's fit split)."""
+    from masklam_bench import runner
+
+    fit_rng = np.random.default_rng([r.config.seed, 2])
+    n_fit = min(r.preset.train.probe_fit_transitions, len(r.train.transitions))
+    fit_index = np.sort(fit_rng.choice(r.train.transitions, size=n_fit, replace=False))
+    res = runner.probe(r.method, r.train_s, r.test_s, fit_index,
+                       {"probe_nmse": (r.train.actions, r.test.actions)})
+    return float(res["probe_nmse"])
+
+
+def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], seeds: list[int],
+                  preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
+                  results_dir: str, threads: int, progress: bool = True) -> list[dict[str, Any]]:
+    """``bc-labels`` normalised return for every (BC steps, train episodes, seed)."""
+    from masklam_bench import runner
+
+    points = []
+    for episodes in train_episodes:
+        for steps in bc_steps:
+            for seed in seeds:
+                sets = {**overrides, "train.bc_steps": steps, "data.train_episodes": episodes}
+                config = runner.RunConfig(
+                    method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
+                    data_root=data_root, runs_root=runs_root, results_dir=results_dir,
+                    threads=threads, overrides=sets)
+                result = runner.run(config, progress)
+                m = result["metrics"]
+                lo, hi = m["ref_min_score"], m["ref_max_score"]
+                episodes_norm = [metrics.normalized_return(x, lo, hi)
+                                 for x in m["return_id_episodes"]]
+                points.append({"bc_steps": steps, "train_episodes": episodes, "seed": seed,
+                               "normalized_return_id": m["normalized_return_id"],
+                               "episodes": episodes_norm, "bc_s": result["timings"].get("bc_s")})
+    return points
+
+
+def summarise_probe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and Student-t 95% interval over seeds per (method, step)."""
+    rows = []
+    keys = sorted({(p["method"], p["step"]) for p in points}, key=lambda k: (k[0], k[1]))
+    for method, step in keys:
+        vals = [p["probe_nmse"] for p in points if (p["method"], p["step"]) == (method, step)]
+        ctrl = [p["probe_nmse_untrained"] for p in points
+                if (p["method"], p["step"]) == (method, step)]
+        mean, lo, hi = metrics.mean_ci(vals)
+        lo, hi = (None, None) if len(vals) < 2 else (lo, hi)  # one seed: no interval
+        rows.append({"method": method, "step": step, "n": len(vals), "mean": mean, "lo": lo,
+                     "hi": hi, "control": float(np.mean(ctrl)),
+                     "ratio_to_control": mean / float(np.mean(ctrl))})
+    return rows
+
+
+def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
+    """PNG: probe NMSE against LAM steps per method, dashed lines at each untrained control."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, method in enumerate(sorted({r["method"] for r in rows})):
+        mine = [r for r in rows if r["method"] == method]
+        color = f"C{i}"
+        x = [r["step"] for r in mine]
+        ax.errorbar(x, [r["mean"] for r in mine],
+                    yerr=[[r["mean"] - (r["lo"] if r["lo"] is not None else r["mean"])
+                           for r in mine],
+                          [(r["hi"] if r["hi"] is not None else r["mean"]) - r["mean"]
+                           for r in mine]],
+                    marker="o", color=color, label=f"{method} (n={mine[0]['n']})", capsize=3)
+        ax.axhline(mine[0]["control"], color=color, linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("LAM steps (snapshots of one run)")
+    ax.set_ylabel("probe NMSE (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_ceiling(points: list[dict[str, Any]], title: str) -> bytes:
+    """PNG: bc-labels normalised return against BC steps, one line per dataset size."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, episodes in enumerate(sorted({p["train_episodes"] for p in points})):
+        steps = sorted({p["bc_steps"] for p in points if p["train_episodes"] == episodes})
+        stats = [metrics.mean_ci([e for p in points if (p["bc_steps"], p["train_episodes"])
+                                  == (s, episodes) for e in p["episodes"]]) for s in steps]
+        ax.errorbar(steps, [m for m, _, _ in stats],
+                    yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
+                    marker="o", color=f"C{i}", capsize=3, label=f"{episodes} train episodes")
+    ax.axhline(0.5, color="grey", linestyle=":", label="gate: 0.5")
+    ax.set_xscale("log")
+    ax.set_xlabel("BC steps")
+    ax.set_ylabel("bc-labels normalised return (ID)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``masklam-bench curve``."""
+    p = subparsers.add_parser("curve", help="scale curves: probe vs LAM steps, ceiling vs BC size")
+    p.add_argument("kind", choices=["probe", "ceiling"])
+    p.add_argument("--task", default="cheetah", help="task (default: cheetah)")
+    p.add_argument("--methods", default="oracle,masklam,lapo", help="probe curve: methods")
+    p.add_argument("--steps", default=None,
+                   help="probe: LAM steps (default 1500,6000,24000); ceiling: BC steps")
+    p.add_argument("--episodes", default="24", help="ceiling: train episodes (e.g. 24,96)")
+    p.add_argument("--seeds", default="0", help="training seeds (default: 0)")
+    p.add_argument("--dim", type=int, default=64, help="probe: latent dim (default: 64)")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field (as for run)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--runs-root", default="runs/curves")
+    p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_cmd_curve)
+
+
+def _cmd_curve(args: argparse.Namespace) -> None:
+    """Run (or resume) one curve and write ``<out>/<kind>_curve_<task>.{json,png}``."""
+    import torch
+
+    from masklam_bench.cli import parse_int_list, parse_overrides
+    from masklam_bench.envs import get_task
+
+    task = get_task(args.task).name
+    seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
+    overrides = parse_overrides(args.set, None)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.kind == "probe":
+        steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
+        points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, args.dim,
+                             args.preset, overrides, args.data_root, args.runs_root, args.threads)
+        rows = summarise_probe(points)
+        title = f"{task}, d{args.dim}, {args.preset} preset, seeds {args.seeds}"
+        png = plot_probe(rows, title)
+        payload = {"task": task, "preset": args.preset, "overrides": overrides,
+                   "points": points, "summary": rows}
+        for row in rows:
+            ci = (f"[{row['lo']:.3f}, {row['hi']:.3f}]" if row["lo"] is not None
+                  else "(n=1, no interval)")
+            print(f"{row['method']:>10} step {row['step']:>6}: probe {row['mean']:.3f} "
+                  f"{ci} control {row['control']:.3f} "
+                  f"({row['ratio_to_control']:.2f}x)")
+    else:
+        steps = parse_int_list(args.steps or ",".join(map(str, CEILING_BC_STEPS)), "--steps", 1)
+        episodes = parse_int_list(args.episodes, "--episodes", 1, example="24,96")
+        points = ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
+                               args.data_root, args.runs_root, str(out / "results"),
+                               args.threads)
+        png = plot_ceiling(points, f"{task}, bc-labels, {args.preset} preset")
+        payload = {"task": task, "preset": args.preset, "overrides": overrides,
+                   "points": points}
+        for p in points:
+            print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} seed "
+                  f"{p['seed']}: normalised return {p['normalized_return_id']:.3f}")
+    atomic_write_json(out / f"{args.kind}_curve_{task}.json", payload)
+    atomic_write_bytes(out / f"{args.kind}_curve_{task}.png", png)
+    print(f"wrote {out}/{args.kind}_curve_{task}.json and .png")
+
+
+__all__ = ["ceiling_curve", "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]

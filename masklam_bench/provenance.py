@@ -1,0 +1,108 @@
+"""What a run was made with: its identity (everything that changes its result) and the code's version.
+
+A run folder records its identity when it starts; a later command whose identity differs (another
+dataset, an edited method, other settings) is refused instead of resuming stages made with the old
+ones. The result file repeats the identity together with the suite's git commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from masklam_bench.fileio import atomic_write_json
+
+IDENTITY_FILE = "identity.json"
+"""The file in a run folder that records what the run is made with."""
+
+_SHARED_MODULES = ("masklam_bench.baselines.networks", "masklam_bench.baselines.policy")
+"""Modules every method's result depends on besides its own class hierarchy."""
+
+
+def _sha256_of_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def method_source_files(cls: type) -> list[Path]:
+    """Source files of ``cls``, of the classes it inherits from, and of the shared networks."""
+    import importlib
+
+    files = {Path(inspect.getsourcefile(klass)).resolve() for klass in cls.__mro__
+             if klass.__module__ not in ("builtins", "abc") and _has_source(klass)}
+    for name in _SHARED_MODULES:
+        files.add(Path(inspect.getsourcefile(importlib.import_module(name))).resolve())
+    return sorted(files)
+
+
+def _has_source(klass: type) -> bool:
+    try:
+        return inspect.getsourcefile(klass) is not None
+    except TypeError:
+        return False
+
+
+def method_sha256(cls: type) -> str:
+    """sha256 over :func:`method_source_files`: it changes whenever the method's code does."""
+    return _sha256_of_files(method_source_files(cls))
+
+
+def git_state() -> dict[str, Any]:
+    """The suite's git commit and whether tracked files differ from it (None outside a checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Record ``identity`` in a new run folder, or refuse one that was started with another.
+
+    Raises ValueError naming each differing entry and what to do.
+    """
+    identity = flatten(identity)
+    path = run_dir / IDENTITY_FILE
+    stages = [p for p in run_dir.glob("*") if p.name not in (IDENTITY_FILE, "config.json")]
+    if path.exists():
+        old = json.loads(path.read_text())
+    elif stages:
+        old = {"(recorded)": "nothing: the folder predates identity records"}
+    else:
+        atomic_write_json(path, identity)
+        return
+    if old == identity:
+        return
+    diffs = [f"{key}: {_short(old.get(key))} then, {_short(identity.get(key))} now"
+             for key in sorted(set(old) | set(identity)) if old.get(key) != identity.get(key)]
+    raise ValueError(
+        f"{run_dir} holds stages made with other inputs ({'; '.join(diffs)}). Delete that folder "
+        "to redo the run, or pass another --runs-root.")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, so a difference names the exact setting."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:12] + "..."
