@@ -32,6 +32,44 @@ SHADOW_TEXELS_PER_PIXEL = 8
 changes 0.02-0.10% of the pixels and doubles the frame rate (BENCHMARK.md).
 """
 _WORLD_BODY = 0
+_LLVMPIPE_THREAD = "llvmpipe-"
+"""Name prefix of Mesa llvmpipe's rasterizer threads (``/proc/self/task/*/comm``)."""
+_FORK_HELP = (
+    "this process was forked from one in which Mesa's llvmpipe had already rendered, and a fork "
+    "copies the renderer's state but not its rasterizer threads, so OpenGL here would wait for "
+    "them forever. Start vector-env workers with spawn: gym.make_vec(..., "
+    "vectorization_mode=\"async\", vector_kwargs={\"context\": \"spawn\"}) or "
+    "AsyncVectorEnv(..., context=\"spawn\"); or set LP_NUM_THREADS=0 before the first render.")
+_fork_state = {"parent_had_llvmpipe": False, "forked_from_llvmpipe": False}
+
+
+def _llvmpipe_threads_running() -> bool:
+    """Whether this process has llvmpipe rasterizer threads (False where ``/proc`` is absent)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith(_LLVMPIPE_THREAD):
+                    return True
+        except OSError:  # the thread ended while we looked
+            continue
+    return False
+
+
+def _before_fork() -> None:
+    _fork_state["parent_had_llvmpipe"] = _llvmpipe_threads_running()
+
+
+def _after_fork_in_child() -> None:
+    _fork_state["forked_from_llvmpipe"] = _fork_state["parent_had_llvmpipe"]
+
+
+# Forking after a render hangs the child's first render (gymnasium's AsyncVectorEnv forks by
+# default on Linux); these hooks let that render fail with the fix instead.
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -217,6 +255,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             target = np.array(data.subtree_com[self._physics.model.cam_bodyid[self.camera_id]])
             self._shake.apply(data, self.camera_id, target)
         if self._camera is None:
+            if _fork_state["forked_from_llvmpipe"]:
+                raise RuntimeError(f"{self.task_spec.name} cannot render: {_FORK_HELP}")
             self._camera = Camera(self._physics, height=self.size, width=self.size,
                                   camera_id=self.camera_id)
             # Shadows and reflections fall on the floor; when the video covers it they are

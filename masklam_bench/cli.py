@@ -138,9 +138,15 @@ def _run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     _check_run_options(cls, args.mask_source, args.envs)
     preset = get_preset(args.preset)
     try:
-        apply_overrides(preset, args.overrides)
+        resolved = apply_overrides(preset, args.overrides)
     except ValueError as err:
         raise UserError(str(err)) from None
+    data = resolved.data
+    if data.labelled_transitions > data.train_episodes * data.episode_steps:
+        raise UserError(
+            f"--labels {data.labelled_transitions}: the {args.preset} preset's train split has at "
+            f"most {data.train_episodes * data.episode_steps} transitions ({data.train_episodes} "
+            "episodes); label fewer, or collect more with --set data.train_episodes=N.")
     if cls.latent_is_action and len(dims) > 1:
         print(f"note: {args.method} has no latent (its latent is the action): one run per seed, "
               "whatever --dims says.")
@@ -240,7 +246,7 @@ def _cmd_train_expert(args: argparse.Namespace) -> None:
     try:
         summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
                                resume=not args.restart, export_weights=not args.no_export,
-                               **overrides)
+                               replace_shipped=args.replace_shipped, **overrides)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"masklam-bench train-expert: {e}") from None
     print(json.dumps(summary, indent=2, default=str))
@@ -268,34 +274,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="masklam-bench",
-        description="Benchmark latent action models on DeepMind Control with distracting backgrounds.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("show", help="write a PNG strip of frames and masks, ID vs OOD vs clean")
-    p.add_argument("env", help="a registered id, e.g. DistractingCheetah-v0")
-    p.add_argument("--out", default="strip.png", help="PNG path to write (default: strip.png)")
-    p.add_argument("--frames", type=int_at_least(1), default=8, help="columns (default: 8)")
-    p.add_argument("--every", type=int_at_least(1), default=10,
-                   help="steps between columns (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the episode and actions")
-    p.add_argument("--level", default="low", choices=["low", "hard"], help="distractor level")
-    p.add_argument("--floor", default="keep", choices=["keep", "replace"], help="floor mode")
-    p.set_defaults(func=_cmd_show)
-
-    p = sub.add_parser("bench-env", help="frames/s of each id next to stock dm_control rendering")
-    p.add_argument("--envs", default="", help="comma-separated ids (default: all twelve)")
-    p.add_argument("--steps", type=int_at_least(1), default=300,
-                   help="steps timed per id (default: 300)")
-    p.set_defaults(func=_cmd_bench_env)
-
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``run`` sub-command and its flags."""
     p = sub.add_parser("run", help="train and evaluate a method; writes one result JSON per run")
     p.add_argument("--method", required=True,
-                   help="registered method (lapo, masklam, masklam-full, oracle, bc-labels) "
-                        "or module:Class")
+                   help="registered method (lapo, masklam, masklam-full, oracle, bc-labels, "
+                        "untrained-idm, bc-labelled) or module:Class")
     p.add_argument("--dims", default="64", help="latent dims, comma-separated (default: 64)")
     p.add_argument("--envs", default="cheetah",
                    help="tasks, comma-separated: cheetah,walker,hopper,humanoid (default: cheetah)")
@@ -321,6 +305,33 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="masks to train with: exact, sam2, dilate-R, erode-R, flip-P, drop-P "
                         "(default: exact); non-exact sources get their own leaderboard rows")
     p.set_defaults(func=_cmd_run)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="masklam-bench",
+        description="Benchmark latent action models on DeepMind Control with distracting backgrounds.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("show", help="write a PNG strip of frames and masks, ID vs OOD vs clean")
+    p.add_argument("env", help="a registered id, e.g. DistractingCheetah-v0")
+    p.add_argument("--out", default="strip.png", help="PNG path to write (default: strip.png)")
+    p.add_argument("--frames", type=int_at_least(1), default=8, help="columns (default: 8)")
+    p.add_argument("--every", type=int_at_least(1), default=10,
+                   help="steps between columns (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the episode and actions")
+    p.add_argument("--level", default="low", choices=["low", "hard"], help="distractor level")
+    p.add_argument("--floor", default="keep", choices=["keep", "replace"], help="floor mode")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("bench-env", help="frames/s of each id next to stock dm_control rendering")
+    p.add_argument("--envs", default="", help="comma-separated ids (default: all twelve)")
+    p.add_argument("--steps", type=int_at_least(1), default=300,
+                   help="steps timed per id (default: 300)")
+    p.set_defaults(func=_cmd_bench_env)
+
+    _add_run_parser(sub)
 
     p = sub.add_parser("bench-train",
                        help="LAM training samples/s: our loop vs a bare PyTorch loop")
@@ -350,7 +361,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="start from another run's agent, with an empty replay buffer (e.g. "
                         "fine-tune a hopper trained with --stand-bonus without it)")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
-    p.add_argument("--no-export", action="store_true", help="do not write the package weights")
+    p.add_argument("--no-export", action="store_true", help="do not export the trained actor")
+    p.add_argument("--replace-shipped", action="store_true",
+                   help="export over the package's shipped expert (default: RUN_DIR/candidate.pt;"
+                        " datasets of the old expert are then refused)")
     p.set_defaults(func=_cmd_train_expert)
 
     p = sub.add_parser("eval-expert", help="measure shipped experts' returns next to random's")

@@ -1,6 +1,9 @@
 """Shared test set-up: headless rendering before anything imports mujoco, and a fake expert."""
 
 import os
+import signal
+import subprocess
+import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -26,3 +29,29 @@ def write_fake_cheetah_expert(path, *, hidden: int = 16, seed: int = 0,
 def fake_cheetah_expert():
     """The writer of fake cheetah experts, as a fixture (``conftest`` is not importable)."""
     return write_fake_cheetah_expert
+
+
+def run_python(code: str, timeout: float, stdin: str | None = None,
+               cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in a fresh interpreter; fail the test if it outlives ``timeout``.
+
+    On a timeout the whole process group is killed, so workers a hung run started (e.g. forked
+    vector-env workers) do not outlive the test.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s (killed); its output ended with:\n"
+                    f"{out[-1000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="session")
+def fresh_python():
+    """:func:`run_python`, as a fixture."""
+    return run_python

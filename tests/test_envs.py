@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 import gymnasium as gym
 import mujoco
@@ -246,6 +247,32 @@ def test_vector_env_async():
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                             timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_vector_env_async_after_the_parent_has_rendered(fresh_python):
+    # Issue 18: the forked workers of a process that had rendered hung in their first render. Now
+    # they fail at once, naming the fix, and the README's spawn form works. The timeout turns a
+    # return of the hang into a failure.
+    code = textwrap.dedent("""
+        import gymnasium as gym, masklam_bench
+        gym.make("DistractingCheetah-v0").reset(seed=0)  # the parent renders
+        envs = gym.make_vec("DistractingHopper-v0", num_envs=2, vectorization_mode="async")
+        try:
+            envs.reset(seed=0)
+            raise SystemExit("a forked worker rendered after its parent had")
+        except RuntimeError as e:
+            assert 'vector_kwargs={"context": "spawn"}' in str(e), e
+        envs.close()
+        envs = gym.make_vec("DistractingHopper-v0", num_envs=2, vectorization_mode="async",
+                            vector_kwargs={"context": "spawn"})
+        obs, info = envs.reset(seed=0)
+        assert obs.shape == (2, 64, 64, 3), obs.shape
+        envs.close()
+        print("ok")
+    """)
+    result = fresh_python(code, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +248,16 @@ def test_init_from_refuses_other_networks_and_missing_runs(tiny_runs, tmp_path):
         cfg = SACConfig(**{**TINY, "init_from": str(tmp_path / "nowhere")})
         train(cfg, tmp_path / "b", resume=False, progress=False)
     assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
+def test_train_expert_never_replaces_the_shipped_weights_unless_asked(tmp_path, monkeypatch):
+    from masklam_bench import experts
+    from masklam_bench.experts import sac
+
+    written = []
+    monkeypatch.setattr(sac, "train", lambda cfg, out, resume, progress: {"step": 1})
+    monkeypatch.setattr(sac, "export",
+                        lambda out, name, dest=None: written.append(dest) or Path(dest or "pkg"))
+    experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path)
+    experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path, replace_shipped=True)
+    assert written == [tmp_path / experts.CANDIDATE_NAME, None]  # None: the package default

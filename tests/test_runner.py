@@ -208,6 +208,7 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--set", "train.lam_lr=fast"], "expected a number"),
         (["run", "--method", "masklam", "--set", "lam_steps"], "KEY=VALUE"),
         (["run", "--method", "lapo", "--mask-source", "dilate-3"], "trains without agent masks"),
+        (["run", "--method", "lapo", "--preset", "cpu", "--labels", "999999"], "label fewer"),
         (["run", "--method", "masklam", "--envs", "DistractingCheetahOOD-v1"], "name the task"),
         (["run", "--method", "masklam", "--device", "meta"], "--device must be"),
         (["bench-train", "--device", "tpu"], "--device must be"),

@@ -192,6 +192,10 @@ def random_policy_return(task: str, episodes: int = 10, seed: int = 0) -> float:
     return float(rets.mean())
 
 
+CANDIDATE_NAME = "candidate.pt"
+"""File in a training run's folder that an export writes unless told to replace the shipped one."""
+
+
 def train_expert(
     task: str,
     steps: int = 1_000_000,
@@ -200,12 +204,15 @@ def train_expert(
     resume: bool = True,
     progress: bool = True,
     export_weights: bool = True,
+    replace_shipped: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train (or resume) a SAC expert in ``out_dir`` (default ``runs/experts/{task}``).
 
     ``overrides`` set fields of :class:`~masklam_bench.experts.sac.SACConfig`. With
-    ``export_weights`` the finished actor is written to the package's ``weights/`` folder.
+    ``export_weights`` the finished actor is written to ``out_dir/candidate.pt`` (measure it
+    with ``eval-expert --weights``); only with ``replace_shipped`` does it replace the package's
+    shipped ``weights/{task}.pt``, which the datasets and result files are tied to.
     Returns the training summary (step, updates, last_eval) plus ``weights`` when exported.
     """
     from masklam_bench.experts.sac import SACConfig, export, train
@@ -216,5 +223,6 @@ def train_expert(
     summary = train(cfg, out, resume=resume, progress=progress)
     summary.pop("agent", None)
     if export_weights:
-        summary["weights"] = str(export(out, name))
+        dest = None if replace_shipped else out / CANDIDATE_NAME
+        summary["weights"] = str(export(out, name, dest=dest))
     return summary
