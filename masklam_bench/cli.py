@@ -263,10 +263,11 @@ def _cmd_eval_expert(args: argparse.Namespace) -> None:
     for task in tasks:
         res = evaluate_expert(task, episodes=args.episodes, seed=args.seed, path=args.weights)
         rnd = random_policy_return(task, episodes=args.episodes, seed=args.seed)
-        laom = LAOM_RETURNS[task]
+        laom = LAOM_RETURNS.get(task)
+        share = (f"{res['mean'] / laom:.1%} of LAOM's expert ({laom})" if laom is not None
+                 else "no LAOM reference (add one to masklam_bench.experts.LAOM_RETURNS)")
         print(f"{task}: expert {res['mean']:.1f} +- {res['std']:.1f} over {args.episodes} "
-              f"episodes (seed {args.seed}); random policy {rnd:.1f}; "
-              f"{res['mean'] / laom:.1%} of LAOM's expert ({laom})")
+              f"episodes (seed {args.seed}); random policy {rnd:.1f}; {share}")
         print(f"  expert episodes: {' '.join(f'{r:.1f}' for r in res['returns'])}")
 
 
@@ -393,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    from masklam_bench.allocator import tune_allocator
+
+    tune_allocator()  # every sub-command trains or renders large buffers
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:

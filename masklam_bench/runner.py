@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masklam_bench import metrics
+from masklam_bench.allocator import tune_allocator
 from masklam_bench.baselines import get_method
 from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.policy import ActionDecoder, LatentPolicy
@@ -320,6 +321,7 @@ class _Run:
     method: LatentActionMethod
     device: torch.device
     progress: bool
+    identity: dict[str, Any]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def record(self, key: str, seconds: float) -> None:
@@ -500,6 +502,7 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
 
 def _open_run(config: RunConfig, progress: bool) -> _Run:
     """Resolve the config, make sure the dataset exists, check the run's identity, load data."""
+    tune_allocator()
     config, preset = resolve(config)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -509,7 +512,9 @@ def _open_run(config: RunConfig, progress: bool) -> _Run:
     data_dir = ensure_dataset(config, preset, progress)
     meta = dataset_metadata(data_dir)
     cls = get_method(config.method)
-    check_identity(run_dir, run_identity(config, preset, cls, meta))
+    # Read once: the source files hashed here are the ones this process imported.
+    identity = run_identity(config, preset, cls, meta)
+    check_identity(run_dir, identity)
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     # Only the oracle reads the paired clean frames; the others leave them on disk.
     train = load_frames(data_dir, "train", clean=cls.uses_clean_data)
@@ -528,7 +533,7 @@ def _open_run(config: RunConfig, progress: bool) -> _Run:
     timings_file = run_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     return _Run(config, preset, cls, run_dir, data_dir, meta, train, test, train_s, test_s,
-                method, device, progress, timings)
+                method, device, progress, identity, timings)
 
 
 def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod],
@@ -580,7 +585,7 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
     mask_label = parse_mask_source(config.mask_source).label
     name = cls.name or config.method
     plugin = ":" in config.method
-    identity = run_identity(config, r.preset, cls, r.meta)
+    identity = r.identity
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "run_name": config.run_name,

@@ -157,6 +157,27 @@ def test_shortfall_note_flags_experts_below_the_target(fake_cheetah_expert, tmp_
     assert "returned 669.0 when exported, 79.9% of LAOM's expert (837.7)" in notes[669.0]
 
 
+def test_a_task_without_a_laom_reference_is_measured_not_a_key_error(fake_cheetah_expert,
+                                                                     tmp_path, monkeypatch,
+                                                                     capsys):
+    # A newly added task has no LAOM_RETURNS entry yet: eval-expert still measures it, and
+    # collect/run give no below-target caveat, since there is no target.
+    from masklam_bench import cli
+
+    monkeypatch.delitem(experts.LAOM_RETURNS, "cheetah-run")
+    monkeypatch.setattr(experts, "evaluate_expert",
+                        lambda task, episodes, seed, path: {"mean": 5.0, "std": 1.0,
+                                                            "returns": [4.0, 6.0]})
+    monkeypatch.setattr(experts, "random_policy_return", lambda task, episodes, seed: 0.5)
+    cli.main(["eval-expert", "--task", "cheetah", "--episodes", "2"])
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.startswith("cheetah-run: expert 5.0 +- 1.0 over 2 episodes")
+    assert summary.endswith("no LAOM reference (add one to masklam_bench.experts.LAOM_RETURNS)")
+    payload = torch.load(fake_cheetah_expert(tmp_path / "c.pt", eval_return=1.0),
+                         weights_only=True)
+    assert experts.shortfall_note(experts.Expert(payload)) is None
+
+
 def test_eval_expert_command_prints_every_episode(capsys):
     if not experts.weights_path("hopper-hop").exists():
         pytest.skip("no shipped hopper-hop expert")

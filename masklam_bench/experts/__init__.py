@@ -125,11 +125,12 @@ def load_expert(task: str, path: str | os.PathLike | None = None) -> Expert:
 def shortfall_note(expert: Expert) -> str | None:
     """A one-line caveat if ``expert``'s recorded return is under the target, else ``None``.
 
-    The recorded return is the one ``export`` measured when it wrote the file.
+    The recorded return is the one ``export`` measured when it wrote the file. A task without a
+    LAOM reference (a newly added one) has no target, so it gets no caveat.
     """
     ret = expert.meta.get("eval_return_mean")
-    reference = LAOM_RETURNS[expert.task]
-    if ret is None or ret >= TARGET_FRACTION * reference:
+    reference = LAOM_RETURNS.get(expert.task)
+    if ret is None or reference is None or ret >= TARGET_FRACTION * reference:
         return None
     return (
         f"this {expert.task} expert returned {ret:.1f} when exported, {ret / reference:.1%} of "
