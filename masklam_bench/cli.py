@@ -384,6 +384,7 @@ def _build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS = (
     "masklam_bench.collect",
     "masklam_bench.curves",
+    "masklam_bench.gpu_check",
     "masklam_bench.leaderboard",
     "masklam_bench.sam_masks",
 )
