@@ -56,6 +56,12 @@ class LatentActionMethod(abc.ABC):
     - ``context_mask``: bool ``(B, context_frames, H, W)`` agent masks of the context frames.
     - ``target_mask``: bool ``(B, H, W)`` agent mask of ``target``.
     - ``action``: float32 ``(B, A)`` a_t (used only by the online probe and reference rows).
+    - ``next``: uint8 ``(B, 3, H, W)``: o_{t+1}, whatever k is (LAOM's FDM target).
+    - ``next_mask``: bool ``(B, H, W)`` agent mask of ``next``.
+    - ``target_context``: uint8 ``(B, context_frames, 3, H, W)``: o_{t+k-c+1} .. o_{t+k}, the
+      target's own frame stack, padded at episode start like ``context`` (last frame = ``target``).
+    - ``labelled``: only for methods with ``labelled_batch_size > 0``, during pretraining: a batch
+      of ``labelled_batch_size`` transitions (the same keys) drawn from the labelled subset alone.
 
     Subclasses register themselves by name with :func:`masklam_bench.baselines.register`.
     """
@@ -72,6 +78,9 @@ class LatentActionMethod(abc.ABC):
     """Stage 1 is skipped: the IDM keeps its random weights (the ``untrained`` floor row)."""
     bc_on_labelled_only: ClassVar[bool] = False
     """Latent BC sees only the labelled subset, not all train data (``bc-labels-subset``)."""
+    labelled_batch_size: ClassVar[int] = 0
+    """Transitions of the labelled subset the runner adds to every pretraining batch under
+    ``labelled`` (``laom-labels``); 0 = none, and then no labelled batch is drawn."""
 
     def __init__(self, config: LamConfig, image_size: int, action_dim: int,
                  device: torch.device | str = "cpu") -> None:

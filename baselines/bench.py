@@ -47,6 +47,13 @@ def random_batch(config: LamConfig, image_size: int, action_dim: int, batch_size
         "target_mask": mask,
         "action": torch.rand((batch_size, action_dim), generator=g) * 2 - 1,
     }
+    # Drawn after the keys above, so those stay what they were before these keys existed.
+    later = torch.randint(0, 256, (batch_size, c, 3, s, s), generator=g, dtype=torch.uint8)
+    later[:, -1] = batch["target"]
+    batch["target_context"] = later
+    next_is_target = (batch["k"] == 1)[:, None, None, None]
+    batch["next"] = torch.where(next_is_target, batch["target"], later[:, 0])
+    batch["next_mask"] = mask
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -105,6 +112,10 @@ def train_throughput(method_name: str, config: LamConfig, image_size: int = 64,
         torch.manual_seed(0)
         method = cls(config, image_size, action_dim, device)
         data = random_batch(config, image_size, action_dim, batch, device=device)
+        if cls.labelled_batch_size:
+            data["labelled"] = random_batch(config, image_size, action_dim,
+                                            cls.labelled_batch_size,
+                                            torch.Generator().manual_seed(1), device)
         bare_step = None
         if isinstance(method, LAPO):
             torch.manual_seed(0)
@@ -126,7 +137,7 @@ def train_throughput(method_name: str, config: LamConfig, image_size: int = 64,
                 bare_rates.append(_samples_per_s(bare_step, batch, block, dev))
         method_sps = statistics.median(method_rates)
         bare_sps = statistics.median(bare_rates) if bare_rates else None
-        params = count_parameters(method.nets) if isinstance(method, LAPO) else 0
+        params = count_parameters(method.nets) if hasattr(method, "nets") else 0
     finally:
         torch.set_num_threads(previous_threads)
     return {

@@ -187,19 +187,30 @@ def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim
 
 def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int, batch: int,
               run_dir: Path, seed: int, progress: bool,
-              snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any]:
+              snapshot_steps: tuple[int, ...] = (),
+              labelled: np.ndarray | None = None) -> dict[str, Any]:
     """Stage 1: LAM pretraining on unlabelled transitions, checkpointed every CHECKPOINT_EVERY steps.
 
     Resumes from ``run_dir/lam_ckpt.pt``. The method's state after each step in
-    ``snapshot_steps`` is also kept as ``lam_step{N}.pt`` (the probe curve reads them).
+    ``snapshot_steps`` is also kept as ``lam_step{N}.pt`` (the probe curve reads them). A method
+    with ``labelled_batch_size > 0`` also gets ``batch["labelled"]``, drawn from the transitions
+    ``labelled`` (the labelled subset) with a generator of its own, so the main batches stay
+    those of every other method.
     """
     ckpt_path = run_dir / "lam_ckpt.pt"
     ckpt = _load_checkpoint(ckpt_path)
     rng = np.random.default_rng([seed, 1])
+    labelled_size = method.labelled_batch_size
+    if labelled_size and labelled is None:
+        raise ValueError(f"Method {type(method).__name__} asks for labelled batches "
+                         f"(labelled_batch_size={labelled_size}); pass the labelled subset.")
+    labelled_rng = np.random.default_rng([seed, 5]) if labelled_size else None
     start, log, elapsed = 0, {"loss": []}, 0.0
     if ckpt is not None:
         method.load_state_dict(ckpt["method"])
         rng.bit_generator.state = ckpt["rng"]
+        if labelled_rng is not None:
+            labelled_rng.bit_generator.state = ckpt["labelled_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         start, log, elapsed = ckpt["step"], ckpt["log"], ckpt["elapsed"]
     t0 = time.perf_counter() - elapsed
@@ -212,7 +223,10 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
     for step in bar:
         if step == start + warm:
             t_warm = time.perf_counter()
-        logs = method.train_step(sampler.sample(rng, batch))
+        batch_dict = sampler.sample(rng, batch)
+        if labelled_rng is not None:
+            batch_dict["labelled"] = sampler.sample(labelled_rng, labelled_size, pool=labelled)
+        logs = method.train_step(batch_dict)
         log["loss"].append(float(logs["loss"]))
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
@@ -220,9 +234,12 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
             atomic_torch_save({"method": method.state_dict(), "step": step + 1},
                               run_dir / f"lam_step{step + 1}.pt")
         if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
-            atomic_torch_save({"method": method.state_dict(), "rng": rng.bit_generator.state,
-                               "torch_rng": torch.get_rng_state(), "step": step + 1, "log": log,
-                               "elapsed": time.perf_counter() - t0}, ckpt_path)
+            state = {"method": method.state_dict(), "rng": rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state(), "step": step + 1, "log": log,
+                     "elapsed": time.perf_counter() - t0}
+            if labelled_rng is not None:
+                state["labelled_rng"] = labelled_rng.bit_generator.state
+            atomic_torch_save(state, ckpt_path)
     log["seconds"] = time.perf_counter() - t0
     if t_warm is not None:
         timed = time.perf_counter() - t_warm
@@ -372,10 +389,12 @@ def _stage_lam(run: _Run, snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any
         run.method.load_state_dict(done["method"])
         return done["log"]
 
+    labelled = (labelled_subset(run.train, run.preset.data.labelled_transitions)
+                if run.cls.labelled_batch_size else None)
     return _stage(run, "lam_s", run.run_dir / "lam_final.pt",
                   lambda: train_lam(run.method, run.train_s, steps, run.preset.train.lam_batch,
                                     run.run_dir, run.config.seed, run.progress,
-                                    snapshot_steps),
+                                    snapshot_steps, labelled),
                   save, load, seconds=lambda log: log["seconds"])
 
 

@@ -57,8 +57,12 @@ class TransitionSampler:
             k_t = torch.as_tensor(np.asarray(k, dtype=np.int64), device=self.device)
         k_t = torch.minimum(k_t, self._end[i] - i).clamp(min=1)
         offsets = torch.arange(self.context_frames - 1, -1, -1, device=self.device)
-        ctx = torch.maximum(i[:, None] - offsets[None, :], self._start[i][:, None])
+        start = self._start[i][:, None]
+        ctx = torch.maximum(i[:, None] - offsets[None, :], start)
         target = i + k_t
+        # The frames a stack encoder needs (LAOM): o_{t+1}, and the target's own context.
+        nxt = torch.minimum(i + 1, self._end[i])
+        target_ctx = torch.maximum(target[:, None] - offsets[None, :], start)
         return {
             "context": self._frames[ctx],
             "context_mask": self._masks[ctx],
@@ -66,6 +70,9 @@ class TransitionSampler:
             "target_mask": self._masks[target],
             "k": k_t,
             "action": self._actions[i],
+            "next": self._frames[nxt],
+            "next_mask": self._masks[nxt],
+            "target_context": self._frames[target_ctx],
         }
 
     def sample(self, rng: np.random.Generator, batch_size: int,

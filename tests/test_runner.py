@@ -327,3 +327,25 @@ def test_labelled_only_bc_sees_only_the_labelled_subset(tmp_path, data_root, mon
     runner.run(_config(tmp_path, data_root, "bc-labelled"), progress=False)
     budget = get_preset("smoke").data.labelled_transitions
     assert len(seen[0]) == budget  # stage 3 pool: the labelled subset only
+
+
+def test_sampler_gives_next_frame_and_target_stack(data_root):
+    from masklam_bench.dataset import load_frames
+    from masklam_bench.sampling import TransitionSampler
+
+    train = load_frames(data_root / "smoke" / "cheetah-run", "train", clean=False)
+    sampler = TransitionSampler(train, context_frames=3, max_future=10)
+    index = train.transitions
+    k = np.full(len(index), 10)
+    batch = sampler.batch(index, k)
+    frames = torch.from_numpy(train.frames).permute(0, 3, 1, 2)
+    assert torch.equal(batch["next"], frames[index + 1])
+    assert torch.equal(batch["target_context"][:, -1], batch["target"])
+    target = index + batch["k"].numpy()
+    for lag in (1, 2):
+        expected = np.maximum(target - lag, train.episode_start[index])
+        assert torch.equal(batch["target_context"][:, -1 - lag], frames[expected])
+    assert torch.equal(batch["next_mask"], torch.from_numpy(train.unpack_masks(index + 1)))
+    # The padding at episode start repeats the first frame, as the context's does.
+    first = index == train.episode_start[index]
+    assert first.any() and torch.equal(batch["context"][first, 0], frames[index[first]])
