@@ -17,6 +17,17 @@ from masklam_bench.baselines import (
     get_method,
 )
 from masklam_bench.baselines.bench import random_batch, train_throughput
+from masklam_bench.baselines.laom import (
+    AUGMENTATIONS,
+    LAOM,
+    MAX_FUTURE,
+    TARGET_TAU,
+    FrameAugmenter,
+    linear_lr_multiplier,
+    stack_input,
+)
+from masklam_bench.baselines.laom_labels import LABEL_LOSS_WEIGHT, LABELLED_BATCH
+from masklam_bench.baselines.laom_masked import BACKGROUND_FILL, mask_background
 from masklam_bench.baselines.lapo import LAPO, cosine_lr_multiplier
 from masklam_bench.baselines.masklam import MaskLAM, masked_mse
 from masklam_bench.baselines.masklam_full import MaskLAMFull
@@ -51,15 +62,24 @@ def _build(name: str, seed: int = 0, **changes: Any) -> LatentActionMethod:
     return cls(_config(cls, **changes), IMAGE, ACTION_DIM)
 
 
-def _batch(method: LatentActionMethod, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random batch matching the method's config."""
+def _batch(method: LatentActionMethod, seed: int = 0) -> dict[str, Any]:
+    """A random batch matching the method's config (with a labelled one if the method asks)."""
     config = method.config if hasattr(method, "config") else TINY
-    return random_batch(config, IMAGE, ACTION_DIM, BATCH, torch.Generator().manual_seed(seed))
+    batch = random_batch(config, IMAGE, ACTION_DIM, BATCH, torch.Generator().manual_seed(seed))
+    if method.labelled_batch_size:
+        batch["labelled"] = random_batch(config, IMAGE, ACTION_DIM, BATCH,
+                                         torch.Generator().manual_seed(1000 + seed))
+    return batch
 
 
-def _parameters(method: LAPO) -> torch.Tensor:
+def _parameters(method: LAPO | LAOM) -> torch.Tensor:
     """All network parameters as one flat vector."""
     return torch.cat([p.detach().flatten() for p in method.nets.parameters()])
+
+
+def _target(method: LAOM) -> torch.Tensor:
+    """LAOM's EMA target encoder's parameters as one flat vector."""
+    return torch.cat([p.detach().flatten() for p in method.target_encoder.parameters()])
 
 
 # The masked loss.
@@ -144,7 +164,8 @@ def test_state_dict_round_trip_reproduces_encode(name):
     assert torch.equal(trained.encode(batch), restored.encode(batch))
 
 
-@pytest.mark.parametrize("name", ["lapo", "masklam", "masklam-full"])
+@pytest.mark.parametrize("name", ["lapo", "masklam", "masklam-full", "laom", "laom-labels",
+                                  "laom-masked"])
 def test_resumed_training_matches_uninterrupted(name):
     uninterrupted, resumed = _build(name, seed=0), _build(name, seed=1)
     batches = [_batch(uninterrupted, seed) for seed in range(3)]
@@ -155,9 +176,12 @@ def test_resumed_training_matches_uninterrupted(name):
     resumed.train_step(batches[2])
     assert resumed.step == uninterrupted.step == 3
     assert torch.equal(_parameters(uninterrupted), _parameters(resumed))
+    if isinstance(resumed, LAOM):  # the EMA target and the augmentations resume too
+        assert torch.equal(_target(uninterrupted), _target(resumed))
 
 
-@pytest.mark.parametrize("name", ["lapo", "masklam", "masklam-full", "oracle"])
+@pytest.mark.parametrize("name", ["lapo", "masklam", "masklam-full", "oracle", "laom",
+                                  "laom-labels", "laom-masked"])
 def test_same_seed_gives_identical_parameters(name):
     runs = []
     for _ in range(2):
@@ -357,8 +381,10 @@ class HalfAMethod(LatentActionMethod):
         return {"loss": 0.0}
 
 
-def test_registry_has_the_five_methods():
-    assert available_methods() == ["bc-labels", "lapo", "masklam", "masklam-full", "oracle"]
+def test_registry_has_the_builtin_methods():
+    assert available_methods() == ["bc-labelled", "bc-labels", "laom", "laom-labels",
+                                   "laom-masked", "lapo", "masklam", "masklam-full", "oracle",
+                                   "untrained-idm"]
     for name in available_methods():
         assert get_method(name).name == name
 
@@ -404,3 +430,159 @@ def test_train_throughput_reports_both_loops():
     result = train_throughput("masklam", TINY, image_size=IMAGE, batch=2, steps=1, threads=1)
     assert result["method_samples_per_s"] > 0 and result["bare_samples_per_s"] > 0
     assert result["params"] > 0 and result["threads"] == 1
+
+
+# LAOM and its variants.
+
+def test_laom_ema_target_is_updated_and_gets_no_gradient():
+    method = _build("laom")
+    assert all(not p.requires_grad for p in method.target_encoder.parameters())
+    online = [p for p in method.encoder.parameters()]
+    assert torch.equal(_target(method), torch.cat([p.detach().flatten() for p in online]))
+    before = _target(method).clone()
+    method.train_step(_batch(method))
+    assert all(p.grad is None for p in method.target_encoder.parameters())
+    after_online = torch.cat([p.detach().flatten() for p in method.encoder.parameters()])
+    # One EMA step: (1 - tau) * old target + tau * the online encoder after the optimiser step.
+    expected = torch.lerp(before, after_online, TARGET_TAU)
+    assert not torch.equal(_target(method), before)
+    assert torch.allclose(_target(method), expected, atol=1e-7)
+    # The target never enters the optimiser.
+    optimised = {id(p) for group in method.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in method.target_encoder.parameters()}
+
+
+def test_laom_augmentations_are_seeded_and_keep_uint8_shapes():
+    g = torch.Generator().manual_seed(0)
+    stacks = torch.randint(0, 256, (16, 3, 3, IMAGE, IMAGE), generator=g, dtype=torch.uint8)
+    frames = stacks[:, 0].clone()
+    outputs = {}
+    for seed in (0, 0, 1):
+        augment = FrameAugmenter(IMAGE, seed)
+        out_stacks, out_frames = augment(stacks), augment(frames)
+        assert out_stacks.dtype == out_frames.dtype == torch.uint8
+        assert out_stacks.shape == stacks.shape and out_frames.shape == frames.shape
+        outputs.setdefault(seed, []).append(out_stacks)
+    assert torch.equal(outputs[0][0], outputs[0][1])
+    assert not torch.equal(outputs[0][0], outputs[1][0])
+    assert not torch.equal(outputs[0][0], stacks)
+    # One random choice per image, over all eight of LAOM's, and "none" leaves an image as it is.
+    augment = FrameAugmenter(IMAGE, 0)
+    state = augment.generator.get_state()
+    choice, _ = augment.maps(256)
+    assert set(choice.tolist()) == set(range(len(AUGMENTATIONS)))
+    augment.generator.set_state(state)
+    choice, _ = augment.maps(len(stacks))
+    augment.generator.set_state(state)
+    out = augment(stacks)
+    untouched = choice == AUGMENTATIONS.index("none")
+    assert untouched.any() and torch.equal(out[untouched], stacks[untouched])
+
+
+def test_laom_augmentations_move_a_stack_as_one_image():
+    frame = torch.randint(0, 256, (8, 1, 3, IMAGE, IMAGE), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(3))
+    out = FrameAugmenter(IMAGE, 0)(frame.expand(-1, 3, -1, -1, -1))
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
+    with pytest.raises(ValueError, match="uint8 frames of 32x32"):
+        FrameAugmenter(IMAGE, 0)(frame.float())
+
+
+def test_laom_method_training_is_seeded_by_the_torch_seed():
+    a, b, c = _build("laom", seed=3), _build("laom", seed=3), _build("laom", seed=4)
+    assert torch.equal(a.augment.generator.get_state(), b.augment.generator.get_state())
+    assert not torch.equal(a.augment.generator.get_state(), c.augment.generator.get_state())
+
+
+def test_laom_idm_reads_the_target_stack_and_the_fdm_target_is_o_t_plus_1():
+    method = _build("laom")
+    batch = _batch(method)
+    assert method.config.max_future == MAX_FUTURE == 10
+    z = method.encode(batch)
+    assert torch.equal(z, method.encode({**batch, "target": torch.zeros_like(batch["target"])}))
+    other = {**batch, "target_context": batch["target_context"].flip(0)}
+    assert not torch.equal(z, method.encode(other))
+    target = method.target_frames(batch)
+    assert torch.equal(target[:, -1], batch["next"])
+    assert torch.equal(target[:, :-1], batch["context"][:, 1:])
+
+
+def test_linear_schedule():
+    assert linear_lr_multiplier(0, 100) == 1.0
+    assert linear_lr_multiplier(50, 100) == pytest.approx(0.5)
+    assert linear_lr_multiplier(100, 100) == 0.0 and linear_lr_multiplier(500, 100) == 0.0
+    assert linear_lr_multiplier(0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert linear_lr_multiplier(10, 100, warmup_steps=10) == 1.0
+    assert linear_lr_multiplier(55, 100, warmup_steps=10) == pytest.approx(0.5)
+
+
+def test_laom_labels_supervision_reads_only_the_labelled_batch():
+    assert get_method("laom-labels").labelled_batch_size == LABELLED_BATCH == 128
+    assert get_method("laom").labelled_batch_size == 0 and LAPO.labelled_batch_size == 0
+    batch = _batch(_build("laom-labels"))
+    # NaN actions in the main batch: nothing reads them.
+    poisoned = {**batch, "action": torch.full_like(batch["action"], float("nan"))}
+    method = _build("laom-labels")
+    for _ in range(2):
+        logs = method.train_step(poisoned)
+        assert math.isfinite(logs["loss"]) and math.isfinite(logs["label_mse"])
+    assert torch.isfinite(_parameters(method)).all()
+    # The same poison in the labelled batch reaches the loss: the check above can fail.
+    labelled = {**batch["labelled"],
+                "action": torch.full_like(batch["labelled"]["action"], float("nan"))}
+    logs = _build("laom-labels").train_step({**batch, "labelled": labelled})
+    assert math.isnan(logs["label_mse"]) and math.isnan(logs["loss"])
+    with pytest.raises(KeyError, match="labelled"):
+        _build("laom-labels").train_step({k: v for k, v in batch.items() if k != "labelled"})
+
+
+def test_laom_labels_weights_its_action_loss():
+    method = _build("laom-labels")
+    logs = method.train_step(_batch(method))
+    assert logs["loss"] == pytest.approx(logs["fdm_loss"] + LABEL_LOSS_WEIGHT * logs["label_mse"],
+                                         rel=1e-5)
+    # Same seed: laom-labels starts from laom's shared networks (its head is built after them).
+    laom, labels = _build("laom"), _build("laom-labels")
+    assert torch.equal(_parameters(laom), _parameters(labels)[:len(_parameters(laom))])
+
+
+def test_laom_masked_target_is_constant_outside_the_mask():
+    method = _build("laom-masked")
+    assert method.uses_masks and not get_method("laom").uses_masks
+    batch = _batch(method)
+    target = method.target_frames(batch)  # (B, c, 3, H, W)
+    masks = torch.cat([batch["context_mask"][:, 1:], batch["next_mask"].unsqueeze(1)], dim=1)
+    background = target.permute(0, 1, 3, 4, 2)[~masks]
+    assert (background == BACKGROUND_FILL).all()
+    assert torch.equal(target.permute(0, 1, 3, 4, 2)[masks],
+                       _build("laom").target_frames(batch).permute(0, 1, 3, 4, 2)[masks])
+    with pytest.raises(ValueError, match="agent masks"):
+        mask_background(batch["next"], masks)
+
+
+def _target_embedding(method: LAOM, batch: dict[str, Any]) -> torch.Tensor:
+    """The EMA target's embedding of the batch's (augmented) target stack, generator rewound."""
+    state = method.augment.generator.get_state()
+    with torch.no_grad():
+        emb = method.target_encoder(stack_input(method.augment(method.target_frames(batch))))
+    method.augment.generator.set_state(state)
+    return emb
+
+
+def test_laom_masked_target_ignores_background_pixels():
+    method = _build("laom-masked")
+    batch = _batch(method)
+    noise = torch.randint(0, 256, batch["next"].shape, dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(9))
+    outside = ~batch["next_mask"].unsqueeze(1).expand_as(noise)
+    changed = {**batch, "next": torch.where(outside, noise, batch["next"]),
+               "context": torch.where(~batch["context_mask"].unsqueeze(2),
+                                      torch.zeros_like(batch["context"]), batch["context"])}
+    emb = _target_embedding(method, batch)
+    assert torch.equal(emb, _target_embedding(method, changed))
+    # Unmasked LAOM's target does see the background.
+    laom = _build("laom")
+    assert not torch.equal(_target_embedding(laom, batch), _target_embedding(laom, changed))
+    # And an agent pixel counts.
+    inside = {**batch, "next": torch.where(outside, batch["next"], noise)}
+    assert not torch.equal(emb, _target_embedding(method, inside))

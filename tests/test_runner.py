@@ -329,6 +329,73 @@ def test_labelled_only_bc_sees_only_the_labelled_subset(tmp_path, data_root, mon
     assert len(seen[0]) == budget  # stage 3 pool: the labelled subset only
 
 
+# LAOM, LAOM+labels and masked LAOM through the whole pipeline.
+
+@pytest.mark.parametrize("method", ["laom", "laom-labels", "laom-masked"])
+def test_laom_methods_run_the_smoke_pipeline_and_resume_after_a_kill(tmp_path, data_root,
+                                                                       monkeypatch, method):
+    """Each writes its result file; killed inside LAM training, it resumes to the same metrics
+    (the EMA target, the augmentation generator and, for laom-labels, the labelled batches'
+    generator are all checkpointed)."""
+    from masklam_bench.baselines.laom import LAOM
+
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 1)
+    full = runner.run(_config(tmp_path / "a", data_root, method), progress=False)
+    assert (tmp_path / "a" / "results" / f"{full['run_name']}.json").exists()
+    assert full["method"] == method and full["metrics"]["probe_nmse"] >= 0
+    assert full["config"]["lam"]["max_future"] == 10
+    original = LAOM.train_step
+    calls = {"n": 0}
+
+    def dies_at_step_two(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    config = _config(tmp_path / "b", data_root, method)
+    monkeypatch.setattr(LAOM, "train_step", dies_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, progress=False)
+    assert (Path(config.runs_root) / config.run_name / "lam_ckpt.pt").exists()
+    monkeypatch.setattr(LAOM, "train_step", original)
+    resumed = runner.run(config, progress=False)
+    same = {k: v for k, v in full["metrics"].items() if k not in _TIME_DEPENDENT}
+    assert {k: v for k, v in resumed["metrics"].items() if k not in _TIME_DEPENDENT} == same
+
+
+def test_laom_labels_supervision_reads_only_the_labelled_subset(tmp_path, data_root):
+    """Actions outside the labelled subset are NaN: LAM training stays finite. NaN inside it
+    makes the loss NaN, so the first check would fail if an unlabelled action were read."""
+    import dataclasses
+    import math
+
+    from masklam_bench.dataset import labelled_subset, load_frames
+    from masklam_bench.sampling import TransitionSampler
+
+    preset = get_preset("smoke")
+    config = _config(tmp_path, data_root, "laom-labels")
+    train = load_frames(runner.dataset_path(config), "train", clean=False)
+    labelled = labelled_subset(train, preset.data.labelled_transitions)
+    assert len(labelled) < len(train.transitions)
+    inside = np.zeros(len(train.actions), dtype=bool)
+    inside[labelled] = True
+    for name, poisoned, finite in (("outside", ~inside, True), ("inside", inside, False)):
+        actions = train.actions.copy()
+        actions[poisoned] = np.nan
+        data = dataclasses.replace(train, actions=actions)
+        method = runner._build_method(config, preset, train.image_size, train.action_dim, 0)
+        sampler = TransitionSampler(data, method.config.context_frames, method.config.max_future)
+        (tmp_path / name).mkdir()
+        log = runner.train_lam(method, sampler, 4, preset.train.lam_batch, tmp_path / name,
+                               seed=0, progress=False, labelled=labelled)
+        assert all(math.isfinite(loss) for loss in log["loss"]) is finite, name
+        if finite:
+            assert all(torch.isfinite(p).all() for p in method.nets.parameters())
+    with pytest.raises(ValueError, match="pass the labelled subset"):
+        runner.train_lam(method, sampler, 1, 2, tmp_path, seed=0, progress=False)
+
+
 def test_sampler_gives_next_frame_and_target_stack(data_root):
     from masklam_bench.dataset import load_frames
     from masklam_bench.sampling import TransitionSampler
