@@ -112,7 +112,7 @@ def _check_run_options(method_cls: type, mask_source: str, envs: str) -> None:
         raise UserError(
             f"--mask-source {mask_source}: method {method_cls.name!r} trains without agent masks, "
             "so the run would repeat the plain one under another name; use it with masklam, "
-            "masklam-full or a method that reads masks.")
+            "masklam-full, laom-masked or a method that reads masks.")
     for name in envs.split(","):
         if "OOD-v" in name or name.strip().startswith("Clean"):
             raise UserError(
@@ -279,8 +279,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     """The ``run`` sub-command and its flags."""
     p = sub.add_parser("run", help="train and evaluate a method; writes one result JSON per run")
     p.add_argument("--method", required=True,
-                   help="registered method (lapo, masklam, masklam-full, oracle, bc-labels, "
-                        "untrained-idm, bc-labelled) or module:Class")
+                   help="registered method (lapo, masklam, masklam-full, laom, laom-labels, "
+                        "laom-masked, oracle, bc-labels, untrained-idm, bc-labelled) or "
+                        "module:Class")
     p.add_argument("--dims", default="64", help="latent dims, comma-separated (default: 64)")
     p.add_argument("--envs", default="cheetah",
                    help="tasks, comma-separated: cheetah,walker,hopper,humanoid (default: cheetah)")
