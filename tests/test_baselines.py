@@ -357,8 +357,9 @@ class HalfAMethod(LatentActionMethod):
         return {"loss": 0.0}
 
 
-def test_registry_has_the_five_methods():
-    assert available_methods() == ["bc-labels", "lapo", "masklam", "masklam-full", "oracle"]
+def test_registry_has_the_built_in_methods():
+    assert available_methods() == ["bc-labelled", "bc-labels", "lapo", "masklam", "masklam-full",
+                                   "oracle", "untrained-idm"]
     for name in available_methods():
         assert get_method(name).name == name
 
