@@ -45,7 +45,7 @@ def _config(tmp_path, data_root, method="masklam", **kwargs):
 
 
 def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
-    from masklam_bench.leaderboard import load_results, write_leaderboard
+    from masklam_bench.leaderboard import read_records, write_leaderboard
 
     for method in ("masklam", "lapo", "oracle", "bc-labels", "masklam-full"):
         result = runner.run(_config(tmp_path, data_root, method), progress=False)
@@ -67,7 +67,7 @@ def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
         assert saved["config"]["run"]["method"] == method
         assert saved["versions"]["torch"] == torch.__version__
     assert result["latent_dim"] == 8  # the last run, masklam-full, at the asked dim
-    results, problems = load_results(tmp_path / "results")
+    results, problems = read_records(tmp_path / "results")
     assert len(results) == 5 and not problems
     written = write_leaderboard(tmp_path / "results", tmp_path / "board")
     readme = (tmp_path / "board" / "README.md").read_text()
