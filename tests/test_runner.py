@@ -57,7 +57,7 @@ def smoke_results(tmp_path_factory, data_root):
 
 
 def test_smoke_pipeline_writes_result_and_leaderboard(smoke_results):
-    from masklam_bench.leaderboard import load_results, write_leaderboard
+    from masklam_bench.leaderboard import read_records, write_leaderboard
 
     root, results = smoke_results
     for method, result in results.items():
@@ -80,7 +80,7 @@ def test_smoke_pipeline_writes_result_and_leaderboard(smoke_results):
         assert saved["config"]["run"]["method"] == method
         assert saved["versions"]["torch"] == torch.__version__
     assert results["masklam-full"]["latent_dim"] == 8
-    records, problems = load_results(root / "results")
+    records, problems = read_records(root / "results")
     assert len(records) == len(BUILT_IN) and not problems
     written = write_leaderboard(root / "results", root / "board")
     readme = (root / "board" / "README.md").read_text()
