@@ -339,3 +339,18 @@ def test_labelled_only_bc_sees_only_the_labelled_subset(tmp_path, data_root, mon
     runner.run(_config(tmp_path, data_root, "bc-labelled"), progress=False)
     budget = get_preset("smoke").data.labelled_transitions
     assert len(seen[0]) == budget  # stage 3 pool: the labelled subset only
+
+
+def test_decoder_can_train_on_the_latent_policys_predictions(tmp_path, data_root, monkeypatch):
+    calls = []
+    original = runner._policy_latents
+
+    def spy(policy, sampler, index):
+        calls.append(len(index))
+        return original(policy, sampler, index)
+
+    monkeypatch.setattr(runner, "_policy_latents", spy)
+    config = _config(tmp_path, data_root, "lapo", overrides={"train.decoder_inputs": "policy"})
+    result = runner.run(config, progress=False)
+    assert calls == [get_preset("smoke").data.labelled_transitions]  # LAOM's protocol
+    assert result["config"]["preset"]["train"]["decoder_inputs"] == "policy"
