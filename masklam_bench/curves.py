@@ -79,12 +79,15 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
                   results_dir: str, threads: int, progress: bool = True) -> list[dict[str, Any]]:
     """``bc-labels`` normalised return for every (BC steps, train episodes, seed)."""
     from masklam_bench import runner
+    from masklam_bench.presets import get_preset
 
     points = []
     for episodes in train_episodes:
         for steps in bc_steps:
             for seed in seeds:
-                sets = {**overrides, "train.bc_steps": steps, "data.train_episodes": episodes}
+                sets = {**overrides, "train.bc_steps": steps}
+                if episodes != get_preset(preset).data.train_episodes:  # else: the preset's data
+                    sets["data.train_episodes"] = episodes
                 config = runner.RunConfig(
                     method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
                     data_root=data_root, runs_root=runs_root, results_dir=results_dir,
@@ -118,8 +121,6 @@ def summarise_probe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
     """PNG: probe NMSE against LAM steps per method, dashed lines at each untrained control."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,22 +138,13 @@ def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
                            for r in mine]],
                     marker="o", color=color, label=f"{method} (n={mine[0]['n']})", capsize=3)
         ax.axhline(mine[0]["control"], color=color, linestyle="--", linewidth=1)
-    ax.set_xscale("log")
     ax.set_xlabel("LAM steps (snapshots of one run)")
     ax.set_ylabel("probe NMSE (lower is better)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish(fig, ax, title)
 
 
 def plot_ceiling(points: list[dict[str, Any]], title: str) -> bytes:
     """PNG: bc-labels normalised return against BC steps, one line per dataset size."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,9 +159,18 @@ def plot_ceiling(points: list[dict[str, Any]], title: str) -> bytes:
                     yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
                     marker="o", color=f"C{i}", capsize=3, label=f"{episodes} train episodes")
     ax.axhline(0.5, color="grey", linestyle=":", label="gate: 0.5")
-    ax.set_xscale("log")
     ax.set_xlabel("BC steps")
     ax.set_ylabel("bc-labels normalised return (ID)")
+    return _finish(fig, ax, title)
+
+
+def _finish(fig: Any, ax: Any, title: str) -> bytes:
+    """Title, legend and log-x axis on ``ax``; the figure as PNG bytes (no timestamp: stable)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    ax.set_xscale("log")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,9 +3,11 @@
 Each run writes one JSON file under ``leaderboards/results/``. This module validates them
 (a malformed file is named and skipped, never merged), summarises seeds per task (probe columns: a
 mean with a Student-t interval over seeds; return columns: a mean with a Student-t interval over all
-episodes of all seeds), summarises tasks with the IQM and a stratified-bootstrap interval, and
-regenerates ``leaderboards/README.md``, ``<task>.csv``, ``summary.csv`` and
-``<preset>_<task>_{nmse,return}.png``.
+episodes of all seeds), summarises tasks through rliable (``masklam_bench.aggregate``: IQM, mean
+and optimality gap with stratified-bootstrap intervals, probability of improvement of every pair
+of rows, performance profiles of gated returns), and regenerates ``leaderboards/README.md``,
+``<task>.csv``, ``summary.csv``, ``improvement.csv``, ``<preset>_<task>_{nmse,return}.png`` and
+``<preset>_d<dim>_{poi_*,profile_*}.png``.
 
 Rules (issues 17 and 18):
 
@@ -42,7 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from masklam_bench import metrics, presets
+from masklam_bench import aggregate, metrics, presets
 from masklam_bench.fileio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -202,7 +204,7 @@ def _is_main(table: _TableId) -> bool:
 # Reading and validating results
 
 
-def load_results(results_dir: str | os.PathLike = "leaderboards/results",
+def read_records(results_dir: str | os.PathLike = "leaderboards/results",
                  ) -> tuple[list[dict[str, Any]], list[str]]:
     """Valid result records under ``results_dir`` (recursively, ``*.json``) and the problems.
 
@@ -399,24 +401,15 @@ def _seed_stat(values: list[float]) -> _Stat | None:
     return _Stat(mean, low, high, len(values), len(values))
 
 
-def _task_stat(per_task: list[list[float]]) -> _Stat | None:
-    """IQM over all runs of all tasks with a stratified-bootstrap interval, or None.
-
-    With one run per task the bootstrap cannot vary anything, so there is no interval (nan).
-    """
+def _task_stats(per_task: list[list[float]], reps: int) -> dict[str, _Stat] | None:
+    """IQM, mean and optimality gap over all runs of all tasks with rliable's stratified-bootstrap
+    intervals (no interval with one run per task), or None without values."""
     per_task = [v for v in per_task if v]
     if not per_task:
         return None
     n_runs = sum(map(len, per_task))
-    if max(map(len, per_task)) == 1:
-        point = metrics.iqm([v[0] for v in per_task])
-        return _Stat(point, math.nan, math.nan, n_runs, n_runs)
-    scores = np.full((max(map(len, per_task)), len(per_task)), np.nan)
-    for j, values in enumerate(per_task):
-        scores[:len(values), j] = values
-    point, low, high = metrics.stratified_bootstrap_ci(
-        scores, metrics.iqm_over_all, BOOTSTRAP_REPS, CONFIDENCE, BOOTSTRAP_SEED)
-    return _Stat(point, low, high, n_runs, n_runs)
+    estimates = aggregate.interval_estimates(per_task, reps, CONFIDENCE, BOOTSTRAP_SEED)
+    return {s: _Stat(*estimates[s], n_runs, n_runs) for s in aggregate.STATISTICS}
 
 
 def _group(records: Iterable[dict[str, Any]]) -> dict[_Key, list[dict[str, Any]]]:
@@ -502,7 +495,11 @@ def _episode_stat(runs: list[dict[str, Any]], metric: str, base: float | None) -
 
 @dataclasses.dataclass(frozen=True)
 class _Aggregate:
-    """One row of a cross-task summary: a (table, method_label, dim) over some of its tasks."""
+    """One row of a cross-task summary: a (table, method_label, dim) over some of its tasks.
+
+    ``values`` holds, per metric, the per-run values of each task it was aggregated over;
+    ``stats`` per metric the statistics of ``aggregate.STATISTICS`` (None without values).
+    """
 
     table: _TableId
     label: str
@@ -513,7 +510,13 @@ class _Aggregate:
     compared: bool
     no_probe: bool
     same_env: bool
-    stats: dict[str, _Stat | None]
+    values: dict[str, dict[str, list[float]]]
+    stats: dict[str, dict[str, _Stat] | None]
+
+    def stat(self, metric: str, statistic: str = "iqm") -> _Stat | None:
+        """One statistic of one metric, or None when the metric was not aggregated."""
+        found = self.stats.get(metric)
+        return None if found is None else found[statistic]
 
 
 def _compared_tasks(task_sets: Iterable[frozenset[str]]) -> frozenset[str]:
@@ -528,10 +531,10 @@ def _compared_tasks(task_sets: Iterable[frozenset[str]]) -> frozenset[str]:
     return max(sorted(set(sets), key=sorted), key=score)
 
 
-def _aggregates(rows: dict[_Key, _Row],
-                ceilings: dict[tuple[_TableId, str], _Ceiling]) -> list[_Aggregate]:
-    """Per (table, dim, method_label): the IQM over the compared tasks, or over its own tasks
-    when it does not cover them (then ``compared`` is False). Sorted by table, dim, label."""
+def _aggregates(rows: dict[_Key, _Row], ceilings: dict[tuple[_TableId, str], _Ceiling],
+                reps: int) -> list[_Aggregate]:
+    """Per (table, dim, method_label): the statistics over the compared tasks, or over its own
+    tasks when it does not cover them (then ``compared`` is False). Sorted by table, dim, label."""
     by_group: dict[tuple[_TableId, int], dict[str, dict[str, _Row]]] = defaultdict(
         lambda: defaultdict(dict))
     for key, row in rows.items():
@@ -546,24 +549,119 @@ def _aggregates(rows: dict[_Key, _Row],
             tasks = sorted(compared if inside else own)
             informative = [t for t in tasks if ceilings[(table, t)].informative]
             out.append(_aggregate([own[t] for t in tasks],
-                                  [own[t] for t in informative], inside))
+                                  [own[t] for t in informative], inside, reps))
     return out
 
 
-def _aggregate(task_rows: list[_Row], return_rows: list[_Row], compared: bool) -> _Aggregate:
-    """IQM of probe metrics over ``task_rows`` and of returns over ``return_rows`` (gated);
+def _aggregate(task_rows: list[_Row], return_rows: list[_Row], compared: bool,
+               reps: int) -> _Aggregate:
+    """Statistics of probe metrics over ``task_rows`` and of returns over ``return_rows`` (gated);
     OOD returns leave out rows whose OOD environment is their ID one."""
     first = task_rows[0]
     no_probe = any(r.no_probe for r in task_rows)
-    stats = {m: None if no_probe else _task_stat([r.values[m] for r in task_rows])
-             for m in _PROBE_METRICS}
+    values: dict[str, dict[str, list[float]]] = {
+        m: {} if no_probe else {r.key.task: r.values[m] for r in task_rows if r.values[m]}
+        for m in _PROBE_METRICS}
     for m in _RETURN_METRICS:
         used = [r for r in return_rows if not (m == "normalized_return_ood" and r.same_env)]
-        stats[m] = _task_stat([r.values[m] for r in used])
+        values[m] = {r.key.task: r.values[m] for r in used if r.values[m]}
+    stats = {m: _task_stats(list(per_task.values()), reps) for m, per_task in values.items()}
     return _Aggregate(first.key.table, first.key.label, first.key.dim, first.method,
                       tuple(r.key.task for r in task_rows),
                       tuple(r.key.task for r in return_rows), compared, no_probe,
-                      any(r.same_env for r in task_rows), stats)
+                      any(r.same_env for r in task_rows), values, stats)
+
+
+# --- Probability of improvement and performance profiles
+
+
+_IMPROVEMENT_METRICS = (
+    ("probe_nmse", "P(X < Y) probe NMSE", "nmse"),
+    ("normalized_return_id", "P(X > Y) norm. return ID", "return-id"),
+    ("normalized_return_ood", "P(X > Y) norm. return OOD", "return-ood"),
+)
+"""Metrics compared pairwise: key, heading (X improves on Y) and the plot's file-name part."""
+
+_PROFILE_METRICS = (("normalized_return_id", "ID", "id"), ("normalized_return_ood", "OOD", "ood"))
+"""Returns with performance profiles: key, label and the plot's file-name part."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Improvement:
+    """P(X improves on Y) per metric for one pair of compared rows at one (table, dim)."""
+
+    table: _TableId
+    dim: int
+    x: str
+    y: str
+    stats: dict[str, _Stat | None]
+
+
+def _higher_is_better(metric: str, per_task: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Scores for rliable, which expects higher to be better: 1 - NMSE for probe metrics."""
+    if metric not in _PROBE_METRICS:
+        return per_task
+    return {task: [1.0 - v for v in vals] for task, vals in per_task.items()}
+
+
+def _improvement_stat(x: _Aggregate, y: _Aggregate, metric: str, reps: int) -> _Stat | None:
+    """P(X improves on Y) in one metric over the tasks both have values on, or None."""
+    tasks = sorted(x.values[metric].keys() & y.values[metric].keys())
+    if not tasks:
+        return None
+    xs, ys = (_higher_is_better(metric, a.values[metric]) for a in (x, y))
+    point, low, high = aggregate.probability_of_improvement(
+        [xs[t] for t in tasks], [ys[t] for t in tasks], reps, CONFIDENCE, BOOTSTRAP_SEED)
+    return _Stat(point, low, high, len(tasks), len(tasks))
+
+
+def _improvements(aggs: list[_Aggregate], reps: int) -> list[_Improvement]:
+    """P(X improves on Y) for every pair of compared rows at the same (table, dim), X < Y by
+    label; rows without a latent dim are not compared."""
+    out = []
+    groups = sorted({(a.table, a.dim) for a in aggs if a.compared and a.dim != NO_DIM})
+    for table, dim in groups:
+        rows = [a for a in aggs if a.compared and (a.table, a.dim) == (table, dim)]
+        for i, x in enumerate(rows):
+            for y in rows[i + 1:]:
+                stats = {m: _improvement_stat(x, y, m, reps) for m, _, _ in _IMPROVEMENT_METRICS}
+                out.append(_Improvement(table, dim, x.label, y.label, stats))
+    return out
+
+
+def _improvement_plots(board: _Board, table: _TableId) -> dict[str, bytes]:
+    """rliable's probability-of-improvement plots of one table: {file name: PNG}, per dim and
+    metric with at least one estimate."""
+    out = {}
+    for dim in sorted({i.dim for i in board.improvements if i.table == table}):
+        pairs = [i for i in board.improvements if (i.table, i.dim) == (table, dim)]
+        for metric, heading, part in _IMPROVEMENT_METRICS:
+            found = {(i.x, i.y): i.stats[metric] for i in pairs if i.stats[metric] is not None}
+            if found:
+                estimates = {pair: (s.point, s.low, s.high) for pair, s in found.items()}
+                title = f"{heading}, dim {dim} ({table.preset} preset)"
+                out[f"{table.preset}_d{dim}_poi_{part}.png"] = (
+                    aggregate.plot_probability_of_improvement(estimates, heading, title))
+    return out
+
+
+def _profile_plots(board: _Board, table: _TableId, reps: int) -> dict[str, bytes]:
+    """rliable's performance profiles of normalised returns of one table: {file name: PNG}, per
+    dim and return with values (returns are gated, so only tasks past the gate count)."""
+    out = {}
+    for dim in sorted({a.dim for a in board.aggregates if a.table == table and a.dim != NO_DIM}):
+        rows = [a for a in board.aggregates if a.compared and (a.table, a.dim) == (table, dim)]
+        for metric, split, part in _PROFILE_METRICS:
+            scores = {a.label: list(a.values[metric].values())
+                      for a in rows if a.values[metric]}
+            if scores:
+                profiles, intervals = aggregate.performance_profiles(
+                    scores, reps, CONFIDENCE, BOOTSTRAP_SEED)
+                title = (f"normalised return {split}, dim {dim} ({table.preset} preset, "
+                         f"tasks past the gate)")
+                out[f"{table.preset}_d{dim}_profile_{part}.png"] = (
+                    aggregate.plot_performance_profiles(profiles, intervals, title))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,16 +669,18 @@ def _aggregate(task_rows: list[_Row], return_rows: list[_Row], compared: bool) -
 
 
 def write_leaderboard(results_dir: str | os.PathLike = "leaderboards/results",
-                      out_dir: str | os.PathLike = "leaderboards") -> dict[str, Path]:
+                      out_dir: str | os.PathLike = "leaderboards",
+                      reps: int = BOOTSTRAP_REPS) -> dict[str, Path]:
     """Regenerate README.md, per-task and summary CSVs and plots; returns {file name: path}.
 
-    Raises ValueError, writing nothing, when there is no valid result file, so a wrong
-    ``results_dir`` never wipes a leaderboard.
+    ``reps`` is the number of bootstrap replicates of every interval. Raises ValueError, writing
+    nothing, when there is no valid result file, so a wrong ``results_dir`` never wipes a
+    leaderboard.
     """
-    records, problems = load_results(results_dir)
+    records, problems = read_records(results_dir)
     if not records:
         raise ValueError(_no_results_message(results_dir, problems))
-    return _write_all(records, problems, Path(out_dir))
+    return _write_all(records, problems, Path(out_dir), reps)
 
 
 def _no_results_message(results_dir: str | os.PathLike, problems: list[str]) -> str:
@@ -595,16 +695,25 @@ class _Board:
     rows: dict[_Key, _Row]
     ceilings: dict[tuple[_TableId, str], _Ceiling]
     aggregates: list[_Aggregate]
+    improvements: list[_Improvement]
     problems: list[str]
+    reps: int
 
 
-def _write_all(records: list[dict[str, Any]], problems: list[str],
-               out: Path) -> dict[str, Path]:
-    """Write every leaderboard file from validated records."""
+def _board(records: list[dict[str, Any]], problems: list[str], reps: int) -> _Board:
+    """Every summary of the validated records."""
     groups = _group(records)
     ceilings = _ceilings(groups)
     rows = _rows(groups, ceilings)
-    board = _Board(rows, ceilings, _aggregates(rows, ceilings), problems)
+    aggs = _aggregates(rows, ceilings, reps)
+    return _Board(rows, ceilings, aggs, _improvements(aggs, reps), problems, reps)
+
+
+def _write_all(records: list[dict[str, Any]], problems: list[str], out: Path,
+               reps: int = BOOTSTRAP_REPS) -> dict[str, Path]:
+    """Write every leaderboard file from validated records."""
+    board = _board(records, problems, reps)
+    rows, ceilings = board.rows, board.ceilings
     written: dict[str, Path] = {}
 
     def emit(name: str, data: bytes) -> None:
@@ -615,8 +724,10 @@ def _write_all(records: list[dict[str, Any]], problems: list[str],
         emit(f"{task}.csv", _csv([_csv_row(row, ceilings) for key, row in rows.items()
                                   if key.task == task]))
     summary = [_csv_row(row, ceilings) for row in rows.values()]
-    summary += [_csv_aggregate_row(agg) for agg in board.aggregates]
+    summary += [_csv_aggregate_row(agg, s) for agg in board.aggregates
+                for s in aggregate.STATISTICS]
     emit("summary.csv", _csv(summary))
+    emit("improvement.csv", _improvement_csv(board.improvements))
 
     plots: dict[tuple[str, str], list[str]] = {}
     for table, task in sorted({(k.table, k.task) for k in rows if _is_main(k.table)}):
@@ -626,8 +737,17 @@ def _write_all(records: list[dict[str, Any]], problems: list[str],
             name = f"{table.preset}_{task}_{kind}.png"
             emit(name, png)
             plots.setdefault((table.preset, task), []).append(name)
+    for table in sorted({k.table for k in rows if _is_main(k.table)}):
+        section = {**_improvement_plots(board, table), **_profile_plots(board, table, reps)}
+        for name, png in section.items():
+            emit(name, png)
+            plots.setdefault((table.preset, _SECTION_PLOTS), []).append(name)
     emit("README.md", _readme(board, plots).encode("utf-8"))
     return written
+
+
+_SECTION_PLOTS = ""
+"""Task key under which ``plots`` lists a section's cross-task plots (no task has this name)."""
 
 
 # --- CSV
@@ -664,14 +784,32 @@ def _csv_row(row: _Row, ceilings: dict[tuple[_TableId, str], _Ceiling]) -> list[
             + _stat_cells(row.episodes[m] for m in _RETURN_METRICS))
 
 
-def _csv_aggregate_row(agg: _Aggregate) -> list[str]:
-    """One cross-task CSV row: IQM with a stratified-bootstrap interval per aggregated metric."""
-    n_runs = max((s.runs for s in agg.stats.values() if s is not None), default=0)
+def _csv_aggregate_row(agg: _Aggregate, statistic: str) -> list[str]:
+    """One cross-task CSV row: one statistic (``aggregate.STATISTICS``) of every aggregated
+    metric, with its stratified-bootstrap interval."""
+    n_runs = max((s["iqm"].runs for s in agg.stats.values() if s is not None), default=0)
     head = _csv_head(agg.table, "all", agg.label, agg.method, agg.dim) + [
-        "iqm", "1" if agg.compared else "0", str(len(agg.tasks)), " ".join(agg.tasks),
+        statistic, "1" if agg.compared else "0", str(len(agg.tasks)), " ".join(agg.tasks),
         " ".join(agg.return_tasks), str(n_runs), "", "", "", "1" if agg.same_env else "0"]
-    return (head + _stat_cells(agg.stats.get(m) for m in _SEED_METRICS)
+    return (head + _stat_cells(agg.stat(m, statistic) if m in agg.stats else None
+                               for m in _SEED_METRICS)
             + _stat_cells(None for _ in _RETURN_METRICS))
+
+
+_IMPROVEMENT_HEADER = (["preset", "protocol", "current_protocol", "overrides", "latent_dim",
+                        "method_x", "method_y"]
+                       + [f"{m}{s}" for m, _, _ in _IMPROVEMENT_METRICS
+                          for s in ("_p_x_better", "_low", "_high", "_n_tasks")])
+"""Probability of improvement: P(X better than Y) per metric (for probe NMSE, P(X < Y), computed
+by rliable on 1 - NMSE), its stratified-bootstrap interval and the tasks behind it."""
+
+
+def _improvement_csv(improvements: list[_Improvement]) -> bytes:
+    """The probability-of-improvement CSV: one row per pair of methods at one (table, dim)."""
+    rows = [_csv_head(i.table, "all", i.x, "", i.dim)[:4] + [str(i.dim), i.x, i.y]
+            + _stat_cells(i.stats[m] for m, _, _ in _IMPROVEMENT_METRICS)
+            for i in improvements]
+    return _csv(rows, _IMPROVEMENT_HEADER)
 
 
 def _stat_cells(stats: Iterable[_Stat | None]) -> list[str]:
@@ -683,10 +821,11 @@ def _stat_cells(stats: Iterable[_Stat | None]) -> list[str]:
     return cells
 
 
-def _csv(rows: list[list[str]]) -> bytes:
+def _csv(rows: list[list[str]], header: list[str] = _CSV_HEADER) -> bytes:
+    """CSV bytes of ``rows`` under ``header``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_CSV_HEADER)
+    writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue().encode("utf-8")
 
@@ -707,7 +846,7 @@ _TASK_INTERVALS = (
 
 def _readme(board: _Board, plots: dict[tuple[str, str], list[str]]) -> str:
     """The whole README: header, skipped files, then per preset its main and other sections."""
-    lines = _header(sum(len(row.runs) for row in board.rows.values()))
+    lines = _header(sum(len(row.runs) for row in board.rows.values()), board.reps)
     if board.problems:
         lines += [f"## Skipped result files ({len(board.problems)})", "",
                   "These files are malformed and were not merged:", ""]
@@ -736,7 +875,7 @@ def _readme(board: _Board, plots: dict[tuple[str, str], list[str]]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _header(n_runs: int) -> list[str]:
+def _header(n_runs: int, reps: int) -> list[str]:
     """The README's title, provenance line and the definitions of every column and rule."""
     return [
         (f"<!-- Generated by masklam_bench.leaderboard: do not edit; regenerate with "
@@ -764,10 +903,12 @@ def _header(n_runs: int) -> list[str]:
          f"marked {GATE_MARK} and left out of return aggregates."),
         (f"- **Intervals**: per task, probe columns show mean ± half-width of the "
          f"{CONFIDENCE:.0%} Student-t interval over seeds, return columns the {CONFIDENCE:.0%} "
-         "Student-t interval over all evaluation episodes of all seeds. Across tasks: "
-         f"interquartile mean (IQM, 25% trimmed mean) of all runs with a {CONFIDENCE:.0%} "
-         f"stratified-bootstrap interval ({BOOTSTRAP_REPS} replicates). One sample gives no "
-         "interval (\"n=1, no interval\")."),
+         "Student-t interval over all evaluation episodes of all seeds. Across tasks, computed by "
+         "[rliable](https://github.com/google-research/rliable): the interquartile mean (IQM, "
+         "25% trimmed mean) of all runs, the mean of task means and the optimality gap, each "
+         f"with a {CONFIDENCE:.0%} stratified-bootstrap interval ({reps} replicates, fixed "
+         "seed); the probability of improvement of every pair of methods; performance profiles "
+         "of normalised returns. One sample gives no interval (\"n=1, no interval\")."),
         ("- **Protocols are never mixed**: a protocol is the resolved preset of a run "
          "(`config.preset`; its id is the first 8 hex digits of the SHA-256 of its sorted JSON). "
          "Main tables hold the current protocol without `--set` overrides; other protocols have "
@@ -808,8 +949,13 @@ def _protocol_note(table: _TableId, current: str | None) -> str:
 
 def _section(board: _Board, table: _TableId, plots: dict[tuple[str, str], list[str]],
              suffix: str) -> list[str]:
-    """The cross-task summary and the per-task tables of one table id."""
-    lines = _summary_tables([a for a in board.aggregates if a.table == table], suffix)
+    """The cross-task summaries, pairwise comparisons and the per-task tables of one table id."""
+    aggs = [a for a in board.aggregates if a.table == table]
+    lines = _summary_tables(aggs, suffix, board.reps)
+    lines += _other_statistics(aggs, suffix)
+    lines += _improvement_table([i for i in board.improvements if i.table == table], suffix,
+                                board.reps)
+    lines += _section_plots(plots.get((table.preset, _SECTION_PLOTS), []), table)
     for task in sorted({k.task for k in board.rows if k.table == table}):
         rows = [row for k, row in board.rows.items() if k.table == table and k.task == task]
         lines += _task_table(task, rows, board.ceilings[(table, task)], suffix)
@@ -822,24 +968,36 @@ def _section(board: _Board, table: _TableId, plots: dict[tuple[str, str], list[s
     return lines
 
 
-_SUMMARY_CAPTION = (
-    f"IQM over all runs of the compared tasks, with a {CONFIDENCE:.0%} stratified-bootstrap "
-    f"interval ({BOOTSTRAP_REPS} replicates; none with one run per task). Rows are compared only "
-    "within one latent dim and only over tasks that all of them cover: of the rows' own task "
-    "sets, the one that puts the most (row, task) results into the comparison (ties: more rows, "
-    "then more tasks); a row with more tasks is aggregated over those tasks only, and a row "
-    "missing one of them is shown apart. Returns are aggregated only over the tasks whose "
-    f"bc-labels ceiling is ≥ {RETURN_GATE} (column *Return tasks*).")
-"""The caption under every cross-task summary."""
+def _section_plots(names: list[str], table: _TableId) -> list[str]:
+    """Links to a section's probability-of-improvement and performance-profile plots."""
+    if not names:
+        return []
+    lines = [f"![{'probability of improvement' if '_poi_' in n else 'performance profile'}, "
+             f"{table.preset}]({n})" for n in names]
+    if not any("_profile_" in n for n in names):
+        lines.append("No performance profile: no task of this section has returns past the gate.")
+    return lines + [""]
 
 
-def _summary_tables(aggs: list[_Aggregate], suffix: str) -> list[str]:
+def _summary_caption(reps: int) -> str:
+    """The caption under every cross-task summary."""
+    return (
+        f"IQM over all runs of the compared tasks (rliable), with a {CONFIDENCE:.0%} "
+        f"stratified-bootstrap interval ({reps} replicates; none with one run per task). Rows "
+        "are compared only within one latent dim and only over tasks that all of them cover: of "
+        "the rows' own task sets, the one that puts the most (row, task) results into the "
+        "comparison (ties: more rows, then more tasks); a row with more tasks is aggregated over "
+        "those tasks only, and a row missing one of them is shown apart. Returns are aggregated "
+        f"only over the tasks whose bc-labels ceiling is ≥ {RETURN_GATE} (column *Return tasks*).")
+
+
+def _summary_tables(aggs: list[_Aggregate], suffix: str, reps: int) -> list[str]:
     """The compared rows of a cross-task summary and, apart, the rows that cover other tasks."""
     head = ("| Method | Dim | Tasks | Return tasks | "
             + " | ".join(c.heading for c in _COLUMNS) + " |")
     rule = "|---|---:|---|---:|" + "---|" * len(_COLUMNS)
     lines = [f"### All tasks (IQM, {CONFIDENCE:.0%} stratified-bootstrap CI){suffix}", "",
-             _SUMMARY_CAPTION, "", head, rule]
+             _summary_caption(reps), "", head, rule]
     lines += [_summary_line(a, str(len(a.tasks))) for a in aggs if a.compared]
     apart = [a for a in aggs if not a.compared]
     if apart:
@@ -855,6 +1013,57 @@ def _summary_line(agg: _Aggregate, tasks: str) -> str:
     """One Markdown row of a cross-task summary."""
     return (f"| `{_code(agg.label)}` | {_dim(agg.dim)} | {tasks} | {len(agg.return_tasks)} | "
             + " | ".join(_aggregate_cell(agg, c) for c in _COLUMNS) + " |")
+
+
+_OTHER_STATISTICS_CAPTION = (
+    "The mean of task means and the optimality gap (rliable; γ = 1, the data-collecting policy's "
+    "return for normalised returns and the bc-labels return for *Return / bc-labels*: the "
+    "average shortfall below γ, lower is better) of the compared rows, over the same tasks and "
+    "runs as the IQM above, with the same intervals. For probe NMSE the optimality gap of "
+    "1 − NMSE is the mean NMSE, so it is not repeated.")
+"""The caption under the mean and optimality-gap table."""
+
+
+def _other_statistics(aggs: list[_Aggregate], suffix: str) -> list[str]:
+    """The mean of every column and the optimality gap of the return columns, compared rows."""
+    returns = [c for c in _COLUMNS if c.kind == "return"]
+    head = ("| Method | Dim | " + " | ".join(f"{c.heading} mean" for c in _COLUMNS) + " | "
+            + " | ".join(f"{c.heading.rstrip(' ↑')} gap ↓" for c in returns) + " |")
+    rule = "|---|---:|" + "---|" * (len(_COLUMNS) + len(returns))
+    lines = [f"### All tasks (mean and optimality gap){suffix}", "", _OTHER_STATISTICS_CAPTION,
+             "", head, rule]
+    for a in aggs:
+        if a.compared:
+            cells = ([_aggregate_cell(a, c, "mean") for c in _COLUMNS]
+                     + [_aggregate_cell(a, c, "optimality_gap") for c in returns])
+            lines.append(f"| `{_code(a.label)}` | {_dim(a.dim)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _improvement_caption(reps: int) -> str:
+    """The caption under every probability-of-improvement table."""
+    return (
+        "Probability of improvement (rliable): the probability that a run of X on a task does "
+        "better than a run of Y on the same task (Mann-Whitney U, ties count half), averaged "
+        f"over tasks, with a {CONFIDENCE:.0%} stratified-bootstrap interval ({reps} replicates; "
+        "none with one run per task for both). 0.5 means no difference. Probe NMSE is lower "
+        "is better, so rliable is given 1 − NMSE: its column is P(NMSE of X < NMSE of Y). "
+        "Pairs are the compared rows of one latent dim, over the tasks both cover (returns: "
+        f"only tasks whose bc-labels ceiling is ≥ {RETURN_GATE}); each method uses its first k "
+        "seeds of every task, k its fewest on any of them.")
+
+
+def _improvement_table(improvements: list[_Improvement], suffix: str, reps: int) -> list[str]:
+    """The probability-of-improvement table of one table id; empty without pairs."""
+    if not improvements:
+        return []
+    head = ("| Dim | X | Y | " + " | ".join(h for _, h, _ in _IMPROVEMENT_METRICS) + " |")
+    lines = [f"### Probability of improvement{suffix}", "", _improvement_caption(reps), "", head,
+             "|---:|---|---|" + "---|" * len(_IMPROVEMENT_METRICS)]
+    for i in improvements:
+        cells = [_interval_cell(i.stats[m], "one run per task") for m, _, _ in _IMPROVEMENT_METRICS]
+        lines.append(f"| {i.dim} | `{_code(i.x)}` | `{_code(i.y)}` | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _task_table(task: str, rows: list[_Row], ceiling: _Ceiling, suffix: str) -> list[str]:
@@ -920,14 +1129,20 @@ def _partial(s: _Stat, n_runs: int) -> str:
     return "" if s.runs == n_runs else f" ({s.runs} of {n_runs} seeds)"
 
 
-def _aggregate_cell(agg: _Aggregate, col: _Column) -> str:
-    """A cross-task cell: IQM [bootstrap interval], "same env" or "–"."""
-    s = agg.stats[col.key]
+def _aggregate_cell(agg: _Aggregate, col: _Column, statistic: str = "iqm") -> str:
+    """A cross-task cell: a statistic [bootstrap interval], "same env" or "–"."""
+    s = agg.stat(col.key, statistic)
     if s is None:
         same_env = col.key == "normalized_return_ood" and agg.same_env
         return "same env" if same_env else "–"
+    return _interval_cell(s, "n=1" if s.n == 1 else "one run per task")
+
+
+def _interval_cell(s: _Stat | None, why: str) -> str:
+    """``point [low, high]``, ``point (why, no interval)`` without an interval, "–" without s."""
+    if s is None:
+        return "–"
     if math.isnan(s.low):
-        why = "n=1" if s.n == 1 else "one run per task"
         return f"{s.point:.3f} ({why}, no interval)"
     return f"{s.point:.3f} [{s.low:.3f}, {s.high:.3f}]"
 
@@ -1038,17 +1253,22 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "(default: leaderboards/results)")
     p.add_argument("--out", default="leaderboards",
                    help="folder to write README.md, CSVs and plots into (default: leaderboards)")
+    p.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, metavar="N",
+                   help=f"bootstrap replicates of every cross-task interval "
+                        f"(default: {BOOTSTRAP_REPS})")
     p.set_defaults(func=_cmd_leaderboard)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> None:
     """Regenerate the leaderboard; malformed files are listed on stderr and skipped."""
-    records, problems = load_results(args.results)
+    if args.bootstrap_reps < 1:
+        raise ValueError(f"--bootstrap-reps must be at least 1; got {args.bootstrap_reps}.")
+    records, problems = read_records(args.results)
     for problem in problems:
         print(f"skipped malformed result file {problem}", file=sys.stderr)
     if not records:
         raise ValueError(_no_results_message(args.results, problems))
-    written = _write_all(records, problems, Path(args.out))
+    written = _write_all(records, problems, Path(args.out), args.bootstrap_reps)
     print(f"{len(records)} runs, {len(problems)} malformed file(s) skipped")
     for path in written.values():
         print(f"wrote {path}")

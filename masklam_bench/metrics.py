@@ -2,13 +2,12 @@
 
 Small pure functions, each with its formula in the docstring (in the manner of rliable's
 ``metrics.py``). Per-task numbers are reported as a mean with a Student-t interval over seeds;
-numbers across tasks as the interquartile mean (IQM) with a stratified-bootstrap interval, as
-recommended by Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021).
+numbers across tasks come from rliable itself (see ``masklam_bench.aggregate``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -32,10 +31,6 @@ _CHUNK_ELEMENTS = 1 << 23
 
 _STD_FLOOR_REL = 1e-10
 """A latent dimension whose std is below this times its |mean| is constant up to rounding."""
-
-IQM_TRIM = 0.25
-"""Share of the sorted values cut from each end by the IQM (rliable: ``trim_mean(x, 0.25)``)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Linear probe
@@ -324,87 +319,3 @@ def mean_ci(values: Sequence[float] | np.ndarray,
         return mean, float("nan"), float("nan")
     half = float(stdtrit(x.size - 1, (1 + confidence) / 2) * x.std(ddof=1) / np.sqrt(x.size))
     return mean, mean - half, mean + half
-
-
-def iqm(values: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean, as rliable computes it: ``scipy.stats.trim_mean(values, 0.25)``.
-
-        g = floor(n / 4),   IQM = 1 / (n - 2g) · Σ_{i=g+1}^{n-g} x_(i)
-
-    over the sorted values x_(1) <= ... <= x_(n): the g smallest and g largest values are
-    dropped whole and the rest averaged equally (with n < 4 nothing is dropped). E.g.
-    [0]*6 + [1]*3 (n = 9, g = 2) keeps x_(3)..x_(7) = 0, 0, 0, 0, 1, so IQM = 1/5 = 0.2.
-    """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    if x.size == 0:
-        raise ValueError("iqm needs at least one value.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("iqm got NaN or inf; drop missing runs first.")
-    return float(np.sort(x) @ _iqm_weights(x.size))
-
-
-def _iqm_weights(n: int) -> np.ndarray:
-    """Weight of each sorted value in the IQM of n values: 1 / (n - 2g) inside, 0 for the g
-    values cut at each end (g = floor(n / 4)); they sum to 1."""
-    cut = int(IQM_TRIM * n)
-    weights = np.zeros(n)
-    weights[cut:n - cut] = 1.0 / (n - 2 * cut)
-    return weights
-
-
-def iqm_over_all(scores: np.ndarray) -> float:
-    """IQM of all runs of all tasks pooled (rliable's aggregate IQM); NaN marks a missing run.
-
-        IQM_all = iqm({x_rt : x_rt not NaN})
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    return iqm(scores[~np.isnan(scores)])
-
-
-def stratified_bootstrap_ci(
-    scores: np.ndarray,
-    statistic: Callable[[np.ndarray], float] = iqm_over_all,
-    reps: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Point estimate and stratified-bootstrap percentile interval, as (point, low, high).
-
-    ``scores`` is runs x tasks. Each replicate S*_b draws, independently for every task j,
-    n_j runs with replacement from that task's n_j runs (rliable's stratified bootstrap), and
-
-        point = statistic(scores),   [low, high] = quantiles (1 ∓ confidence)/2 of
-                                                   {statistic(S*_b)}_{b=1..reps}
-
-    NaN marks a missing run, so tasks may have different numbers of seeds; resampled matrices
-    keep the NaN padding, which ``statistic`` must ignore (``iqm_over_all`` does, and is
-    computed for all replicates at once). A 1-D array is one task.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim == 1:
-        s = s[:, None]
-    if s.ndim != 2 or s.size == 0:
-        raise ValueError(f"scores must be a non-empty runs x tasks array; got shape {s.shape}.")
-    if np.any(np.isinf(s)):
-        raise ValueError("scores contain inf; use NaN only to mark a missing run.")
-    if reps < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need reps >= 1 and 0 < confidence < 1; got {reps}, {confidence}.")
-    present = ~np.isnan(s)
-    counts = present.sum(axis=0)
-    if np.any(counts == 0):
-        raise ValueError(f"task columns {np.flatnonzero(counts == 0).tolist()} have no runs; "
-                         "drop them before bootstrapping.")
-    # Move each task's runs to the top of its column, so index < n_j picks a real run.
-    compact = np.take_along_axis(s, np.argsort(~present, axis=0, kind="stable"), axis=0)
-    n_rows, n_tasks = s.shape
-    rng = np.random.default_rng(seed)
-    rows = (rng.random((reps, n_rows, n_tasks)) * counts).astype(np.intp)
-    boot = compact[rows, np.arange(n_tasks)]
-    padding = np.arange(n_rows)[:, None] >= counts
-    if statistic is iqm_over_all:
-        stats = np.sort(boot[:, ~padding], axis=1) @ _iqm_weights(int(counts.sum()))
-    else:
-        boot[:, padding] = np.nan
-        stats = np.array([statistic(b) for b in boot])
-    low, high = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(statistic(s)), float(low), float(high)

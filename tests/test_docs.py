@@ -14,7 +14,7 @@ DOCS = ["README.md", "BENCHMARK.md", "leaderboards/README.md"]
 CODE_DOCS = ["README.md", "BENCHMARK.md"]
 """Documents whose ```python blocks are run, in this order, in one process."""
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
-_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _SKIP = re.compile(r"#\s*docs-test:\s*skip\b(?:\s*\((?P<reason>[^)]*)\))?")
 """A block holding ``# docs-test: skip (reason)`` is not run; the reason is required."""
 BLOCKS_TIMEOUT_S = 120
@@ -93,3 +93,23 @@ def test_python_blocks_run_in_order_in_one_process(fresh_python):
                           cwd=str(ROOT))
     assert result.returncode == 0, f"{result.stdout[-1000:]}\n{result.stderr[-3000:]}"
     assert result.stdout.strip().endswith("all blocks ran")
+
+
+def test_experts_table_matches_laom_returns_and_its_commands():
+    # BENCHMARK.md's Experts table: LAOM's column is LAOM_RETURNS, the share is ours / LAOM, and
+    # each row names the command that measures it (rerun that command to check the figure).
+    from masklam_bench.experts import LAOM_RETURNS
+
+    text = (ROOT / "BENCHMARK.md").read_text()
+    section = text.split("\n## Experts\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in LAOM_RETURNS:
+            rows[cells[0]] = cells
+    assert sorted(rows) == sorted(LAOM_RETURNS)
+    for task, (_, ours, _, laom, share, command, *_) in rows.items():
+        mean = float(ours.split("+-")[0])
+        assert float(laom) == LAOM_RETURNS[task], task
+        assert float(re.search(r"([\d.]+)%", share)[1]) == round(100 * mean / LAOM_RETURNS[task], 1)
+        assert command == f"`masklam-bench eval-expert --task {task} --episodes 10`", task

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from rliable.metrics import aggregate_iqm
 
 from masklam_bench import leaderboard, metrics, presets
 
@@ -15,6 +16,14 @@ TASKS = ("cheetah-run", "walker-walk")
 METHODS = ("lapo", "masklam")
 DIMS = (8, 64)
 SEEDS = (0, 1, 2)
+REPS = 200
+"""Bootstrap replicates in these tests: rliable's bootstrap runs in Python, and 2000 (the
+leaderboard's default) would make every regeneration take seconds."""
+
+
+def _iqm(values):
+    """rliable's IQM of all values."""
+    return float(aggregate_iqm(np.asarray(values, dtype=float)))
 
 
 def _nmse(task, method, dim, seed):
@@ -78,8 +87,8 @@ def results(tmp_path):
     return root
 
 
-def test_load_results_skips_and_names_malformed_files(results):
-    records, problems = leaderboard.load_results(results)
+def test_read_records_skips_and_names_malformed_files(results):
+    records, problems = leaderboard.read_records(results)
     assert len(records) == 2 * 2 * 2 * 3 + 1
     assert len(problems) == 2
     assert problems[0].startswith("broken.json: not valid JSON")
@@ -95,26 +104,26 @@ def test_load_results_skips_and_names_malformed_files(results):
     (lambda d: d.update(task="../evil"), "task"),
     (lambda d: d.update(latent_dim=0), "latent_dim must be positive"),
 ])
-def test_load_results_reports_each_kind_of_problem(tmp_path, mutate, reason):
+def test_read_records_reports_each_kind_of_problem(tmp_path, mutate, reason):
     data = _result("cheetah-run", "lapo", 8, 0)
     mutate(data)
     (tmp_path / "r.json").write_text(json.dumps(data))
-    records, problems = leaderboard.load_results(tmp_path)
+    records, problems = leaderboard.read_records(tmp_path)
     assert records == [] and len(problems) == 1 and reason in problems[0]
 
 
-def test_load_results_skips_duplicates_and_fills_normalised_return(tmp_path):
+def test_read_records_skips_duplicates_and_fills_normalised_return(tmp_path):
     first = _result("cheetah-run", "lapo", 8, 0, normalized_return_id=None)
     (tmp_path / "a.json").write_text(json.dumps(first))
     (tmp_path / "b.json").write_text(json.dumps(first))
-    records, problems = leaderboard.load_results(tmp_path)
+    records, problems = leaderboard.read_records(tmp_path)
     assert len(records) == 1 and "duplicate of a.json" in problems[0]
     assert records[0]["metrics"]["normalized_return_id"] == pytest.approx((100 - 5) / 695)
 
 
 def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
     out = tmp_path / "board"
-    written = leaderboard.write_leaderboard(results, out)
+    written = leaderboard.write_leaderboard(results, out, reps=REPS)
     readme = (out / "README.md").read_text()
     assert "do not edit; regenerate with `masklam-bench leaderboard`" in readme
     assert "`broken.json`" in readme and "`cheetah-run/bad_dim.json`" in readme
@@ -143,7 +152,7 @@ def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
     aggregate = next(r for r in summary if r["statistic"] == "iqm" and r["preset"] == "cpu"
                      and r["method_label"] == "lapo" and r["latent_dim"] == "64")
     pooled = [_nmse(t, "lapo", 64, s) for t in TASKS for s in SEEDS]
-    assert float(aggregate["probe_nmse"]) == pytest.approx(metrics.iqm(pooled))
+    assert float(aggregate["probe_nmse"]) == pytest.approx(_iqm(pooled))
     assert float(aggregate["probe_nmse_low"]) <= float(aggregate["probe_nmse"]) \
         <= float(aggregate["probe_nmse_high"])
     assert aggregate["n_tasks"] == "2" and aggregate["return_id"] == ""
@@ -159,9 +168,9 @@ def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
 def test_regenerating_gives_identical_files(results, tmp_path):
     out = tmp_path / "board"
     first = {name: path.read_bytes()
-             for name, path in leaderboard.write_leaderboard(results, out).items()}
+             for name, path in leaderboard.write_leaderboard(results, out, reps=REPS).items()}
     second = {name: path.read_bytes()
-              for name, path in leaderboard.write_leaderboard(results, out).items()}
+              for name, path in leaderboard.write_leaderboard(results, out, reps=REPS).items()}
     assert first == second
     assert not list(out.glob(".*"))  # no temporary files left behind
 
@@ -170,17 +179,17 @@ def test_no_valid_results_writes_nothing(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "x.json").write_text("[]")
     with pytest.raises(ValueError, match="no valid result files"):
-        leaderboard.write_leaderboard(tmp_path / "results", tmp_path / "board")
+        leaderboard.write_leaderboard(tmp_path / "results", tmp_path / "board", reps=REPS)
     assert not (tmp_path / "board").exists()
     with pytest.raises(FileNotFoundError, match="no results directory"):
-        leaderboard.load_results(tmp_path / "missing")
+        leaderboard.read_records(tmp_path / "missing")
 
 
 def test_cli_reports_skipped_files(results, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     leaderboard.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["leaderboard", "--results", str(results),
-                              "--out", str(tmp_path / "board")])
+                              "--out", str(tmp_path / "board"), "--bootstrap-reps", str(REPS)])
     args.func(args)
     captured = capsys.readouterr()
     assert "broken.json" in captured.err and "bad_dim.json" in captured.err
@@ -206,7 +215,7 @@ def _board(tmp_path, records):
     for i, record in enumerate(records):
         (root / f"{i:03d}.json").write_text(json.dumps(record))
     out = tmp_path / "board"
-    leaderboard.write_leaderboard(root, out)
+    leaderboard.write_leaderboard(root, out, reps=REPS)
     return (out / "README.md").read_text(), list(csv.DictReader((out / "summary.csv").open()))
 
 
@@ -268,7 +277,7 @@ def test_other_protocols_get_their_own_sections_and_stay_out_of_main_aggregates(
     main_iqm = _iqm_row(summary, "lapo", protocol=now, overrides="")
     assert main_iqm["current_protocol"] == "1"
     assert float(main_iqm["probe_nmse"]) == pytest.approx(
-        metrics.iqm([_nmse("cheetah-run", "lapo", 8, s) for s in SEEDS]))
+        _iqm([_nmse("cheetah-run", "lapo", 8, s) for s in SEEDS]))
     assert float(_iqm_row(summary, "lapo", protocol=old)["probe_nmse"]) == pytest.approx(7.0)
     other = _iqm_row(summary, "lapo", overrides="train.bc_steps=10, train.lam_steps=6000")
     assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(9.0)
@@ -300,7 +309,7 @@ def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(
     # Aggregates: probe over all three tasks, returns over the one gated-in task only.
     agg = _iqm_row(summary, "lapo")
     assert agg["n_tasks"] == "3" and agg["return_tasks"] == "cheetah-run"
-    assert float(agg["normalized_return_id"]) == pytest.approx(metrics.iqm([0.3, 0.4, 0.5]))
+    assert float(agg["normalized_return_id"]) == pytest.approx(_iqm([0.3, 0.4, 0.5]))
     per_task = {r["task"]: r for r in summary if r["statistic"] == "mean"
                 and r["method_label"] == "lapo"}
     assert per_task["cheetah-run"]["returns_informative"] == "1"
@@ -327,11 +336,12 @@ def test_rows_whose_latent_is_the_action_show_no_probe_and_no_dim(tmp_path):
     readme, summary = _board(tmp_path, records)
 
     bc_rows = _line(readme, "bc-labels")
-    assert len(bc_rows) == 2  # one summary row, one task row: latent_dim 64 and 6 merged
+    # IQM and mean/gap summary rows, one task row: latent_dim 64 and 6 merged
+    assert len(bc_rows) == 3
     assert all(row.startswith("| `bc-labels` | – |") for row in bc_rows)
-    assert bc_rows[1].startswith("| `bc-labels` | – | – | – | ")
-    assert _line(readme, "labels")[1].startswith("| `labels` | – | – | – | ")
-    assert "0.000" not in bc_rows[1].split(" | ")[2]
+    assert bc_rows[-1].startswith("| `bc-labels` | – | – | – | ")
+    assert _line(readme, "labels")[-1].startswith("| `labels` | – | – | – | ")
+    assert "0.000" not in bc_rows[-1].split(" | ")[2]
     task_row = next(r for r in summary if r["method_label"] == "bc-labels"
                     and r["statistic"] == "mean")
     assert task_row["latent_dim"] == "" and task_row["probe_nmse"] == ""
@@ -352,7 +362,7 @@ def test_cross_task_aggregates_compare_rows_only_over_common_tasks(tmp_path):
     # The oracle's extra task is left out: it is aggregated over the tasks all rows cover.
     oracle = _iqm_row(summary, "oracle")
     assert oracle["compared"] == "1" and oracle["tasks"] == "a-task b-task c-task"
-    assert float(oracle["probe_nmse"]) == pytest.approx(metrics.iqm([0.0, 0.1, 0.2] * 3))
+    assert float(oracle["probe_nmse"]) == pytest.approx(_iqm([0.0, 0.1, 0.2] * 3))
     apart = _iqm_row(summary, "masklam[x]")
     assert apart["compared"] == "0" and apart["n_tasks"] == "1"
     summary_text = readme.split("### All tasks")[1].split("### Task")[0]
@@ -386,7 +396,7 @@ def test_intervals_are_named_and_return_cells_pool_episodes(tmp_path):
     assert "stratified-bootstrap" in readme
     episodes = [(r - 5.0) / 695.0 for s in SEEDS for r in (99.0 + 10 * s, 101.0 + 10 * s)]
     mean, low, high = metrics.mean_ci(episodes)
-    assert f"| {mean:.3f} ± {(high - low) / 2:.3f} |" in _line(readme, "lapo")[1]
+    assert f"| {mean:.3f} ± {(high - low) / 2:.3f} |" in _line(readme, "lapo")[-1]
     row = next(r for r in summary if r["method_label"] == "lapo" and r["statistic"] == "mean")
     assert float(row["normalized_return_id_episodes_low"]) == pytest.approx(low)
     assert row["normalized_return_id_episodes_n"] == "6"
@@ -401,9 +411,9 @@ def test_oracle_ood_return_is_marked_same_env_and_left_out_of_ood_aggregates(tmp
     for r in oracle:
         r["env_id"] = r["ood_env_id"] = "CleanCheetah-v0"
     readme, summary = _board(tmp_path, records + oracle)
-    task_row = _line(readme, "oracle")[1]
+    task_row = _line(readme, "oracle")[-1]
     assert "(same env)" in task_row.split(" | ")[5]
-    assert "(same env)" not in _line(readme, "lapo")[1]
+    assert "(same env)" not in _line(readme, "lapo")[-1]
     assert _line(readme, "oracle")[0].split(" | ")[7] == "same env"
     agg = _iqm_row(summary, "oracle")
     assert agg["normalized_return_ood"] == "" and agg["ood_same_env"] == "1"
@@ -416,19 +426,62 @@ def test_oracle_ood_return_is_marked_same_env_and_left_out_of_ood_aggregates(tmp
     (lambda d: d.update(latent_is_action=1), "latent_is_action must be"),
     (lambda d: d["metrics"].update(return_id_episodes=[1.0, "x"]), "return_id_episodes"),
 ])
-def test_load_results_checks_the_new_fields(tmp_path, mutate, reason):
+def test_read_records_checks_the_new_fields(tmp_path, mutate, reason):
     data = _result("cheetah-run", "lapo", 8, 0)
     mutate(data)
     (tmp_path / "r.json").write_text(json.dumps(data))
-    records, problems = leaderboard.load_results(tmp_path)
+    records, problems = leaderboard.read_records(tmp_path)
     assert records == [] and len(problems) == 1 and reason in problems[0]
 
 
-def test_load_results_accepts_the_new_fields(tmp_path):
+def test_read_records_accepts_the_new_fields(tmp_path):
     data = _result("cheetah-run", "lapo", 8, 0)
     data.update(overrides={}, latent_is_action=False)
     (tmp_path / "r.json").write_text(json.dumps(data))
-    records, problems = leaderboard.load_results(tmp_path)
+    records, problems = leaderboard.read_records(tmp_path)
     assert problems == [] and records[0]["_table"].overrides == ""
     assert not records[0]["_no_probe"] and np.isclose(records[0]["metrics"]["probe_nmse"],
                                                        _nmse("cheetah-run", "lapo", 8, 0))
+
+
+def test_probability_of_improvement_and_performance_profiles_come_from_rliable(tmp_path):
+    from rliable.metrics import aggregate_optimality_gap, probability_of_improvement
+
+    tasks = ("cheetah-run", "walker-walk")
+    records = [_bc(t, 0, 0.8, 560.0) for t in tasks]
+    records += [_result(t, m, 8, s, normalized_return_id=0.1 * s + (0.3 if m == "lapo" else 0.0))
+                for t in tasks for m in METHODS for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+    out = tmp_path / "board"
+
+    def scores(method, one_minus_nmse):
+        return np.array([[1 - _nmse(t, method, 8, s) if one_minus_nmse else
+                          0.1 * s + (0.3 if method == "lapo" else 0.0) for t in tasks]
+                         for s in SEEDS])
+
+    # P(lapo < masklam in NMSE), computed by rliable on 1 - NMSE, in the table and the CSV.
+    expected = probability_of_improvement(scores("lapo", True), scores("masklam", True))
+    table = readme.split("### Probability of improvement")[1].split("###")[0]
+    assert "1 − NMSE" in table
+    assert f"| 8 | `lapo` | `masklam` | {expected:.3f} [" in table
+    row = next(csv.DictReader((out / "improvement.csv").open()))
+    assert float(row["probe_nmse_p_x_better"]) == pytest.approx(expected)
+    assert float(row["normalized_return_id_p_x_better"]) == pytest.approx(
+        probability_of_improvement(scores("lapo", False), scores("masklam", False)))
+    # rliable's plots, linked from the README (main protocol only).
+    for name in ("cpu_d8_poi_nmse.png", "cpu_d8_poi_return-id.png", "cpu_d8_profile_id.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG") and f"]({name})" in readme
+    # Mean and optimality gap rows next to the IQM, from rliable.
+    gap = next(r for r in summary if r["statistic"] == "optimality_gap"
+               and r["method_label"] == "lapo")
+    assert float(gap["normalized_return_id"]) == pytest.approx(
+        aggregate_optimality_gap(scores("lapo", False)))
+    assert "### All tasks (mean and optimality gap)" in readme
+
+
+def test_no_performance_profile_without_returns_past_the_gate(tmp_path):
+    records = [_result(t, m, 8, s) for t in TASKS for m in METHODS for s in SEEDS]
+    readme, _ = _board(tmp_path, records)
+    assert "No performance profile" in readme
+    assert not list((tmp_path / "board").glob("*_profile_*.png"))
+    assert (tmp_path / "board" / "cpu_d8_poi_nmse.png").exists()

@@ -1,4 +1,4 @@
-"""Metrics: probe NMSE, the ridge probe, normalised return, seed intervals, IQM and bootstrap."""
+"""Metrics: probe NMSE, the ridge probe, normalised return and seed intervals."""
 
 import math
 
@@ -159,74 +159,3 @@ def test_mean_ci_matches_student_t():
 def test_mean_ci_of_one_seed_has_no_interval():
     mean, low, high = metrics.mean_ci([0.7])
     assert mean == 0.7 and math.isnan(low) and math.isnan(high)
-
-
-def test_iqm_matches_hand_computed_value():
-    # n = 9: g = floor(9 / 4) = 2 cut from each end, x(3)..x(7) = 0, 0, 0, 0, 1 kept: 1/5.
-    assert metrics.iqm([0.0] * 6 + [1.0] * 3) == pytest.approx(0.2)
-    # n = 5: g = 1, the mean of x(2), x(3), x(4) = 2, 4, 8.
-    assert metrics.iqm([100.0, 2.0, 8.0, 1.0, 4.0]) == pytest.approx((2 + 4 + 8) / 3)
-    # n = 8: exactly x(3)..x(6).
-    assert metrics.iqm([0, 1, 4, 9, 16, 25, 36, 49]) == pytest.approx((4 + 9 + 16 + 25) / 4)
-    # n < 4 cuts nothing: the plain mean.
-    assert metrics.iqm([1.0, 2.0, 6.0]) == pytest.approx(3.0)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 30])
-def test_iqm_is_scipy_trim_mean_as_rliable_uses_it(n):
-    from scipy.stats import trim_mean
-
-    x = np.random.default_rng(n).normal(size=n)
-    assert metrics.iqm(x) == pytest.approx(trim_mean(x, 0.25, axis=None), rel=1e-12)
-    assert metrics.iqm_over_all(np.append(x, np.nan)) == pytest.approx(
-        trim_mean(x, 0.25, axis=None), rel=1e-12)
-
-
-def test_iqm_ignores_outliers_and_rejects_nan():
-    assert metrics.iqm([1.0, 1.0, 1.0, 1.0, 1e9, -1e9]) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        metrics.iqm([1.0, float("nan")])
-
-
-def test_bootstrap_ci_contains_point_and_narrows_with_more_runs():
-    rng = np.random.default_rng(0)
-    few = rng.normal(size=(3, 5))
-    many = rng.normal(size=(30, 5))
-    point, low, high = metrics.stratified_bootstrap_ci(few)
-    assert low <= point <= high and low < high
-    assert point == pytest.approx(metrics.iqm(few.ravel()))
-    point_m, low_m, high_m = metrics.stratified_bootstrap_ci(many)
-    assert low_m <= point_m <= high_m
-    assert high_m - low_m < 0.75 * (high - low)
-
-
-def test_bootstrap_resamples_within_tasks():
-    # Task 0 always 0, task 1 always 10: a stratified resample keeps one of each per run slot.
-    scores = np.array([[0.0, 10.0]] * 4)
-    point, low, high = metrics.stratified_bootstrap_ci(scores, statistic=np.mean, reps=200)
-    assert point == low == high == 5.0
-
-
-def test_bootstrap_accepts_tasks_with_missing_runs():
-    scores = np.array([[1.0, 5.0], [2.0, np.nan], [3.0, np.nan]])
-    point, low, high = metrics.stratified_bootstrap_ci(scores, reps=500)
-    assert point == pytest.approx(metrics.iqm([1.0, 2.0, 3.0, 5.0]))
-    assert low <= point <= high
-    with pytest.raises(ValueError, match="no runs"):
-        metrics.stratified_bootstrap_ci(np.array([[1.0, np.nan]]))
-
-
-def test_bootstrap_fast_iqm_path_matches_generic_statistic():
-    scores = np.random.default_rng(2).normal(size=(5, 3))
-    scores[3:, 1] = np.nan
-    fast = metrics.stratified_bootstrap_ci(scores, reps=300)
-    generic = metrics.stratified_bootstrap_ci(scores, lambda s: metrics.iqm_over_all(s), reps=300)
-    assert fast == pytest.approx(generic, rel=1e-12)
-
-
-def test_bootstrap_is_deterministic_given_seed():
-    scores = np.random.default_rng(1).normal(size=(5, 4))
-    assert metrics.stratified_bootstrap_ci(scores, seed=3) == \
-        metrics.stratified_bootstrap_ci(scores, seed=3)
-    assert metrics.stratified_bootstrap_ci(scores, seed=3) != \
-        metrics.stratified_bootstrap_ci(scores, seed=4)

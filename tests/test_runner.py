@@ -44,33 +44,46 @@ def _config(tmp_path, data_root, method="masklam", **kwargs):
                             results_dir=str(tmp_path / "results"), threads=1, **kwargs)
 
 
-def test_smoke_pipeline_writes_result_and_leaderboard(tmp_path, data_root):
-    from masklam_bench.leaderboard import load_results, write_leaderboard
+BUILT_IN = ("masklam", "lapo", "oracle", "bc-labels", "masklam-full", "untrained-idm",
+            "bc-labelled", "laom", "laom-labels", "laom-masked")
+"""Every registered method, run once at the smoke preset for the module."""
 
-    for method in ("masklam", "lapo", "oracle", "bc-labels", "masklam-full"):
-        result = runner.run(_config(tmp_path, data_root, method), progress=False)
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory, data_root):
+    """One smoke run of every built-in method: (results folder, {method: result})."""
+    root = tmp_path_factory.mktemp("smoke")
+    return root, {m: runner.run(_config(root, data_root, m), progress=False) for m in BUILT_IN}
+
+
+def test_smoke_pipeline_writes_result_and_leaderboard(smoke_results):
+    from masklam_bench.leaderboard import read_records, write_leaderboard
+
+    root, results = smoke_results
+    for method, result in results.items():
         metrics = result["metrics"]
-        if method == "bc-labels":  # its latent is the action: nothing to probe
+        if result["latent_is_action"]:  # bc-labels, bc-labelled: nothing to probe
             assert metrics["probe_nmse"] is None and metrics["probe_nmse_untrained"] is None
-            assert "__d" not in result["run_name"] and result["latent_is_action"]
+            assert "__d" not in result["run_name"]
         else:
             assert metrics["probe_nmse"] >= 0
             assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
         assert result["code"]["method_sha256"] and "git_commit" in result["code"]
-        # bc-labels trains no LAM, so it has no LAM throughput; every LAM does.
-        assert (metrics["lam_samples_per_s"] is None) == (method == "bc-labels")
-        if method != "bc-labels":
+        # Methods without a LAM stage have no LAM throughput; every LAM does.
+        no_lam = result["latent_is_action"] or method == "untrained-idm"
+        assert (metrics["lam_samples_per_s"] is None) == no_lam
+        if not no_lam:
             assert metrics["lam_samples_per_s"] > 0
         assert len(metrics["return_id_episodes"]) == get_preset("smoke").train.eval_episodes
-        path = tmp_path / "results" / f"{result['run_name']}.json"
+        path = root / "results" / f"{result['run_name']}.json"
         saved = json.loads(path.read_text())
         assert saved["config"]["run"]["method"] == method
         assert saved["versions"]["torch"] == torch.__version__
-    assert result["latent_dim"] == 8  # the last run, masklam-full, at the asked dim
-    results, problems = load_results(tmp_path / "results")
-    assert len(results) == 5 and not problems
-    written = write_leaderboard(tmp_path / "results", tmp_path / "board")
-    readme = (tmp_path / "board" / "README.md").read_text()
+    assert results["masklam-full"]["latent_dim"] == 8
+    records, problems = read_records(root / "results")
+    assert len(records) == len(BUILT_IN) and not problems
+    written = write_leaderboard(root / "results", root / "board")
+    readme = (root / "board" / "README.md").read_text()
     assert "masklam" in readme and "lapo" in readme
     assert written
 
@@ -280,15 +293,14 @@ _TIME_DEPENDENT = {"lam_samples_per_s"}
 """Metrics that measure the machine, not the run (left out of reproducibility checks)."""
 
 
-@pytest.mark.parametrize("method", ["lapo", "masklam", "masklam-full", "oracle", "bc-labels",
-                                    "untrained-idm", "bc-labelled"])
-def test_every_builtin_method_reproduces_its_result_file(tmp_path, data_root, method):
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_every_builtin_method_reproduces_its_result_file(tmp_path, data_root, smoke_results,
+                                                         method):
     # Same seed, same thread count, same machine: identical metrics, bit for bit.
-    results = []
-    for attempt in ("a", "b"):
-        result = runner.run(_config(tmp_path / attempt, data_root, method), progress=False)
-        results.append({k: v for k, v in result["metrics"].items() if k not in _TIME_DEPENDENT})
-    assert results[0] == results[1]
+    first = smoke_results[1][method]["metrics"]
+    again = runner.run(_config(tmp_path, data_root, method), progress=False)["metrics"]
+    assert ({k: v for k, v in first.items() if k not in _TIME_DEPENDENT}
+            == {k: v for k, v in again.items() if k not in _TIME_DEPENDENT})
 
 
 def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
@@ -416,3 +428,18 @@ def test_sampler_gives_next_frame_and_target_stack(data_root):
     # The padding at episode start repeats the first frame, as the context's does.
     first = index == train.episode_start[index]
     assert first.any() and torch.equal(batch["context"][first, 0], frames[index[first]])
+
+
+def test_decoder_can_train_on_the_latent_policys_predictions(tmp_path, data_root, monkeypatch):
+    calls = []
+    original = runner._policy_latents
+
+    def spy(policy, sampler, index):
+        calls.append(len(index))
+        return original(policy, sampler, index)
+
+    monkeypatch.setattr(runner, "_policy_latents", spy)
+    config = _config(tmp_path, data_root, "lapo", overrides={"train.decoder_inputs": "policy"})
+    result = runner.run(config, progress=False)
+    assert calls == [get_preset("smoke").data.labelled_transitions]  # LAOM's protocol
+    assert result["config"]["preset"]["train"]["decoder_inputs"] == "policy"

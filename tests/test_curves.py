@@ -1,0 +1,56 @@
+"""Scale curves at the smoke preset: snapshots are probed, the ceiling runs bc-labels per size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from masklam_bench import cli, curves
+from masklam_bench.collect import collect
+from masklam_bench.envs import env_id
+from masklam_bench.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A smoke dataset for cheetah (random policy: no expert needed)."""
+    root = tmp_path_factory.mktemp("data")
+    data = get_preset("smoke").data
+    collect(env_id("cheetah-run", "id"), root / "smoke" / "cheetah-run",
+            episodes=data.train_episodes + data.test_episodes, test_episodes=data.test_episodes,
+            episode_steps=data.episode_steps, action_noise=data.action_noise, seed=0,
+            workers=1, policy="random", preset="smoke", progress=False)
+    return root
+
+
+def test_probe_curve_reads_snapshots_of_one_run(tmp_path, data_root):
+    points = curves.probe_curve("cheetah-run", ["masklam"], [2, 4], [0], 8, "smoke", {},
+                                str(data_root), str(tmp_path / "runs"), threads=1,
+                                progress=False)
+    assert [p["step"] for p in points] == [2, 4]
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 1  # one run to the longest step, not one run per point
+    assert (run_dirs[0] / "lam_step2.pt").exists() and (run_dirs[0] / "lam_step4.pt").exists()
+    # The last snapshot is the finished LAM, whose probe stage 2 already measured.
+    stage2 = json.loads((run_dirs[0] / "probe.json").read_text())
+    assert points[-1]["probe_nmse"] == pytest.approx(stage2["probe_nmse"])
+    rows = curves.summarise_probe(points)
+    assert rows[0]["lo"] is None  # one seed: no interval
+    assert curves.plot_probe(rows, "t")[:4] == b"\x89PNG"
+
+
+def test_ceiling_curve_runs_bc_labels_at_each_size(tmp_path, data_root):
+    points = curves.ceiling_curve("cheetah-run", [2, 3], [2], [0], "smoke", {}, str(data_root),
+                                  str(tmp_path / "runs"), str(tmp_path / "results"), threads=1,
+                                  progress=False)
+    assert [p["bc_steps"] for p in points] == [2, 3]
+    saved = sorted(json.loads(p.read_text())["overrides"]["train.bc_steps"]
+                   for p in (tmp_path / "results").glob("*.json"))
+    assert saved == [2, 3]
+    assert curves.plot_ceiling(points, "t")[:4] == b"\x89PNG"
+
+
+def test_curve_command_rejects_bad_steps(capsys):
+    assert cli.main(["curve", "probe", "--steps", "a,b"]) == 2
+    assert "--steps must be" in capsys.readouterr().err
