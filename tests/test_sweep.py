@@ -98,6 +98,12 @@ def test_grid_from_flags_and_from_a_file_agree(tmp_path, capsys):
     assert len(_grid(["sweep", "--grid", str(tmp_path / "grid.toml"), "--methods", "lapo"])) == 8
 
 
+@pytest.mark.parametrize("grid", sorted((Path(__file__).parents[1] / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_grid_files_expand(grid):
+    assert _grid(["sweep", "--grid", str(grid)])
+
+
 BAD_GRIDS = [
     (["--methods", "lapp"], ["--method", "lapp"]),
     (["--methods", "lapo", "--envs", "cheetah,ant"], ["--method", "lapo", "--envs", "cheetah,ant"]),
