@@ -269,16 +269,21 @@ def test_ray_sweep_runs_the_grid_and_survives_a_failing_run(ray_sweep):
 
 
 @needs_ray
-def test_a_finished_sweep_is_skipped_without_starting_ray(ray_sweep, capsys):
+def test_a_finished_sweep_is_skipped_without_starting_ray(ray_sweep, capsys, monkeypatch):
     import ray
 
+    from masklam_bench import leaderboard
+
+    written = []
+    monkeypatch.setattr(leaderboard, "write_leaderboard", lambda *a: written.append(a))
     root = ray_sweep[0]
     before = {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.json")}
     argv = ["sweep", "--methods", "lapo,masklam", "--dims", "8", "--preset", "smoke",
-            *_paths(root)]
+            *_paths(root)[:-1]]  # with the leaderboard
     assert cli.main(argv) == 0
     assert "| skipped | 2 |" in capsys.readouterr().out and not ray.is_initialized()
     assert before == {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.json")}
+    assert written == [(str(root / "out"), root / "out" / "leaderboard")]
 
 
 @needs_ray
