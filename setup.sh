@@ -29,8 +29,9 @@ if [ -n "${MASKLAM_TORCH_INDEX_URL:-}" ]; then
 fi
 # setuptools >= 70.1 builds wheels by itself (needed for the no-isolation build below).
 python3 -m pip install -q "setuptools==84.2.1"
-python3 -m pip install -q -e ".[dev]"
+# The cluster extra (Ray and submitit, for `masklam-bench sweep`) adds about 300 MB.
+python3 -m pip install -q -e ".[dev,cluster]"
 # SAM 2 is a source package whose build wants torch: build it against the pinned torch above
 # (no build isolation) and without its optional CUDA extension.
-SAM2_BUILD_CUDA=0 python3 -m pip install -q --no-build-isolation -e ".[dev,sam2]"
+SAM2_BUILD_CUDA=0 python3 -m pip install -q --no-build-isolation -e ".[dev,cluster,sam2]"
 echo "masklam-bench is installed; rendering uses MUJOCO_GL=egl."

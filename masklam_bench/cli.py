@@ -7,7 +7,7 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 class UserError(Exception):
@@ -155,6 +155,19 @@ def _run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return [(t, d, s) for t in tasks for d in dims for s in seeds]
 
 
+def check_experts(tasks: Iterable[str]) -> None:
+    """Refuse, naming them all, tasks without a shipped expert: before any job runs."""
+    from masklam_bench.experts import available_experts
+
+    shipped = available_experts()
+    missing = sorted({t for t in tasks if t not in shipped})
+    if missing:  # before any job runs, not after the others have taken hours
+        raise UserError(
+            f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
+            "see BENCHMARK.md#experts (`masklam-bench train-expert --task TASK` trains one)."
+        )
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     """Run the benchmark pipeline for every (env, latent dim, seed) of one method."""
     import torch
@@ -165,16 +178,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     args.overrides = parse_overrides(args.set, args.labels)
     jobs = _run_jobs(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from masklam_bench.experts import available_experts
-
-    shipped = available_experts()
-    missing = sorted({t for t, _, _ in jobs if t not in shipped})
-    if missing:  # before any job runs, not after the others have taken hours
-        raise UserError(
-            f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
-            "see BENCHMARK.md#experts (`masklam-bench train-expert --task TASK` trains one)."
-        )
-
+    check_experts(t for t, _, _ in jobs)
     from masklam_bench.runner import RunConfig, run
 
     print(f"preset {args.preset}" + (f" with --set {args.overrides}" if args.overrides else "")
@@ -388,6 +392,7 @@ _EXTRA_COMMANDS = (
     "masklam_bench.gpu_check",
     "masklam_bench.leaderboard",
     "masklam_bench.sam_masks",
+    "masklam_bench.sweep",
 )
 """Harness modules that add their own sub-commands through ``add_cli(subparsers)``."""
 
