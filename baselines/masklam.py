@@ -12,8 +12,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """``sum(M * (pred - target)^2) / max(1, sum(M))`` with M the agent mask over the 3 channels.
 
     ``pred`` and ``target`` are ``(B, 3, H, W)``, ``mask`` is bool ``(B, H, W)``. The sum runs over
-    the whole batch, so the loss is the mean squared error per agent pixel and channel (SPEC.md
-    section 1); background pixels give exactly zero gradient, and an empty mask gives 0, not NaN.
+    the whole batch, so the loss is the mean squared error per agent pixel and channel (MaskLAM,
+    arXiv 2602.02259, its masked loss); background pixels give exactly zero gradient, and an empty mask gives 0, not NaN.
     """
     if mask.shape != pred.shape[:1] + pred.shape[2:]:
         raise ValueError(f"The agent mask must be (B, H, W) = {tuple(pred.shape[:1] + pred.shape[2:])}"

@@ -27,8 +27,8 @@ RESIDUAL_BLOCKS = 2
 LIGHT_WIDTH_MULTS = (1, 2, 2)
 """Light encoder widths in units of ``light_channels``: IMPALA's 1:2:2 widening at CPU scale.
 
-With 32 channels this gives 64x8x8 = 4096 features at 64 px and about 0.75M parameters for the
-whole LAM at latent 64 (67M at latent 8192), the sizes measured in SPEC.md section 7.
+With 32 channels this gives 64x8x8 = 4096 features at 64 px and about 0.74M parameters for the
+whole LAM at latent 64 (67M at latent 8192); BENCHMARK.md, "LAM training throughput", counts them.
 """
 LIGHT_DECODER_MULTS = (2, 1)
 """Light FDM decoder widths after the first two transposed convs, in units of ``light_channels``.

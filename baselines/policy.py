@@ -18,7 +18,7 @@ class LatentPolicy(nn.Module):
     def __init__(self, config: LamConfig, image_size: int, out_dim: int,
                  frames: int | None = None) -> None:
         super().__init__()
-        # Policies see the last 3 frames (SPEC.md section 2), the IDM's context by default.
+        # Policies see the last 3 frames (MaskLAM authors' code), the IDM's context by default.
         self.frames = config.context_frames if frames is None else frames
         self.encoder, features = make_image_encoder(config, 3 * self.frames, image_size)
         self.head = nn.Linear(features, out_dim)
