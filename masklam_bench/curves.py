@@ -85,8 +85,12 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
     for episodes in train_episodes:
         for steps in bc_steps:
             for seed in seeds:
-                sets = {**overrides, "train.bc_steps": steps}
-                if episodes != get_preset(preset).data.train_episodes:  # else: the preset's data
+                # A size equal to the preset's is no override: that point is the preset's own
+                # bc-labels run (and reuses its stages when --runs-root is shared).
+                sets = dict(overrides)
+                if steps != get_preset(preset).train.bc_steps:
+                    sets["train.bc_steps"] = steps
+                if episodes != get_preset(preset).data.train_episodes:
                     sets["data.train_episodes"] = episodes
                 config = runner.RunConfig(
                     method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
