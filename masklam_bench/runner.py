@@ -367,6 +367,20 @@ def _stage(run: _Run, key: str, path: Path, compute: Callable[[], T],
     return value
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def _module_stage(run: _Run, key: str, path: Path, name: str, module: M,
+                  compute: Callable[[], M]) -> M:
+    """:func:`_stage` for a stage whose artefact is one module's weights, saved under ``name``."""
+    def load(p: Path) -> M:
+        module.load_state_dict(_load_checkpoint(p)[name])
+        return module
+
+    return _stage(run, key, path, compute,
+                  lambda m, p: atomic_torch_save({name: m.state_dict()}, p), load)
+
+
 def _save_json(value: dict[str, Any], path: Path) -> None:
     atomic_write_json(path, value)
 
@@ -443,12 +457,7 @@ def _stage_bc(run: _Run) -> LatentPolicy:
                      "stage 3/5 latent BC", run.progress, config.bf16)
         return policy
 
-    def load(path: Path) -> LatentPolicy:
-        policy.load_state_dict(_load_checkpoint(path)["policy"])
-        return policy
-
-    return _stage(run, "bc_s", run.run_dir / "bc.pt", compute,
-                  lambda p, path: atomic_torch_save({"policy": p.state_dict()}, path), load)
+    return _module_stage(run, "bc_s", run.run_dir / "bc.pt", "policy", policy, compute)
 
 
 @torch.no_grad()
@@ -482,12 +491,8 @@ def _stage_decoder(run: _Run, policy: LatentPolicy) -> ActionDecoder:
                      run.progress, config.bf16)
         return decoder
 
-    def load(path: Path) -> ActionDecoder:
-        decoder.load_state_dict(_load_checkpoint(path)["decoder"])
-        return decoder
-
-    return _stage(run, "decoder_s", run.run_dir / "decoder.pt", compute,
-                  lambda d, path: atomic_torch_save({"decoder": d.state_dict()}, path), load)
+    return _module_stage(run, "decoder_s", run.run_dir / "decoder.pt", "decoder", decoder,
+                         compute)
 
 
 def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict[str, Any]:
