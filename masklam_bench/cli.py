@@ -189,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                            runs_root=args.runs_root, results_dir=args.out,
                            threads=args.threads, compile=args.compile,
                            mask_source=args.mask_source, bf16=not args.no_bf16,
-                           overrides=args.overrides)
+                           overrides=args.overrides, tensorboard=not args.no_tensorboard)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
         try:
             result = run(config)
@@ -307,6 +307,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     p.add_argument("--no-bf16", action="store_true", help="train the LAM in float32")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard curves (default: RUNS_ROOT/<run>/tb/, see "
+                        "`tensorboard --logdir runs`)")
     p.add_argument("--mask-source", default="exact",
                    help="masks to train with: exact, sam2, dilate-R, erode-R, flip-P, drop-P "
                         "(default: exact); non-exact sources get their own leaderboard rows")

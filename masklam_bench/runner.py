@@ -38,7 +38,8 @@ from masklam_bench.fileio import atomic_torch_save, atomic_write_json
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import DATA_FIELDS_OF_DATASET, Preset, apply_overrides, get_preset
 from masklam_bench.provenance import check_identity, git_state, method_sha256, method_source_files
-from masklam_bench.sampling import TransitionSampler
+from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
+from masklam_bench.tblog import LAM_EVERY, Curves
 
 RESULT_SCHEMA_VERSION = 1
 """Version of the result-file layout read by the leaderboard."""
@@ -52,6 +53,8 @@ BC_LR = 4e-4
 """Latent behaviour cloning learning rate (MaskLAM code: 4e-4)."""
 DECODER_LR = 1e-3
 """Action decoder learning rate (MaskLAM code: 1e-3)."""
+TB_IMAGES = 8
+"""Test transitions whose FDM predictions, targets and agent masks go to TensorBoard."""
 ENCODE_BATCH = 256
 """Transitions per forward pass when computing latents."""
 
@@ -92,6 +95,9 @@ class RunConfig:
     """Seed of dataset collection (shared by all methods so their data are identical)."""
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Preset fields replaced for this run, ``{"train.lam_steps": 6000}`` (``--set``)."""
+    tensorboard: bool = True
+    """Write TensorBoard curves to ``<runs_root>/<run>/tb/`` (``--no-tensorboard``: off). Not part
+    of the run's identity: the curves change no result."""
 
     @property
     def variant(self) -> str:
@@ -188,14 +194,17 @@ def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim
 def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int, batch: int,
               run_dir: Path, seed: int, progress: bool,
               snapshot_steps: tuple[int, ...] = (),
-              labelled: np.ndarray | None = None) -> dict[str, Any]:
+              labelled: np.ndarray | None = None,
+              tensorboard: bool = False) -> dict[str, Any]:
     """Stage 1: LAM pretraining on unlabelled transitions, checkpointed every CHECKPOINT_EVERY steps.
 
     Resumes from ``run_dir/lam_ckpt.pt``. The method's state after each step in
     ``snapshot_steps`` is also kept as ``lam_step{N}.pt`` (the probe curve reads them). A method
     with ``labelled_batch_size > 0`` also gets ``batch["labelled"]``, drawn from the transitions
     ``labelled`` (the labelled subset) with a generator of its own, so the main batches stay
-    those of every other method.
+    those of every other method. Batches hold only the entries the method's ``batch_keys()``
+    names (all of them for a method without one); the random draws do not depend on it. With
+    ``tensorboard`` the step logs go to ``run_dir/tb/lam`` every LAM_EVERY steps.
     """
     ckpt_path = run_dir / "lam_ckpt.pt"
     ckpt = _load_checkpoint(ckpt_path)
@@ -214,6 +223,8 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
         torch.set_rng_state(ckpt["torch_rng"])
         start, log, elapsed = ckpt["step"], ckpt["log"], ckpt["elapsed"]
     t0 = time.perf_counter() - elapsed
+    keys = method_batch_keys(method)
+    curves = Curves(run_dir, "lam", tensorboard and steps > start, purge_step=start)
     bar = tqdm(range(start, steps), desc="stage 1/5 LAM", disable=not progress, initial=start,
                total=steps)
     # Throughput leaves out the first steps of this process: they include torch.compile's
@@ -223,13 +234,15 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
     for step in bar:
         if step == start + warm:
             t_warm = time.perf_counter()
-        batch_dict = sampler.sample(rng, batch)
+        batch_dict = sampler.sample(rng, batch, keys=keys)
         if labelled_rng is not None:
             batch_dict["labelled"] = sampler.sample(labelled_rng, labelled_size, pool=labelled)
         logs = method.train_step(batch_dict)
         log["loss"].append(float(logs["loss"]))
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        if step % LAM_EVERY == 0 or step + 1 == steps:
+            curves.scalars(logs, step, "lam")
         if step + 1 in snapshot_steps:
             atomic_torch_save({"method": method.state_dict(), "step": step + 1},
                               run_dir / f"lam_step{step + 1}.pt")
@@ -239,12 +252,27 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
                      "elapsed": time.perf_counter() - t0}
             if labelled_rng is not None:
                 state["labelled_rng"] = labelled_rng.bit_generator.state
+            curves.flush()  # a resume from this checkpoint drops the curves' later points
             atomic_torch_save(state, ckpt_path)
+    curves.close()
     log["seconds"] = time.perf_counter() - t0
     if t_warm is not None:
         timed = time.perf_counter() - t_warm
         log["samples_per_s"] = (steps - start - warm) * batch / max(timed, 1e-9)
     return log
+
+
+def method_batch_keys(method: LatentActionMethod) -> frozenset[str] | None:
+    """The batch entries ``method.train_step`` reads (its ``batch_keys()``), or None for all.
+
+    ``labelled`` is a batch of its own, not an entry; a method naming an entry the sampler does
+    not make gets every entry, and its own key check then names what is missing.
+    """
+    named = getattr(method, "batch_keys", None)
+    if not callable(named):
+        return None
+    keys = frozenset(named()) - {"labelled"}
+    return keys if keys <= BATCH_KEYS else None
 
 
 @torch.no_grad()
@@ -405,11 +433,31 @@ def _stage_lam(run: _Run, snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any
 
     labelled = (labelled_subset(run.train, run.preset.data.labelled_transitions)
                 if run.cls.labelled_batch_size else None)
-    return _stage(run, "lam_s", run.run_dir / "lam_final.pt",
-                  lambda: train_lam(run.method, run.train_s, steps, run.preset.train.lam_batch,
-                                    run.run_dir, run.config.seed, run.progress,
-                                    snapshot_steps, labelled),
-                  save, load, seconds=lambda log: log["seconds"])
+    def compute() -> dict[str, Any]:
+        log = train_lam(run.method, run.train_s, steps, run.preset.train.lam_batch, run.run_dir,
+                        run.config.seed, run.progress, snapshot_steps, labelled,
+                        run.config.tensorboard)
+        if steps:
+            _lam_images(run, steps)
+        return log
+
+    return _stage(run, "lam_s", run.run_dir / "lam_final.pt", compute, save, load,
+                  seconds=lambda log: log["seconds"])
+
+
+def _lam_images(run: _Run, step: int) -> None:
+    """TensorBoard images at the end of stage 1: the FDM's predictions of TB_IMAGES test
+    transitions beside their targets and agent masks (methods with a pixel FDM: ``predict``)."""
+    if not run.config.tensorboard or not callable(getattr(run.method, "predict", None)):
+        return
+    test = run.test.transitions
+    index = test[np.linspace(0, len(test) - 1, min(TB_IMAGES, len(test))).astype(np.int64)]
+    batch = run.test_s.batch(index)
+    with Curves(run.run_dir, "lam", purge_step=step) as curves:
+        curves.images("fdm/predicted", run.method.predict(batch).cpu().numpy(), step)
+        curves.images("fdm/target", batch["target"].cpu().numpy(), step)
+        mask = batch["target_mask"][:, None].cpu().numpy().astype(np.uint8) * 255
+        curves.images("fdm/agent_mask", mask, step)
 
 
 def _stage_probe(run: _Run) -> dict[str, Any]:
@@ -452,9 +500,12 @@ def _stage_bc(run: _Run) -> LatentPolicy:
         pool = (labelled_subset(run.train, run.preset.data.labelled_transitions)
                 if run.cls.bc_on_labelled_only else run.train.transitions)
         z_all = torch.from_numpy(encode_all(run.method, run.train_s, pool)).to(run.device)
-        _fit_indexed(policy, run.train_s.policy_input, z_all, pool, run.preset.train.bc_steps,
-                     run.preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
-                     "stage 3/5 latent BC", run.progress, config.bf16)
+        losses = _fit_indexed(policy, run.train_s.policy_input, z_all, pool,
+                              run.preset.train.bc_steps, run.preset.train.bc_batch, BC_LR,
+                              np.random.default_rng([config.seed, 3]), "stage 3/5 latent BC",
+                              run.progress, config.bf16)
+        with Curves(run.run_dir, "bc", config.tensorboard) as curves:
+            curves.series("bc/loss", losses)
         return policy
 
     return _module_stage(run, "bc_s", run.run_dir / "bc.pt", "policy", policy, compute)
@@ -485,10 +536,13 @@ def _stage_decoder(run: _Run, policy: LatentPolicy) -> ActionDecoder:
             z = encode_all(run.method, run.train_s, labelled)
         z_lab = torch.from_numpy(z).to(run.device)
         a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
-        _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
-                     preset.train.decoder_steps, min(preset.train.bc_batch * 4, len(labelled)),
-                     DECODER_LR, np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
-                     run.progress, config.bf16)
+        losses = _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
+                              preset.train.decoder_steps,
+                              min(preset.train.bc_batch * 4, len(labelled)), DECODER_LR,
+                              np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
+                              run.progress, config.bf16)
+        with Curves(run.run_dir, "decoder", config.tensorboard) as curves:
+            curves.series("decoder/loss", losses)
         return decoder
 
     return _module_stage(run, "decoder_s", run.run_dir / "decoder.pt", "decoder", decoder,
@@ -564,7 +618,8 @@ def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod
                  meta: dict[str, Any]) -> dict[str, Any]:
     """Everything that changes a run's result: settings, the resolved preset, data and code."""
     settings = {k: v for k, v in dataclasses.asdict(config).items()
-                if k not in ("data_root", "runs_root", "results_dir", "threads", "compile")}
+                if k not in ("data_root", "runs_root", "results_dir", "threads", "compile",
+                             "tensorboard")}
     files = meta.get("files", {})
     return {"settings": settings, "preset": dataclasses.asdict(preset),
             "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
@@ -582,6 +637,9 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
     result = _result(r, lam_log, probe_res, returns)
     atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)
+    with Curves(r.run_dir, "final", r.config.tensorboard) as curves:
+        curves.scalars({k: v for k, v in result["metrics"].items()
+                        if not k.startswith("ref_")}, 0, "final")
     return result
 
 

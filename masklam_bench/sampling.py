@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import torch
 
 from masklam_bench.dataset import FrameData
+
+BATCH_ORDER = ("context", "context_mask", "target", "target_mask", "k", "action", "next",
+               "next_mask", "target_context")
+"""Every entry a batch can hold, in the order :meth:`TransitionSampler.batch` returns them."""
+BATCH_KEYS = frozenset(BATCH_ORDER)
 
 
 class TransitionSampler:
@@ -48,8 +55,18 @@ class TransitionSampler:
         self._start = torch.from_numpy(data.episode_start).to(self.device)
         self._end = torch.from_numpy(data.episode_end).to(self.device)
 
-    def batch(self, index: np.ndarray, k: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """The batch for transitions starting at frame indices ``index`` (k = 1 unless given)."""
+    def batch(self, index: np.ndarray, k: np.ndarray | None = None,
+              keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The batch for transitions starting at frame indices ``index`` (k = 1 unless given).
+
+        ``keys`` limits the batch to those entries (default: all of :data:`BATCH_KEYS`), so a
+        method that reads three of them does not pay for gathering nine.
+        """
+        wanted = BATCH_KEYS if keys is None else frozenset(keys)
+        unknown = wanted - BATCH_KEYS
+        if unknown:
+            raise ValueError(f"Unknown batch keys {sorted(unknown)}; a batch has "
+                             f"{', '.join(sorted(BATCH_KEYS))}.")
         i = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
         if k is None:
             k_t = torch.ones_like(i)
@@ -58,30 +75,41 @@ class TransitionSampler:
         k_t = torch.minimum(k_t, self._end[i] - i).clamp(min=1)
         offsets = torch.arange(self.context_frames - 1, -1, -1, device=self.device)
         start = self._start[i][:, None]
-        ctx = torch.maximum(i[:, None] - offsets[None, :], start)
         target = i + k_t
-        # The frames a stack encoder needs (LAOM): o_{t+1}, and the target's own context.
-        nxt = torch.minimum(i + 1, self._end[i])
-        target_ctx = torch.maximum(target[:, None] - offsets[None, :], start)
-        return {
-            "context": self._frames[ctx],
-            "context_mask": self._masks[ctx],
-            "target": self._frames[target],
-            "target_mask": self._masks[target],
-            "k": k_t,
-            "action": self._actions[i],
-            "next": self._frames[nxt],
-            "next_mask": self._masks[nxt],
-            "target_context": self._frames[target_ctx],
+        # Index tensors by name; each entry is gathered only when asked for.
+        gathers = {
+            "context": lambda: (self._frames, torch.maximum(i[:, None] - offsets[None, :], start)),
+            "target": lambda: (self._frames, target),
+            # The frames a stack encoder needs (LAOM): o_{t+1}, and the target's own context.
+            "next": lambda: (self._frames, torch.minimum(i + 1, self._end[i])),
+            "target_context": lambda: (
+                self._frames, torch.maximum(target[:, None] - offsets[None, :], start)),
         }
+        out: dict[str, torch.Tensor] = {}
+        for name in ("context", "target", "next", "target_context"):
+            needs_mask = name != "target_context" and f"{name}_mask" in wanted
+            if name not in wanted and not needs_mask:
+                continue
+            source, rows = gathers[name]()
+            if name in wanted:
+                out[name] = source[rows]
+            if needs_mask:
+                out[f"{name}_mask"] = self._masks[rows]
+        if "k" in wanted:
+            out["k"] = k_t
+        if "action" in wanted:
+            out["action"] = self._actions[i]
+        return {key: out[key] for key in BATCH_ORDER if key in out}
 
     def sample(self, rng: np.random.Generator, batch_size: int,
-               pool: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """A random training batch from ``pool`` (default: all transitions)."""
+               pool: np.ndarray | None = None,
+               keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """A random training batch from ``pool`` (default: all transitions); ``keys`` as in
+        :meth:`batch` (the random draws are the same whichever keys are asked for)."""
         pool = self.data.transitions if pool is None else pool
         index = pool[rng.integers(len(pool), size=batch_size)]
         k = rng.integers(1, self.max_future + 1, size=batch_size) if self.max_future > 1 else None
-        return self.batch(index, k)
+        return self.batch(index, k, keys)
 
     def policy_input(self, index: np.ndarray) -> torch.Tensor:
         """Stacks of the last ``context_frames`` frames ``(B, c, 3, H, W)`` for the latent policy."""

@@ -77,6 +77,8 @@ class SweepOptions:
     """Folder of the result files; a run whose file is here is skipped."""
     bf16: bool = True
     """bf16 autocast (``--no-bf16`` turns it off, as for ``run``)."""
+    tensorboard: bool = True
+    """TensorBoard curves in each run's folder (``--no-tensorboard`` turns them off)."""
     compile: bool = False
     """``torch.compile`` the networks (CUDA)."""
     slurm_partition: str | None = None
@@ -235,7 +237,8 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
                     device=options.device, data_root=options.data_root,
                     runs_root=options.runs_root, results_dir=options.out,
                     threads=options.cpus_per_run, compile=options.compile, mask_source=source,
-                    bf16=options.bf16, overrides=overrides)
+                    bf16=options.bf16, overrides=overrides,
+                    tensorboard=options.tensorboard)
                 runs.setdefault(config.run_name, config)
     cli.check_experts(c.task for c in runs.values())
     return list(runs.values())
@@ -536,7 +539,8 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         launcher=args.launcher, ray_address=args.ray_address, ray_cpus=args.ray_cpus,
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         data_root=absolute(args.data_root), runs_root=absolute(args.runs_root),
-        out=absolute(args.out), bf16=not args.no_bf16, compile=args.compile,
+        out=absolute(args.out), bf16=not args.no_bf16, tensorboard=not args.no_tensorboard,
+        compile=args.compile,
         slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
         logs=args.slurm_logs and absolute(args.slurm_logs), dry_run=args.dry_run,
         leaderboard=not args.no_leaderboard)
@@ -614,6 +618,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (shared on a cluster)")
     p.add_argument("--out", default="results", help="result folder (shared on a cluster)")
     p.add_argument("--no-bf16", action="store_true", help="train the LAM in float32")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard curves in the runs' folders")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     p.add_argument("--slurm-partition", default=None, help="Slurm partition of every job")
     p.add_argument("--timeout-min", type=cli.int_at_least(1), default=DEFAULT_TIMEOUT_MIN,

@@ -443,3 +443,55 @@ def test_decoder_can_train_on_the_latent_policys_predictions(tmp_path, data_root
     result = runner.run(config, progress=False)
     assert calls == [get_preset("smoke").data.labelled_transitions]  # LAOM's protocol
     assert result["config"]["preset"]["train"]["decoder_inputs"] == "policy"
+
+
+def test_runs_leave_tensorboard_curves_and_images(smoke_results):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, results = smoke_results
+    tb = root / "runs" / results["masklam"]["run_name"] / "tb"
+    tags = {}
+    for stage in ("lam", "bc", "decoder", "final"):
+        acc = EventAccumulator(str(tb / stage))
+        acc.Reload()
+        tags[stage] = acc.Tags()
+    assert {"lam/loss", "lam/recon_loss", "lam/probe_mse", "lam/grad_norm",
+            "lam/lr"} <= set(tags["lam"]["scalars"])
+    assert set(tags["lam"]["images"]) == {"fdm/predicted", "fdm/target", "fdm/agent_mask"}
+    assert tags["bc"]["scalars"] == ["bc/loss"] and tags["decoder"]["scalars"] == ["decoder/loss"]
+    assert {"final/probe_nmse", "final/probe_nmse_untrained",
+            "final/normalized_return_id"} <= set(tags["final"]["scalars"])
+
+
+def test_no_tensorboard_writes_no_curves_and_changes_no_result(tmp_path, data_root,
+                                                               smoke_results):
+    config = _config(tmp_path, data_root, "masklam", tensorboard=False)
+    metrics = runner.run(config, progress=False)["metrics"]
+    assert not (tmp_path / "runs" / config.run_name / "tb").exists()
+    first = smoke_results[1]["masklam"]["metrics"]
+    assert ({k: v for k, v in first.items() if k not in _TIME_DEPENDENT}
+            == {k: v for k, v in metrics.items() if k not in _TIME_DEPENDENT})
+
+
+def test_batches_hold_only_the_keys_asked_for_and_draw_the_same_transitions(data_root):
+    from masklam_bench.dataset import load_frames
+    from masklam_bench.sampling import BATCH_ORDER, TransitionSampler
+
+    train = load_frames(data_root / "smoke" / "cheetah-run", "train", clean=False)
+    sampler = TransitionSampler(train, context_frames=3, max_future=10)
+    full = sampler.sample(np.random.default_rng(7), 16)
+    assert tuple(full) == BATCH_ORDER
+    for keys in (("context", "target"), ("target_mask", "k"), ("next_mask",), ("action",)):
+        part = sampler.sample(np.random.default_rng(7), 16, keys=keys)
+        assert set(part) == set(keys)
+        assert all(torch.equal(part[key], full[key]) for key in keys)
+    with pytest.raises(ValueError, match="Unknown batch keys"):
+        sampler.batch(train.transitions[:2], keys=("context", "nope"))
+    # What LAM training asks each built-in method's batches for: exactly its batch_keys().
+
+    preset = get_preset("smoke")
+    for name in ("lapo", "masklam", "laom", "laom-masked", "laom-labels"):
+        config = runner.RunConfig(method=name, preset="smoke", latent_dim=8)
+        method = runner._build_method(config, preset, train.image_size, train.action_dim, 0)
+        assert runner.method_batch_keys(method) == frozenset(method.batch_keys()) - {"labelled"}
+        assert runner.method_batch_keys(method) < frozenset(BATCH_ORDER)
