@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from masklam_bench.dataset import FrameData
+from masklam_bench.dataset import DatasetError, FrameData
 
 
 class TransitionSampler:
@@ -30,7 +30,8 @@ class TransitionSampler:
                 (e.g. corrupted or SAM 2 masks); default: unpack the stored masks.
         """
         if use_clean and data.clean_frames is None:
-            raise ValueError("This dataset has no clean frames; recollect it to train the oracle.")
+            raise DatasetError("This dataset has no clean frames; recollect it to train the "
+                               "oracle.")
         self.data = data
         self.context_frames = context_frames
         self.max_future = max_future
