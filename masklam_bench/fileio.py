@@ -111,7 +111,9 @@ def _checkpoint_globals() -> list[Any]:
 
 
 _WEIGHTS_ONLY_REASON = re.compile(r"WeightsUnpickler error:\s*(?P<reason>[^\n]*?)(?:\. |\n|$)")
-"""The one line of torch's weights-only refusal that says what it met (e.g. a GLOBAL)."""
+"""The one line of torch's weights-only refusal that says what it met."""
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (?P<name>\S+) was not an allowed global")
+"""The class or function a refused file pickles, in torch's refusal."""
 
 
 def load_checkpoint(path: str | os.PathLike, hint: str = "delete it to redo the stage",
@@ -131,7 +133,12 @@ def load_checkpoint(path: str | os.PathLike, hint: str = "delete it to redo the 
         with torch.serialization.safe_globals(_checkpoint_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # any unpickling failure means the same thing
-        match = _WEIGHTS_ONLY_REASON.search(str(err))
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = match["reason"] if match else (lines[0] if lines else type(err).__name__)
+        text = str(err)
+        refused, reason = _REFUSED_GLOBAL.search(text), _WEIGHTS_ONLY_REASON.search(text)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if refused:
+            why = (f"it holds {refused['name']}, and a checkpoint of this suite holds only "
+                   "tensors, plain values and NumPy RNG states")
+        else:
+            why = reason["reason"] if reason else (lines[0] if lines else type(err).__name__)
         raise CheckpointError(f"Checkpoint {path} is unreadable ({why}); {hint}.") from err
