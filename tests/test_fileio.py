@@ -146,27 +146,17 @@ def test_a_damaged_checkpoint_is_the_same_clear_error(tmp_path):
         load_checkpoint(path)
 
 
-def test_a_kill_half_way_through_a_write_leaves_the_previous_file(tmp_path, fresh_python):
+def test_a_kill_half_way_through_a_write_leaves_the_previous_file(tmp_path, fresh_python,
+                                                                 killed_mid_write):
     """SIGKILL in the middle of writing (no cleanup runs): the destination keeps its old content,
     a later write succeeds, and readers that glob results skip the dot-named leftover."""
     import signal
 
     path = tmp_path / "settings.json"
     atomic_write_json(path, {"old": 1})
-    code = f"""
-import os, pathlib, signal
-from masklam_bench.fileio import atomic_write_json
-
-def dies_half_way(self, data):
-    with open(self, "wb") as f:
-        f.write(data[: len(data) // 2])
-        f.flush()
-        os.fsync(f.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
-
-pathlib.Path.write_bytes = dies_half_way
-atomic_write_json({str(path)!r}, {{"new": list(range(1000))}})
-"""
+    code = killed_mid_write("settings.json") + (
+        "from masklam_bench.fileio import atomic_write_json\n"
+        f"atomic_write_json({str(path)!r}, {{'new': list(range(1000))}})\n")
     result = fresh_python(code, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert json.loads(path.read_text()) == {"old": 1}
