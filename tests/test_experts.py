@@ -310,3 +310,18 @@ def test_a_kill_while_writing_the_eval_log_keeps_it_and_the_run_resumes(tmp_path
     want = [{k: row[k] for k in columns} for row in read_eval_log(full)]
     assert [r["step"] for r in want] == [120, 240, 360]
     assert [{k: row[k] for k in columns} for row in read_eval_log(killed)] == want
+
+
+def test_an_eval_log_written_by_the_old_appending_code_is_kept_and_extended(tmp_path):
+    from masklam_bench.experts.sac import _append_eval_log, _truncate_eval_log, read_eval_log
+
+    # The old writer joined keys and str() values with commas, one line per evaluation.
+    (tmp_path / "eval.csv").write_text("step,updates,eval_return,entropy\n"
+                                       "120,0,-1.5,nan\n240,120,3.25,-2.0\n")
+    _append_eval_log(tmp_path, {"step": 360, "updates": 240, "eval_return": 4.0, "entropy": -1.0,
+                                "alpha": 0.5})
+    rows = read_eval_log(tmp_path)
+    assert [r["step"] for r in rows] == [120, 240, 360] and rows[1]["eval_return"] == 3.25
+    assert "alpha" not in rows[0] and rows[2]["alpha"] == 0.5
+    _truncate_eval_log(tmp_path, 240)
+    assert [r["step"] for r in read_eval_log(tmp_path)] == [120, 240]

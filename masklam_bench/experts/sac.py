@@ -525,9 +525,12 @@ def _eval_log_rows(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _append_eval_log(out_dir: Path, row: dict[str, Any]) -> None:
-    """Add one evaluation row: the whole log is rewritten atomically, so a kill never halves it."""
+    """Add one evaluation row: the whole log is rewritten atomically, so a kill never halves it.
+
+    A log begun by older code with fewer columns keeps them; the new ones are added at the end.
+    """
     fields, rows = _eval_log_rows(out_dir)
-    atomic_write_csv(out_dir / EVAL_LOG_NAME, fields or list(row), [*rows, row])
+    atomic_write_csv(out_dir / EVAL_LOG_NAME, list(dict.fromkeys([*fields, *row])), [*rows, row])
 
 
 def _truncate_eval_log(out_dir: Path, step: int) -> None:
@@ -539,8 +542,9 @@ def _truncate_eval_log(out_dir: Path, step: int) -> None:
 
 
 def read_eval_log(out_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of a run's ``eval.csv`` as dicts of floats."""
-    return [{k: float(v) for k, v in row.items()} for row in _eval_log_rows(Path(out_dir))[1]]
+    """The rows of a run's ``eval.csv`` as dicts of floats (a column a row lacks is left out)."""
+    return [{k: float(v) for k, v in row.items() if v != ""}
+            for row in _eval_log_rows(Path(out_dir))[1]]
 
 
 def _init_agent_from(agent: SAC, cfg: SACConfig, src: Path, out: Path) -> None:
