@@ -10,6 +10,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede im
 import gymnasium as gym
 
 from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, Task, get_task
+from masklam_bench.errors import UserError
 
 ENTRY_POINT = "masklam_bench.envs.distracting:DistractingControlEnv"
 """String entry point, so registering does not import dm_control."""
@@ -73,8 +74,8 @@ def parse_env_id(name: str) -> tuple[Task, str]:
             if current == bare:
                 return task, split
             if current.rsplit("-v", 1)[0] == unversioned:
-                raise ValueError(f"{name!r} is not a current version; use {current!r}.")
-    raise ValueError(
+                raise UserError(f"{name!r} is not a current version; use {current!r}.")
+    raise UserError(
         f"Unknown environment {name!r}; masklam-bench registers: {', '.join(registered_ids())}."
     )
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from masklam_bench.errors import MissingFileError
+
 VIDEO_FRAMES = 64
 """Frames per procedural video (DAVIS-2017 videos have 50 to 100 frames)."""
 
@@ -196,7 +198,7 @@ def davis_pool(root: str | Path, split: str) -> tuple[Path, ...]:
     listing = root / "ImageSets" / "2017" / list_name
     frames_root = root / "JPEGImages" / "480p"
     if not listing.is_file() or not frames_root.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} is not a DAVIS-2017 folder: expected {listing} and {frames_root}. "
             "Download DAVIS-2017 trainval (480p) and point davis_dir (or "
             f"${DAVIS_ENV_VAR}) at the folder that contains ImageSets/ and JPEGImages/."
@@ -205,7 +207,7 @@ def davis_pool(root: str | Path, split: str) -> tuple[Path, ...]:
     videos = tuple(frames_root / name for name in names)
     missing = [v.name for v in videos if not any(v.glob("*.jpg"))]
     if missing or not videos:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"DAVIS folder {root} is incomplete: no frames for {missing[:5] or 'any video'} "
             f"listed in {listing}."
         )

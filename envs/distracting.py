@@ -18,6 +18,7 @@ from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 from masklam_bench.envs import backgrounds
 from masklam_bench.envs import distractors as dyn
 from masklam_bench.envs.tasks import EPISODE_STEPS, Task, flatten_state, get_task
+from masklam_bench.errors import UserError
 
 DISTRACTOR_SPLITS = ("id", "ood", "none")
 """Background pools: in-distribution, held-out, or no distractors (the clean reference)."""
@@ -123,10 +124,10 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         _check_choice("floor", floor, FLOOR_MODES)
         _check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         if not isinstance(size, int) or not 16 <= size <= 1024:
-            raise ValueError(f"size must be an int between 16 and 1024 pixels, got {size!r}.")
+            raise UserError(f"size must be an int between 16 and 1024 pixels, got {size!r}.")
         if (isinstance(coupling, bool) or not isinstance(coupling, (int, float, np.number))
                 or not np.isfinite(coupling) or coupling < 0):
-            raise ValueError(f"coupling must be a finite number >= 0, got {coupling!r}.")
+            raise UserError(f"coupling must be a finite number >= 0, got {coupling!r}.")
         self.split, self.size, self.level, self.floor = distractors, size, level, floor
         self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode
 
@@ -136,14 +137,14 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         self._physics = dm_env.physics
         model = self._physics.model
         if not 0 <= camera_id < model.ncam:
-            raise ValueError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
+            raise UserError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
         # Exact masks need unblended edges: no multisampling in the offscreen buffer. This, and the
         # shadow map's size, must be set before the first render creates the rendering context.
         model.vis.quality.offsamples = 0
         if shadow_size is None:
             shadow_size = min(SHADOW_TEXELS_PER_PIXEL * size, int(model.vis.quality.shadowsize))
         if not isinstance(shadow_size, int) or not 16 <= shadow_size <= 8192:
-            raise ValueError(f"shadow_size must be an int between 16 and 8192 texels, "
+            raise UserError(f"shadow_size must be an int between 16 and 8192 texels, "
                              f"got {shadow_size!r}.")
         model.vis.quality.shadowsize = shadow_size
         # The camera (and its OpenGL context) is made on first render, so that building an env in a
@@ -337,7 +338,7 @@ def _make_motion(task_name: str, split: str, action_dim: int, coupling: float,
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise a clear error when a keyword argument is not one of its allowed values."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        raise UserError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
 __all__ = ["EPISODE_STEPS", "DistractingControlEnv"]

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from masklam_bench.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -45,7 +47,7 @@ def get_task(name: str) -> Task:
         if name in (task.name, task.short):
             return task
     known = ", ".join(f"{t.short} ({t.name})" for t in TASKS.values())
-    raise ValueError(f"Unknown task {name!r}; choose one of: {known}.")
+    raise UserError(f"Unknown task {name!r}; choose one of: {known}.")
 
 
 def flatten_state(observation: Mapping[str, np.ndarray]) -> np.ndarray:

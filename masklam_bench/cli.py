@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
-
-class UserError(Exception):
-    """Bad input from the user: printed as one sentence, without a traceback."""
+from masklam_bench.checks import (
+    check_device,
+    int_at_least,
+    method_class,
+    parse_int_list,
+    parse_overrides,
+)
+from masklam_bench.errors import BenchError, UserError
+from masklam_bench.plan import check_experts, run_jobs
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -36,138 +41,6 @@ def _cmd_bench_env(args: argparse.Namespace) -> None:
     print(format_table(run_benchmark(names, args.steps)))
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type`` for integers >= ``minimum``: anything else is a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def parse_int_list(text: str, flag: str, minimum: int = 0, example: str = "64,8192") -> list[int]:
-    """Parse ``"64,8192"`` into ``[64, 8192]``, with one clear sentence for anything else."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if not values or any(v < minimum for v in values) or len(set(values)) != len(values):
-        raise UserError(
-            f"{flag} must be a comma-separated list of distinct integers >= {minimum}, "
-            f"e.g. {flag} {example}; got {text!r}."
-        )
-    return values
-
-
-def parse_envs(text: str) -> list[str]:
-    """Parse ``--envs cheetah,walker`` (short or full task names, or registered ids) into tasks."""
-    from masklam_bench.envs import get_task, parse_env_id
-
-    tasks = []
-    for name in (p.strip() for p in text.split(",")):
-        try:
-            # A registered id ends in its version (ID and clean ids are v0, OOD ids v1).
-            is_id = re.search(r"-v\d+$", name) is not None
-            task = parse_env_id(name)[0] if is_id else get_task(name)
-        except ValueError as err:
-            raise UserError(f"--envs: {err}") from None
-        tasks.append(task.name)
-    return list(dict.fromkeys(tasks))
-
-
-MAX_LATENT_DIM = 65_536
-"""Largest ``--dims`` value accepted (the papers sweep 32..8192; LAOM uses 8192)."""
-
-
-def parse_overrides(items: Sequence[str], labels: int | None) -> dict[str, int | float | str]:
-    """``--set KEY=VALUE`` (repeatable) and ``--labels N`` as one dict of preset overrides."""
-    from masklam_bench.presets import parse_override
-
-    overrides: dict[str, int | float | str] = {}
-    for item in items:
-        try:
-            key, value = parse_override(item)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        overrides[key] = value
-    if labels is not None:
-        overrides["data.labelled_transitions"] = labels
-    return overrides
-
-
-def _check_run_options(method_cls: type, mask_source: str, envs: str) -> None:
-    """Refuse options that would do nothing for this method or these envs."""
-    from masklam_bench.mask_sources import parse_mask_source
-
-    label = parse_mask_source(mask_source).label
-    if label != "exact" and not getattr(method_cls, "uses_masks", False):
-        raise UserError(
-            f"--mask-source {mask_source}: method {method_cls.name!r} trains without agent masks, "
-            "so the run would repeat the plain one under another name; use it with masklam, "
-            "masklam-full, laom-masked or a method that reads masks.")
-    for name in envs.split(","):
-        if "OOD-v" in name or name.strip().startswith("Clean"):
-            raise UserError(
-                f"--envs {name.strip()}: runs train on a task's ID data and are evaluated in its "
-                "ID and OOD envs (the oracle in the clean env); name the task, e.g. --envs cheetah.")
-
-
-def _run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
-    """Check every ``run`` argument before any job starts; return the (task, dim, seed) jobs."""
-    from masklam_bench.baselines import get_method
-    from masklam_bench.presets import apply_overrides, get_preset
-
-    dims = parse_int_list(args.dims, "--dims", minimum=1)
-    if max(dims) > MAX_LATENT_DIM:
-        raise UserError(f"--dims: {max(dims)} is above the largest latent size accepted "
-                        f"({MAX_LATENT_DIM}); the papers use 32..8192.")
-    seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
-    tasks = parse_envs(args.envs)
-    try:
-        cls = get_method(args.method)
-    except (ValueError, ImportError) as err:
-        raise UserError(str(err)) from None
-    _check_run_options(cls, args.mask_source, args.envs)
-    preset = get_preset(args.preset)
-    try:
-        resolved = apply_overrides(preset, args.overrides)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    data = resolved.data
-    if data.labelled_transitions > data.train_episodes * data.episode_steps:
-        raise UserError(
-            f"--labels {data.labelled_transitions}: the {args.preset} preset's train split has at "
-            f"most {data.train_episodes * data.episode_steps} transitions ({data.train_episodes} "
-            "episodes); label fewer, or collect more with --set data.train_episodes=N.")
-    if cls.latent_is_action and len(dims) > 1:
-        print(f"note: {args.method} has no latent (its latent is the action): one run per seed, "
-              "whatever --dims says.")
-    if cls.latent_is_action:
-        dims = [0]
-    return [(t, d, s) for t in tasks for d in dims for s in seeds]
-
-
-def check_experts(tasks: Iterable[str]) -> None:
-    """Refuse, naming them all, tasks without a shipped expert: before any job runs."""
-    from masklam_bench.experts import available_experts
-
-    shipped = available_experts()
-    missing = sorted({t for t in tasks if t not in shipped})
-    if missing:  # before any job runs, not after the others have taken hours
-        raise UserError(
-            f"no shipped expert for {', '.join(missing)}, so no dataset can be collected; "
-            "see BENCHMARK.md#experts (`masklam-bench train-expert --task TASK` trains one)."
-        )
-
-
 def _cmd_run(args: argparse.Namespace) -> None:
     """Run the benchmark pipeline for every (env, latent dim, seed) of one method."""
     import torch
@@ -176,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     args.preset = args.preset or default_preset_name()
     args.overrides = parse_overrides(args.set, args.labels)
-    jobs = _run_jobs(args)
+    jobs = run_jobs(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)
     from masklam_bench.runner import RunConfig, run
@@ -191,30 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
                            mask_source=args.mask_source, bf16=not args.no_bf16,
                            overrides=args.overrides, tensorboard=not args.no_tensorboard)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
-        try:
-            result = run(config)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        result = run(config)
         m = result["metrics"]
         print(f"  probe NMSE {_fmt(m.get('probe_nmse'))} (untrained IDM "
               f"{_fmt(m.get('probe_nmse_untrained'))}), normalised return ID "
               f"{_fmt(m.get('normalized_return_id'))} OOD {_fmt(m.get('normalized_return_ood'))}"
               f", {result['timings']['total_s']:.0f} s -> {args.out}/{config.run_name}.json")
-
-
-def check_device(device: str) -> str:
-    """Return ``device`` if it names a CPU or an available CUDA device, else a clear error."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu, cuda or cuda:N; got {device!r}.")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
-    return device
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
@@ -225,6 +80,8 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     dims = parse_int_list(args.dims, "--dims", minimum=1)
     threads = parse_int_list(args.threads, "--threads", minimum=1, example="1,2")
     check_device(args.device)
+    for name in args.methods.split(","):
+        method_class(name)
     print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
           "\n|---|---|---:|---|---:|---:|---:|")
     for name in args.methods.split(","):
@@ -247,12 +104,9 @@ def _cmd_train_expert(args: argparse.Namespace) -> None:
     task = get_task(args.task).name
     overrides = {"num_threads": args.threads, "stand_bonus": args.stand_bonus,
                  "stop_return": args.stop_return, "init_from": args.init_from}
-    try:
-        summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
-                               resume=not args.restart, export_weights=not args.no_export,
-                               replace_shipped=args.replace_shipped, **overrides)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"masklam-bench train-expert: {e}") from None
+    summary = train_expert(task, steps=args.steps, out_dir=args.out, seed=args.seed,
+                           resume=not args.restart, export_weights=not args.no_export,
+                           replace_shipped=args.replace_shipped, **overrides)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -395,6 +249,7 @@ _EXTRA_COMMANDS = (
     "masklam_bench.gpu_check",
     "masklam_bench.leaderboard",
     "masklam_bench.sam_masks",
+    "masklam_bench.mask_quality",
     "masklam_bench.sweep",
 )
 """Harness modules that add their own sub-commands through ``add_cli(subparsers)``."""
@@ -409,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()  # every sub-command trains or renders large buffers
     try:
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
         print(f"masklam-bench {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

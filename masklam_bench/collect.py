@@ -38,7 +38,8 @@ import numpy as np
 
 from masklam_bench import dataset as ds
 from masklam_bench.envs import EPISODE_STEPS, parse_env_id
-from masklam_bench.fileio import atomic_path, atomic_write_text
+from masklam_bench.errors import UserError
+from masklam_bench.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 POLICIES = ("expert", "random")
 """``expert``: the shipped state-based expert plus Gaussian noise. ``random``: uniform actions."""
@@ -508,21 +509,21 @@ def _check_args(env_name: str, episodes: int, test_episodes: int, episode_steps:
     """Raise a one-sentence error for an argument out of range."""
     parse_env_id(env_name)
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}.")
+        raise UserError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}.")
     if episodes < 1:
-        raise ValueError(f"episodes must be at least 1; got {episodes}.")
+        raise UserError(f"episodes must be at least 1; got {episodes}.")
     if not 0 <= test_episodes < episodes:
-        raise ValueError(f"test_episodes must be between 0 and episodes - 1 = {episodes - 1}; "
+        raise UserError(f"test_episodes must be between 0 and episodes - 1 = {episodes - 1}; "
                          f"got {test_episodes}.")
     if not 1 <= episode_steps <= EPISODE_STEPS:
-        raise ValueError(f"episode_steps must be between 1 and {EPISODE_STEPS}; "
+        raise UserError(f"episode_steps must be between 1 and {EPISODE_STEPS}; "
                          f"got {episode_steps}.")
     if not np.isfinite(action_noise) or action_noise < 0:
-        raise ValueError(f"action_noise must be a finite number >= 0; got {action_noise}.")
+        raise UserError(f"action_noise must be a finite number >= 0; got {action_noise}.")
     if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed}.")
+        raise UserError(f"seed must be a non-negative integer; got {seed}.")
     if workers < 1:
-        raise ValueError(f"workers must be at least 1; got {workers}.")
+        raise UserError(f"workers must be at least 1; got {workers}.")
 
 
 def collect(
@@ -590,7 +591,7 @@ def collect(
         expert_meta = _jsonable(expert.meta)
         expert_sha = ds.file_sha256(expert_path or weights_path(task.name))
     elif expert_path is not None:
-        raise ValueError("expert_path only applies to policy='expert'.")
+        raise UserError("expert_path only applies to policy='expert'.")
     config = CollectConfig(
         env_id=env_name, env_kwargs=env_kwargs, episodes=episodes, test_episodes=test_episodes,
         episode_steps=episode_steps, action_noise=float(action_noise), seed=seed, policy=policy,
@@ -660,15 +661,19 @@ def _claim_work_dir(work: Path, config: CollectConfig) -> None:
     config_file = work / _CONFIG_FILE
     wanted = _config_json(config)
     if config_file.exists():
-        before = json.loads(config_file.read_text())
+        try:
+            before = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:  # older code wrote it in place: a kill could cut it
+            raise UserError(f"The interrupted collection at {work} has an unreadable "
+                            f"{_CONFIG_FILE} ({err}); delete that folder to collect again.") from None
         differ = sorted(k for k in wanted if k not in _RESUMABLE_FIELDS
                         and before.get(k) != wanted[k])
         if differ:
-            raise ValueError(
+            raise UserError(
                 f"An interrupted collection at {work} used other settings ({', '.join(differ)}); "
                 f"rerun it with the same settings to resume, or delete that folder.")
     work.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(wanted, indent=1))
+    atomic_write_json(config_file, wanted)  # a kill mid-write must not block the resume
 
 
 def _existing(final: Path, config: CollectConfig) -> Path:
@@ -679,7 +684,7 @@ def _existing(final: Path, config: CollectConfig) -> Path:
     differ = sorted(k for k in wanted if k not in _REUSABLE_FIELDS
                     and recorded.get(k) != wanted[k])
     if differ:
-        raise ValueError(
+        raise UserError(
             f"A dataset with other settings ({', '.join(differ)}) already exists at {final}; "
             f"delete it to collect it again, or choose another output folder (--out for "
             f"collect, --data-root for run).")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from masklam_bench import metrics
-from masklam_bench.fileio import atomic_write_bytes, atomic_write_json
+from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
 
 PROBE_STEPS = (1500, 6000, 24000)
 """Default LAM steps at which the probe curve is read (issue 17: 1.5k, 6k, 24k)."""
@@ -31,8 +31,6 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
                 preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
                 threads: int, progress: bool = True) -> list[dict[str, Any]]:
     """Probe NMSE after each of ``steps`` LAM steps (one run to ``max(steps)``), and its control."""
-    import torch
-
     from masklam_bench import runner
 
     points = []
@@ -49,8 +47,7 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
             done = json.loads(cache.read_text()) if cache.exists() else {}
             for step in steps:
                 if str(step) not in done:
-                    state = torch.load(r.run_dir / f"lam_step{step}.pt", map_location="cpu",
-                                       weights_only=False)
+                    state = load_checkpoint(r.run_dir / f"lam_step{step}.pt")
                     r.method.load_state_dict(state["method"])
                     done[str(step)] = _probe_action(r)
                     atomic_write_json(cache, done)
@@ -209,7 +206,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
     """Run (or resume) one curve and write ``<out>/<kind>_curve_<task>.{json,png}``."""
     import torch
 
-    from masklam_bench.cli import parse_int_list, parse_overrides
+    from masklam_bench.checks import method_class, parse_int_list, parse_overrides
     from masklam_bench.envs import get_task
 
     task = get_task(args.task).name
@@ -219,6 +216,8 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.kind == "probe":
+        for method in args.methods.split(","):
+            method_class(method)
         steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
         points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, args.dim,
                              args.preset, overrides, args.data_root, args.runs_root, args.threads)

@@ -28,6 +28,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from masklam_bench.errors import BenchError
+
 FORMAT_VERSION = 1
 """Version of the layout below; a dataset written with another version must be collected again."""
 NAMESPACE = "masklam"
@@ -52,7 +54,7 @@ SPLITS = ("train", "test", "all")
 _HASH_CHUNK = 1 << 24  # bytes read at a time while hashing
 
 
-class DatasetError(ValueError):
+class DatasetError(BenchError, ValueError):
     """A dataset is missing, incomplete, damaged or of another format version."""
 
 
@@ -268,7 +270,7 @@ def split_episodes(total: int, test_episodes: int, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
     if not 0 <= test_episodes <= total:
-        raise ValueError(f"test_episodes must be between 0 and the {total} episodes of the "
+        raise DatasetError(f"test_episodes must be between 0 and the {total} episodes of the "
                          f"dataset; got {test_episodes}.")
     first, stop = {"train": (0, total - test_episodes), "test": (total - test_episodes, total),
                    "all": (0, total)}[split]
@@ -364,7 +366,7 @@ def labelled_subset(data: FrameData, n: int) -> np.ndarray:
     if data.split != "train":
         raise ValueError(f"The labelled subset comes from the train split, not {data.split!r}.")
     if not 0 < n <= data.num_transitions:
-        raise ValueError(f"Asked for {n} labelled transitions but the train split has "
+        raise DatasetError(f"Asked for {n} labelled transitions but the train split has "
                          f"{data.num_transitions}; collect more episodes or label fewer.")
     return data.transitions[:n].copy()
 

@@ -223,7 +223,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_gpu_check(args: argparse.Namespace) -> None:
     import torch
 
-    from masklam_bench.cli import check_device, parse_int_list
+    from masklam_bench.checks import check_device, parse_int_list
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = parse_int_list(args.dims, "--dims", minimum=1)

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from masklam_bench import aggregate, metrics, presets
+from masklam_bench.errors import MissingFileError, UserError
 from masklam_bench.fileio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -184,7 +185,7 @@ def current_protocol(preset_name: str) -> str | None:
     """The protocol id this code's preset of that name gives, or None when it has no such preset."""
     try:
         preset = presets.get_preset(preset_name)
-    except ValueError:
+    except UserError:
         return None
     return protocol_id({"config": {"preset": dataclasses.asdict(preset)}})
 
@@ -218,7 +219,7 @@ def read_records(results_dir: str | os.PathLike = "leaderboards/results",
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"no results directory at {root}; runs write their result JSON "
+        raise MissingFileError(f"no results directory at {root}; runs write their result JSON "
                                 "there (pass --results DIR to read another folder).")
     records: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -673,13 +674,13 @@ def write_leaderboard(results_dir: str | os.PathLike = "leaderboards/results",
                       reps: int = BOOTSTRAP_REPS) -> dict[str, Path]:
     """Regenerate README.md, per-task and summary CSVs and plots; returns {file name: path}.
 
-    ``reps`` is the number of bootstrap replicates of every interval. Raises ValueError, writing
+    ``reps`` is the number of bootstrap replicates of every interval. Raises UserError, writing
     nothing, when there is no valid result file, so a wrong ``results_dir`` never wipes a
     leaderboard.
     """
     records, problems = read_records(results_dir)
     if not records:
-        raise ValueError(_no_results_message(results_dir, problems))
+        raise UserError(_no_results_message(results_dir, problems))
     return _write_all(records, problems, Path(out_dir), reps)
 
 
@@ -1262,12 +1263,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_leaderboard(args: argparse.Namespace) -> None:
     """Regenerate the leaderboard; malformed files are listed on stderr and skipped."""
     if args.bootstrap_reps < 1:
-        raise ValueError(f"--bootstrap-reps must be at least 1; got {args.bootstrap_reps}.")
+        raise UserError(f"--bootstrap-reps must be at least 1; got {args.bootstrap_reps}.")
     records, problems = read_records(args.results)
     for problem in problems:
         print(f"skipped malformed result file {problem}", file=sys.stderr)
     if not records:
-        raise ValueError(_no_results_message(args.results, problems))
+        raise UserError(_no_results_message(args.results, problems))
     written = _write_all(records, problems, Path(args.out), args.bootstrap_reps)
     print(f"{len(records)} runs, {len(problems)} malformed file(s) skipped")
     for path in written.values():

@@ -8,7 +8,9 @@ with the step.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import io
 import os
 from pathlib import Path
 
@@ -16,6 +18,9 @@ import h5py
 import numpy as np
 
 from masklam_bench import dataset as ds
+from masklam_bench.checks import int_at_least
+from masklam_bench.errors import UserError
+from masklam_bench.fileio import atomic_write_bytes, atomic_write_text
 from masklam_bench.sam_masks import SIDECAR_FILE, SamMaskError, read_sam_masks, sidecar_settings
 
 REPORT_TABLE = "mask_quality.md"
@@ -102,7 +107,7 @@ def find_datasets(paths: list[str | os.PathLike]) -> list[Path]:
 def step_bins(max_step: int, bins: int) -> np.ndarray:
     """Bin edges ``[0, ..., max_step + 1]`` splitting episode steps into ``bins`` equal ranges."""
     if bins < 1:
-        raise ValueError(f"bins must be at least 1; got {bins}.")
+        raise UserError(f"bins must be at least 1; got {bins}.")
     return np.unique(np.linspace(0, max_step + 1, bins + 1).round().astype(int))
 
 
@@ -144,7 +149,7 @@ def format_markdown(results: list[DatasetQuality], edges: np.ndarray) -> str:
 
 def plot_iou_vs_step(results: list[DatasetQuality], edges: np.ndarray,
                      path: str | os.PathLike) -> Path:
-    """Write a PNG of mean IoU against episode step (bin centres), one line per dataset."""
+    """Write a PNG of mean IoU against episode step (bin centres), one line per dataset (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,11 +166,11 @@ def plot_iou_vs_step(results: list[DatasetQuality], edges: np.ndarray,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    return path
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def write_report(datasets: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
@@ -176,14 +181,37 @@ def write_report(datasets: list[str | os.PathLike] | str | os.PathLike, out_dir:
     edges = step_bins(max(int(q.step.max()) for q in results), bins)
     table = format_markdown(results, edges)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_TABLE).write_text(table + "\n")
+    atomic_write_text(out / REPORT_TABLE, table + "\n")
     plot = plot_iou_vs_step(results, edges, out / REPORT_PLOT)
     return table, [out / REPORT_TABLE, plot]
 
 
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def _cmd_mask_quality(args: argparse.Namespace) -> None:
+    """Print and plot how well the SAM 2 masks match the exact ones."""
+    table, files = write_report(args.dataset, args.out, bins=args.bins)
+    print(table)
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``mask-quality`` sub-command."""
+    p = subparsers.add_parser("mask-quality",
+                              help="IoU of the SAM 2 masks vs the exact masks (table and plot)")
+    p.add_argument("--dataset", required=True, nargs="+",
+                   help="dataset folders with SAM 2 masks, or roots holding several")
+    p.add_argument("--out", default="mask_quality",
+                   help="folder for mask_quality.md and mask_quality.png (default: mask_quality)")
+    p.add_argument("--bins", type=int_at_least(1), default=DEFAULT_BINS,
+                   help=f"episode-step bins of the plot (default: {DEFAULT_BINS})")
+    p.set_defaults(func=_cmd_mask_quality)
+
+
 __all__ = [
     "DatasetQuality",
+    "add_cli",
     "binned_iou",
     "dataset_quality",
     "find_datasets",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from masklam_bench.dataset import FrameData
+from masklam_bench.errors import UserError
 
 _DISK_RADIUS_MAX = 32  # larger radii would erase or fill a 64x64 mask entirely
 _FLIP_STREAM = 1  # SeedSequence keys: the flip and drop noise use independent streams
@@ -60,8 +61,8 @@ FORMS = ("exact", "sam2", "dilate-R", "erode-R", "flip-P", "drop-P")
 _PATTERN = re.compile(r"^(?P<kind>[a-z0-9]+)(?:-(?P<value>[0-9.eE+-]+))?$")
 
 
-def _form_error(text: str, why: str) -> ValueError:
-    return ValueError(
+def _form_error(text: str, why: str) -> UserError:
+    return UserError(
         f"Mask source {text!r} {why}; use one of {', '.join(FORMS)} (R = radius in pixels, "
         f"1..{_DISK_RADIUS_MAX}; P = probability in [0, 1]), e.g. erode-2 or flip-0.05.")
 
@@ -168,14 +169,14 @@ def resolve_masks(source: str | MaskSource, data: FrameData,
     """
     spec = source if isinstance(source, MaskSource) else parse_mask_source(source)
     if spec.kind == "sam2":
-        from masklam_bench.sam_masks import load_sam_masks, read_sam_masks
+        from masklam_bench.sam_masks import SamMaskError, load_sam_masks, read_sam_masks
 
         if data.episode_ids is not None:
             masks = read_sam_masks(dataset_path, data.episode_ids)
         else:
             masks = load_sam_masks(dataset_path, data.split)
         if masks.shape != data.frames.shape[:3]:
-            raise ValueError(f"The SAM 2 masks of {dataset_path} have shape {masks.shape} but "
+            raise SamMaskError(f"The SAM 2 masks of {dataset_path} have shape {masks.shape} but "
                              f"the {data.split} frames {data.frames.shape[:3]}; rerun "
                              f"`masklam-bench masks --dataset {dataset_path} --source sam2 "
                              f"--overwrite`.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from masklam_bench.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class DataPreset:
@@ -99,7 +101,7 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str) -> Preset:
     """Look up a preset by name, with a clear error for an unknown one."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise UserError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
 
 
@@ -121,7 +123,7 @@ def overridable_keys() -> list[str]:
 def parse_override(text: str) -> tuple[str, int | float | str]:
     """Parse ``"train.lam_steps=6000"`` into a key and a value of the field's type.
 
-    Raises ValueError with one sentence naming what was wrong and what is accepted.
+    Raises UserError (a ValueError) with one sentence naming what was wrong and what is accepted.
     """
     import difflib
 
@@ -129,25 +131,25 @@ def parse_override(text: str) -> tuple[str, int | float | str]:
     key, raw = key.strip(), raw.strip()
     keys = overridable_keys()
     if not sep or not raw:
-        raise ValueError(f"--set expects KEY=VALUE, e.g. --set train.lam_steps=6000; got {text!r}.")
+        raise UserError(f"--set expects KEY=VALUE, e.g. --set train.lam_steps=6000; got {text!r}.")
     if key not in keys:
         close = difflib.get_close_matches(key, keys, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"--set: unknown preset field {key!r}.{hint} Fields: {', '.join(keys)}.")
+        raise UserError(f"--set: unknown preset field {key!r}.{hint} Fields: {', '.join(keys)}.")
     section, name = key.split(".")
     kind = {f.name: f.type for f in dataclasses.fields(DataPreset if section == "data"
                                                        else TrainPreset)}[name]
     if kind == "str":
         if raw not in _CHOICES.get(key, (raw,)):
-            raise ValueError(f"--set {key}: expected one of {', '.join(_CHOICES[key])}; got {raw!r}.")
+            raise UserError(f"--set {key}: expected one of {', '.join(_CHOICES[key])}; got {raw!r}.")
         return key, raw
     try:
         value: int | float = int(raw) if kind == "int" else float(raw)
     except ValueError:
-        raise ValueError(f"--set {key}: expected {'an integer' if kind == 'int' else 'a number'}, "
+        raise UserError(f"--set {key}: expected {'an integer' if kind == 'int' else 'a number'}, "
                          f"got {raw!r}.") from None
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"--set {key}: expected a finite value >= 0, got {raw!r}.")
+        raise UserError(f"--set {key}: expected a finite value >= 0, got {raw!r}.")
     return key, value
 
 

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_write_json
 
 IDENTITY_FILE = "identity.json"
@@ -71,7 +72,7 @@ def git_state() -> dict[str, Any]:
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """Record ``identity`` in a new run folder, or refuse one that was started with another.
 
-    Raises ValueError naming each differing entry and what to do.
+    Raises UserError (a ValueError) naming each differing entry and what to do.
     """
     identity = flatten(identity)
     path = run_dir / IDENTITY_FILE
@@ -87,7 +88,7 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
         return
     diffs = [f"{key}: {_short(old.get(key))} then, {_short(identity.get(key))} now"
              for key in sorted(set(old) | set(identity)) if old.get(key) != identity.get(key)]
-    raise ValueError(
+    raise UserError(
         f"{run_dir} holds stages made with other inputs ({'; '.join(diffs)}). Delete that folder "
         "to redo the run, or pass another --runs-root.")
 

@@ -34,7 +34,7 @@ from masklam_bench.dataset import (
     load_frames,
 )
 from masklam_bench.envs import env_id, get_task
-from masklam_bench.fileio import atomic_torch_save, atomic_write_json
+from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import DATA_FIELDS_OF_DATASET, Preset, apply_overrides, get_preset
 from masklam_bench.provenance import check_identity, git_state, method_sha256, method_source_files
@@ -130,10 +130,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     """A stage checkpoint, or None if absent; a corrupt one is reported, not silently reused."""
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise ValueError(f"Checkpoint {path} is unreadable ({err}); delete it to redo the stage.")
+    return load_checkpoint(path)  # weights only: RNG states are plain ints and tensors
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,14 +28,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from masklam_bench import dataset as ds
-from masklam_bench.fileio import atomic_path
+from masklam_bench.checks import check_device, int_at_least
+from masklam_bench.errors import BenchError
+from masklam_bench.fileio import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
 
 SIDECAR_FILE = "sam_masks.hdf5"
 """Name of the sidecar file of SAM 2 masks inside a dataset folder."""
@@ -67,7 +71,7 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.+-]+$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class SamMaskError(ValueError):
+class SamMaskError(BenchError, ValueError):
     """SAM 2 masks cannot be made or read: the message says what to do."""
 
 
@@ -118,6 +122,8 @@ _torchvision_op_library: torch.library.Library | None = None  # kept alive: dele
 
 def _torchvision_has_ops() -> bool:
     """Whether ``torchvision::nms`` is a registered operator."""
+    import torch
+
     try:
         torch.ops.torchvision.nms  # noqa: B018 (the lookup is the test)
     except (AttributeError, RuntimeError):
@@ -131,6 +137,8 @@ def ensure_torchvision_importable() -> None:
     Loads torchvision's compiled ops when they load (a matching CUDA or CPU build: nothing else
     happens); only when they cannot load are their schemas declared, before torchvision is imported.
     """
+    import torch
+
     global _torchvision_op_library
     if "torchvision" in sys.modules or _torchvision_has_ops():
         return
@@ -219,6 +227,8 @@ def build_predictor(checkpoint: str | None, config: str = DEFAULT_CONFIG, device
     The description (recorded with the masks) holds the checkpoint, its SHA-256 for a local file,
     the config, the image size and whether the weights are random.
     """
+    import torch
+
     build_sam, _ = _import_sam2()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SamMaskError(f"device {device!r} asked for, but PyTorch sees no CUDA device.")
@@ -320,6 +330,8 @@ class _FramesInMemory:
 
 def _frames_to_tensor(frames: np.ndarray, image_size: int) -> torch.Tensor:
     """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` float32, resized and normalised as SAM 2 does."""
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (image_size, image_size):
         # SAM 2 resizes frames to a square of its input size (PIL bicubic for JPEG folders).
@@ -374,6 +386,8 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
 def _track_chunk(predictor: Any, video_module: Any, frames: np.ndarray,
                  box: tuple[float, float, float, float]) -> np.ndarray:
     """Bool masks ``(T, H, W)`` of the object in ``box`` on frame 0, tracked through ``frames``."""
+    import torch
+
     masks = np.zeros(frames.shape[:3], bool)
     with _in_memory_video(video_module), torch.inference_mode():
         # Frames stay on the CPU and move to the device one at a time (a 200-frame chunk at
@@ -535,6 +549,8 @@ def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
     Returns:
         The sidecar file ``<dataset>/sam_masks.hdf5``.
     """
+    import torch
+
     folder, meta = _dataset_folder(dataset_path)
     user_box = _parse_box(box)
     if chunk < 2:
@@ -552,15 +568,15 @@ def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
         if not _same_settings(old, settings, folder, "unfinished", overwrite):
             shutil.rmtree(work)
     work.mkdir(exist_ok=True)
-    (work / _SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    atomic_write_json(work / _SETTINGS_FILE, settings)
 
     episodes, size = int(meta["total_episodes"]), int(meta["image_size"])
     main = folder / ds.DATA_DIR / ds.MAIN_FILE
     with h5py.File(main, "r") as f:
         lengths = [int(f[f"episode_{i}"].attrs["total_steps"]) + 1 for i in range(episodes)]
     todo = [i for i in range(episodes) if not _episode_file(work, i).exists()]
-    extra = {"checkpoint": info["checkpoint"], "device": device, "sam2_version": _version("sam2"), "torch_version": torch.__version__,
-             "seconds_per_frame": None}
+    extra = {"checkpoint": info["checkpoint"], "device": device, "sam2_version": _version("sam2"),
+             "torch_version": torch.__version__, "seconds_per_frame": None}
     bar = _progress(sum(lengths), sum(lengths) - sum(lengths[i] for i in todo), progress)
     seconds, frames_done = 0.0, 0
     try:
@@ -659,7 +675,7 @@ def _parse_box_arg(text: str) -> tuple[float, float, float, float]:
 
 def _cmd_masks(args: argparse.Namespace) -> None:
     """Add SAM 2 masks to a dataset."""
-    from masklam_bench.cli import check_device
+    import torch
 
     check_device(args.device)
     if args.threads:
@@ -675,19 +691,8 @@ def _cmd_masks(args: argparse.Namespace) -> None:
     print(f"wrote {out}" + (f" ({speed:.3f} s/frame at {info['image_size']} px)" if speed else ""))
 
 
-def _cmd_mask_quality(args: argparse.Namespace) -> None:
-    """Print and plot how well the SAM 2 masks match the exact ones."""
-    from masklam_bench.mask_quality import write_report
-
-    table, files = write_report(args.dataset, args.out, bins=args.bins)
-    print(table)
-    print("wrote " + ", ".join(str(f) for f in files))
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``masks`` and ``mask-quality`` sub-commands."""
-    from masklam_bench.cli import int_at_least
-
+    """Add the ``masks`` sub-command (``mask-quality`` is :mod:`masklam_bench.mask_quality`'s)."""
     p = subparsers.add_parser("masks", help="add SAM 2 agent masks to a collected dataset")
     p.add_argument("--dataset", required=True, help="dataset folder (from collect)")
     p.add_argument("--source", default="sam2", choices=["sam2"], help="mask source (sam2)")
@@ -710,15 +715,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace SAM 2 masks made with other settings")
     p.set_defaults(func=_cmd_masks)
-
-    p = subparsers.add_parser("mask-quality",
-                              help="IoU of the SAM 2 masks vs the exact masks (table and plot)")
-    p.add_argument("--dataset", required=True, nargs="+",
-                   help="dataset folders with SAM 2 masks, or roots holding several")
-    p.add_argument("--out", default="mask_quality",
-                   help="folder for mask_quality.md and mask_quality.png (default: mask_quality)")
-    p.add_argument("--bins", type=int, default=10, help="episode-step bins of the plot")
-    p.set_defaults(func=_cmd_mask_quality)
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
-from masklam_bench.dataset import FrameData
+from masklam_bench.dataset import DatasetError, FrameData
 
 BATCH_ORDER = ("context", "context_mask", "target", "target_mask", "k", "action", "next",
                "next_mask", "target_context")
@@ -37,7 +37,8 @@ class TransitionSampler:
                 (e.g. corrupted or SAM 2 masks); default: unpack the stored masks.
         """
         if use_clean and data.clean_frames is None:
-            raise ValueError("This dataset has no clean frames; recollect it to train the oracle.")
+            raise DatasetError("This dataset has no clean frames; recollect it to train the "
+                               "oracle.")
         self.data = data
         self.context_frames = context_frames
         self.max_future = max_future

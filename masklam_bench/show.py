@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 from masklam_bench.envs import env_id, parse_env_id
+from masklam_bench.fileio import atomic_write_bytes
 
 ROWS = ("in-distribution", "agent mask", "OOD", "clean")
 """Rows of the strip, top to bottom."""
@@ -61,8 +63,8 @@ def save_strip(rows: dict[str, np.ndarray], out: str | Path, title: str) -> Path
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(out).suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
-    return out
+    atomic_write_bytes(out, buf.getvalue())
+    return Path(out)

@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from masklam_bench import cli
-from masklam_bench.cli import UserError
+from masklam_bench.checks import check_device, int_at_least, method_class, parse_overrides
+from masklam_bench.errors import BenchError, UserError
+from masklam_bench.plan import check_experts, check_run_options, run_jobs
 
 if TYPE_CHECKING:
     from masklam_bench.runner import RunConfig
@@ -218,7 +219,7 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
     if preset not in PRESETS:
         raise UserError(f"--preset {preset!r} is not a preset; choose one of: "
                         f"{', '.join(PRESETS)}.")
-    overrides = cli.parse_overrides(values["set"], None)
+    overrides = parse_overrides(values["set"], None)
     methods = [m.strip() for m in values["methods"].split(",")]
     sources = [s.strip() for s in values["mask-sources"].split(",")]
     runs: dict[str, RunConfig] = {}
@@ -227,10 +228,7 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
             ns = argparse.Namespace(method=method, mask_source=source, dims=values["dims"],
                                     seeds=values["seeds"], envs=values["envs"], preset=preset,
                                     overrides=overrides)
-            try:
-                jobs = cli._run_jobs(ns)
-            except ValueError as err:
-                raise UserError(str(err)) from None
+            jobs = run_jobs(ns)
             for task, dim, seed in jobs:
                 config = RunConfig(
                     method=method, task=task, latent_dim=dim, seed=seed, preset=preset,
@@ -240,7 +238,7 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
                     bf16=options.bf16, overrides=overrides,
                     tensorboard=options.tensorboard)
                 runs.setdefault(config.run_name, config)
-    cli.check_experts(c.task for c in runs.values())
+    check_experts(c.task for c in runs.values())
     return list(runs.values())
 
 
@@ -249,19 +247,15 @@ def _sources_for(method: str, sources: list[str], envs: str) -> list[str]:
 
     A method without masks given only other sources gets ``run``'s error for that pair.
     """
-    from masklam_bench.baselines import get_method
     from masklam_bench.mask_sources import parse_mask_source
 
-    try:
-        cls = get_method(method)
-        labels = [parse_mask_source(s).label for s in sources]
-    except (ValueError, ImportError) as err:
-        raise UserError(str(err)) from None
+    cls = method_class(method)
+    labels = [parse_mask_source(s).label for s in sources]
     if getattr(cls, "uses_masks", False):
         return sources
     kept = [s for s, label in zip(sources, labels) if label == "exact"]
     if not kept:
-        cli._check_run_options(cls, sources[0], envs)  # raises run's sentence
+        check_run_options(cls, sources[0], envs)  # raises run's sentence
     elif len(kept) < len(sources):
         print(f"note: {method} trains without agent masks: it runs with exact masks only.")
     return kept[:1]
@@ -285,7 +279,7 @@ def check_options(options: SweepOptions) -> None:
     if options.launcher != "ray" and (options.ray_address or options.ray_cpus):
         raise UserError("--ray-address and --ray-cpus are for --launcher ray.")
     if options.gpus_per_run > 0 and not options.on_cluster:
-        cli.check_device("cuda")
+        check_device("cuda")
 
 
 def result_path(config: RunConfig) -> Path:
@@ -571,7 +565,7 @@ def _write_leaderboard(out: str) -> None:
     target = Path(out) / "leaderboard"
     try:
         write_leaderboard(out, target)
-    except ValueError as err:
+    except BenchError as err:
         print(f"note: leaderboard not written ({err})")
         return
     print(f"leaderboard of {out}/ -> {target}/README.md")
@@ -608,9 +602,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--launcher", default="ray", choices=LAUNCHERS)
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster (e.g. auto) instead of starting a local one")
-    p.add_argument("--ray-cpus", type=cli.int_at_least(1), default=None,
+    p.add_argument("--ray-cpus", type=int_at_least(1), default=None,
                    help="CPUs of the local Ray instance (default: every core)")
-    p.add_argument("--cpus-per-run", type=cli.int_at_least(1), default=1,
+    p.add_argument("--cpus-per-run", type=int_at_least(1), default=1,
                    help="CPUs per run: torch threads and OMP_NUM_THREADS too (default: 1)")
     p.add_argument("--gpus-per-run", type=_float_at_least_zero, default=0.0,
                    help="GPUs per run (default: 0, runs on the CPU)")
@@ -622,7 +616,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="write no TensorBoard curves in the runs' folders")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     p.add_argument("--slurm-partition", default=None, help="Slurm partition of every job")
-    p.add_argument("--timeout-min", type=cli.int_at_least(1), default=DEFAULT_TIMEOUT_MIN,
+    p.add_argument("--timeout-min", type=int_at_least(1), default=DEFAULT_TIMEOUT_MIN,
                    help=f"time limit of one submitit job (default: {DEFAULT_TIMEOUT_MIN})")
     p.add_argument("--slurm-logs", default=None, metavar="DIR",
                    help="submitit's job files and logs (default: RUNS_ROOT/submitit)")

@@ -55,3 +55,35 @@ def run_python(code: str, timeout: float, stdin: str | None = None,
 def fresh_python():
     """:func:`run_python`, as a fixture."""
     return run_python
+
+
+_KILL_ON_WRITE = """
+import os, pathlib, signal
+_real_write_bytes, _writes = pathlib.Path.write_bytes, []
+
+def _write_bytes(self, data):  # write number {n} of {name}: half of it, then SIGKILL
+    if self.name.startswith(".{name}."):  # the temporary file fileio renames into place
+        _writes.append(self)
+        if len(_writes) == {n}:
+            with open(self, "wb") as f:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _real_write_bytes(self, data)
+
+pathlib.Path.write_bytes = _write_bytes
+"""
+
+
+def kill_on_write(name: str, n: int = 1) -> str:
+    """Code to put first in a :func:`run_python` child: its ``n``-th atomic write of a file
+    called ``name`` writes half its bytes, then the process is killed with SIGKILL (no cleanup
+    runs, as after a power cut or the OOM killer)."""
+    return _KILL_ON_WRITE.format(name=name, n=n)
+
+
+@pytest.fixture(scope="session")
+def killed_mid_write():
+    """:func:`kill_on_write`, as a fixture."""
+    return kill_on_write

@@ -260,6 +260,41 @@ def test_same_seed_gives_identical_dataset(dataset, resumed):
         assert meta_a[key] == meta_b[key]
 
 
+def test_a_kill_while_writing_the_work_config_keeps_it_and_the_collection_resumes(
+        tmp_path, fake_expert, dataset, fresh_python, killed_mid_write):
+    """SIGKILL half-way through rewriting the work folder's config.json (a resumed collection
+    claims its folder again): the config written before stays whole, and the next resume ends
+    with the dataset of a collection never interrupted."""
+    import signal
+
+    real_run = collect_module._Rollouts.run
+
+    def first_episode_only(self, index, episodes_dir, report):
+        if index > 0:
+            raise RuntimeError("simulated interruption")
+        return real_run(self, index, episodes_dir, report)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(collect_module._Rollouts, "run", first_episode_only)
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            _collect(tmp_path, fake_expert, workers=1)
+    config = next(tmp_path.rglob("*.partial")) / "config.json"
+    before = config.read_text()
+    kwargs = {"episodes": EPISODES, "episode_steps": STEPS, "action_noise": NOISE, "seed": SEED,
+              "workers": 1, "progress": False, "test_episodes": TEST_EPISODES,
+              "expert_path": fake_expert}
+    code = killed_mid_write("config.json") + (
+        "from masklam_bench.collect import collect\n"
+        f"collect({ENV!r}, {str(tmp_path)!r}, **{kwargs!r})\n")
+    result = fresh_python(code, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert config.read_text() == before
+    path = _collect(tmp_path, fake_expert, workers=1)
+    a, b = load_frames(dataset, split="all"), load_frames(path, split="all")
+    for name, array in _arrays(a).items():
+        np.testing.assert_array_equal(array, _arrays(b)[name], err_msg=name)
+
+
 @pytest.fixture
 def no_recollection(monkeypatch):
     """Fail the test if a finished dataset gets collected again."""

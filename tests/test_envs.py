@@ -13,7 +13,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import masklam_bench
-from masklam_bench.cli import parse_envs
+from masklam_bench.checks import parse_envs
 from masklam_bench.envs import backgrounds, distractors, parse_env_id, registered_ids
 
 

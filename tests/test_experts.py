@@ -13,6 +13,7 @@ import torch
 from masklam_bench import experts
 from masklam_bench.envs.tasks import flatten_state
 from masklam_bench.experts.sac import NStepAccumulator, SACConfig, export, make_env, train
+from masklam_bench.fileio import load_checkpoint
 
 TINY = {
     "task": "cheetah-run",
@@ -240,7 +241,7 @@ def test_init_from_starts_at_the_source_agent(tiny_runs, tmp_path):
     _, _, _, whole, _ = tiny_runs
     src = tmp_path / "src"
     shutil.copytree(whole, src)
-    source = torch.load(src / "checkpoint.pt", weights_only=False)["agent"]
+    source = load_checkpoint(src / "checkpoint.pt")["agent"]
     cfg = SACConfig(
         **{**TINY, "seed": 5, "total_steps": 120, "learning_starts": 240, "init_from": str(src)}
     )
@@ -282,3 +283,45 @@ def test_train_expert_never_replaces_the_shipped_weights_unless_asked(tmp_path, 
     experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path)
     experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path, replace_shipped=True)
     assert written == [tmp_path / experts.CANDIDATE_NAME, None]  # None: the package default
+
+
+def test_a_kill_while_writing_the_eval_log_keeps_it_and_the_run_resumes(tmp_path, fresh_python,
+                                                                        killed_mid_write):
+    """SIGKILL half-way through rewriting eval.csv (the second evaluation, before its checkpoint):
+    the log keeps the first row, and the resumed run ends with the same evaluations as a run
+    never killed."""
+    import signal
+
+    from masklam_bench.experts.sac import read_eval_log
+
+    cfg = {**TINY, "eval_every": 120}
+    full = tmp_path / "full"
+    train(SACConfig(**cfg), full, resume=False, progress=False)
+    killed = tmp_path / "killed"
+    code = killed_mid_write("eval.csv", n=2) + (
+        "from masklam_bench.experts.sac import SACConfig, train\n"
+        f"train(SACConfig(**{cfg!r}), {str(killed)!r}, resume=False, progress=False)\n")
+    result = fresh_python(code, timeout=600)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert [row["step"] for row in read_eval_log(killed)] == [120]
+    assert any(p.name.startswith(".eval.csv.") for p in killed.iterdir())  # the cut-off write
+    train(SACConfig(**cfg), killed, resume=True, progress=False)
+    columns = ("step", "updates", "eval_return", "eval_std", "train_return", "alpha")
+    want = [{k: row[k] for k in columns} for row in read_eval_log(full)]
+    assert [r["step"] for r in want] == [120, 240, 360]
+    assert [{k: row[k] for k in columns} for row in read_eval_log(killed)] == want
+
+
+def test_an_eval_log_written_by_the_old_appending_code_is_kept_and_extended(tmp_path):
+    from masklam_bench.experts.sac import _append_eval_log, _truncate_eval_log, read_eval_log
+
+    # The old writer joined keys and str() values with commas, one line per evaluation.
+    (tmp_path / "eval.csv").write_text("step,updates,eval_return,entropy\n"
+                                       "120,0,-1.5,nan\n240,120,3.25,-2.0\n")
+    _append_eval_log(tmp_path, {"step": 360, "updates": 240, "eval_return": 4.0, "entropy": -1.0,
+                                "alpha": 0.5})
+    rows = read_eval_log(tmp_path)
+    assert [r["step"] for r in rows] == [120, 240, 360] and rows[1]["eval_return"] == 3.25
+    assert "alpha" not in rows[0] and rows[2]["alpha"] == 0.5
+    _truncate_eval_log(tmp_path, 240)
+    assert [r["step"] for r in read_eval_log(tmp_path)] == [120, 240]

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, flatten_state, get_task
+from masklam_bench.errors import MissingFileError, UserError
+from masklam_bench.fileio import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -111,14 +113,15 @@ def load_expert(task: str, path: str | os.PathLike | None = None) -> Expert:
     name = get_task(task).name
     p = Path(path) if path is not None else weights_path(name)
     if not p.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No expert weights for {name} at {p}; train one with "
             f"`masklam-bench train-expert --task {name}` (or "
             f"`python -m masklam_bench.experts.sac --task {name}`, then `--export`)."
         )
-    payload = torch.load(p, map_location="cpu", weights_only=True)
-    if payload.get("task") != name:
-        raise ValueError(f"{p} holds an expert for {payload.get('task')!r}, not {name!r}.")
+    payload = load_checkpoint(p, hint="pass an expert file exported by train-expert")
+    if not isinstance(payload, dict) or payload.get("task") != name:
+        task = payload.get("task") if isinstance(payload, dict) else None
+        raise UserError(f"{p} holds an expert for {task!r}, not {name!r}.")
     return Expert(payload)
 
 

@@ -18,6 +18,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import itertools
 import json
@@ -34,13 +35,21 @@ import torch
 import torch.nn.functional as F
 
 from masklam_bench.envs.tasks import EPISODE_STEPS, flatten_state, get_task
-from masklam_bench.fileio import atomic_torch_save
+from masklam_bench.errors import MissingFileError, UserError
+from masklam_bench.fileio import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    load_checkpoint,
+)
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_ACTOR_NAME = "best_actor.pt"
 EVAL_LOG_NAME = "eval.csv"
+CONFIG_NAME = "config.json"
+_RESUME_HINT = "delete it, or pass --restart (resume=False) to train from scratch"
 
 
 # The height a body part must reach for each domain's own reward to count the agent as standing
@@ -126,15 +135,15 @@ class SACConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.task = get_task(self.task).name
         if not 0 < self.episode_steps <= EPISODE_STEPS:
-            raise ValueError(
+            raise UserError(
                 f"episode_steps must be in 1..{EPISODE_STEPS}, got {self.episode_steps}"
             )
         if self.n_step < 1:
-            raise ValueError(f"n_step must be >= 1, got {self.n_step}")
+            raise UserError(f"n_step must be >= 1, got {self.n_step}")
         if self.stand_bonus < 0:
-            raise ValueError(f"stand_bonus must be >= 0, got {self.stand_bonus}")
+            raise UserError(f"stand_bonus must be >= 0, got {self.stand_bonus}")
         if self.stand_bonus > 0 and get_task(self.task).domain not in STAND_HEIGHT:
-            raise ValueError(f"stand_bonus applies to {sorted(STAND_HEIGHT)} only, not {self.task}")
+            raise UserError(f"stand_bonus applies to {sorted(STAND_HEIGHT)} only, not {self.task}")
         if self.init_from is not None:
             self.init_from = str(self.init_from)
 
@@ -505,47 +514,51 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _append_eval_log(out_dir: Path, row: dict[str, Any]) -> None:
+def _eval_log_rows(out_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of ``eval.csv`` as written (strings), or nothing if there is none."""
     path = out_dir / EVAL_LOG_NAME
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
+    if not path.exists():
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _append_eval_log(out_dir: Path, row: dict[str, Any]) -> None:
+    """Add one evaluation row: the whole log is rewritten atomically, so a kill never halves it.
+
+    A log begun by older code with fewer columns keeps them; the new ones are added at the end.
+    """
+    fields, rows = _eval_log_rows(out_dir)
+    atomic_write_csv(out_dir / EVAL_LOG_NAME, list(dict.fromkeys([*fields, *row])), [*rows, row])
 
 
 def _truncate_eval_log(out_dir: Path, step: int) -> None:
     """Drop evaluation rows written after the checkpoint we resume from."""
-    path = out_dir / EVAL_LOG_NAME
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    fields, rows = _eval_log_rows(out_dir)
+    if fields:
+        keep = [r for r in rows if int(float(r["step"])) <= step]
+        atomic_write_csv(out_dir / EVAL_LOG_NAME, fields, keep)
 
 
 def read_eval_log(out_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of a run's ``eval.csv`` as dicts of floats."""
-    path = Path(out_dir) / EVAL_LOG_NAME
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    keys = lines[0].split(",")
-    return [dict(zip(keys, map(float, ln.split(",")))) for ln in lines[1:]]
+    """The rows of a run's ``eval.csv`` as dicts of floats (a column a row lacks is left out)."""
+    return [{k: float(v) for k, v in row.items() if v != ""}
+            for row in _eval_log_rows(Path(out_dir))[1]]
 
 
 def _init_agent_from(agent: SAC, cfg: SACConfig, src: Path, out: Path) -> None:
     """Copy the agent of ``src``'s checkpoint into ``agent`` (see :attr:`SACConfig.init_from`)."""
     path = src / CHECKPOINT_NAME
     if src.resolve() == out.resolve():
-        raise ValueError("init_from must name another run directory than out_dir")
-    ck = torch.load(path, weights_only=False)
+        raise UserError("init_from must name another run directory than out_dir")
+    ck = load_checkpoint(path, hint="point init_from at the folder of another train-expert run")
     theirs = ck["config"]
     for name in ("task", "hidden", "critic_layer_norm"):
         mine = getattr(cfg, name)
         other = tuple(theirs[name]) if name == "hidden" else theirs[name]
         if other != mine:
-            raise ValueError(f"init_from: {path} has {name}={other!r}, this run {mine!r}")
+            raise UserError(f"init_from: {path} has {name}={other!r}, this run {mine!r}")
     state = dict(ck["agent"])
     state["gen"] = agent.gen.get_state()  # this run's own seed drives its noise
     state["num_updates"] = 0
@@ -577,7 +590,7 @@ def train(
     if fresh and cfg.init_from is not None:
         src = Path(cfg.init_from) / CHECKPOINT_NAME
         if not src.is_file():  # before anything is written
-            raise FileNotFoundError(f"init_from: no checkpoint at {src}")
+            raise MissingFileError(f"init_from: no checkpoint at {src}")
     out.mkdir(parents=True, exist_ok=True)
 
     obs_dim, act_dim = task_dims(cfg.task)
@@ -591,7 +604,7 @@ def train(
     updates_owed = 0.0
 
     if not fresh:
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = load_checkpoint(ckpt_path, hint=_RESUME_HINT)
         saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
         for f in dataclasses.fields(SACConfig):
             if f.name not in (
@@ -603,7 +616,7 @@ def train(
                 "save_buffer",
                 "stop_return",
             ) and getattr(saved, f.name) != getattr(cfg, f.name):
-                raise ValueError(
+                raise UserError(
                     f"Checkpoint {ckpt_path} was trained with {f.name}="
                     f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
                     "out_dir or resume=False."
@@ -625,7 +638,7 @@ def train(
         if cfg.init_from is not None:
             _init_agent_from(agent, cfg, Path(cfg.init_from), out)
 
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    atomic_write_json(out / CONFIG_NAME, dataclasses.asdict(cfg))
 
     def checkpoint() -> None:
         atomic_torch_save(
@@ -790,7 +803,7 @@ def _init_from_chain(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     seen: set[Path] = set()
     src = cfg.get("init_from")
     while src and len(chain) < 16:
-        path = Path(src) / "config.json"
+        path = Path(src) / CONFIG_NAME
         if path.resolve() in seen or not path.is_file():
             break
         seen.add(path.resolve())
@@ -815,11 +828,14 @@ def export(
     tensors under ``"actor"`` plus metadata, including the return measured here.
     """
     out = Path(out_dir)
-    ck = torch.load(out / CHECKPOINT_NAME, weights_only=False)
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise MissingFileError(f"No {CHECKPOINT_NAME} in {out_dir} to export; train there first "
+                               "(masklam-bench train-expert --out DIR).")
+    ck = load_checkpoint(out / CHECKPOINT_NAME, hint="train the expert again")
     cfg = ck["config"]
     name = get_task(task or cfg["task"]).name
     if name != cfg["task"]:
-        raise ValueError(f"Checkpoint in {out_dir} is for {cfg['task']}, not {name}.")
+        raise UserError(f"Checkpoint in {out_dir} is for {cfg['task']}, not {name}.")
     n_layers = len(cfg["hidden"]) + 1
     candidates = {}
     if source in ("last", "auto"):
@@ -829,10 +845,10 @@ def export(
             int(ck["agent"]["num_updates"]),
         )
     if source in ("best", "auto") and (out / BEST_ACTOR_NAME).exists():
-        b = torch.load(out / BEST_ACTOR_NAME, weights_only=True)
+        b = load_checkpoint(out / BEST_ACTOR_NAME, hint="delete it to export the last actor")
         candidates["best"] = (b["actor"], int(b["step"]), int(b["updates"]))
     if not candidates:
-        raise FileNotFoundError(f"No {source!r} actor in {out_dir}.")
+        raise MissingFileError(f"No {source!r} actor in {out_dir}.")
 
     results = {}
     for key, (actor, _, _) in candidates.items():

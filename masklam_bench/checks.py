@@ -1,0 +1,105 @@
+"""Argument checks the command line and the library share, each failing with one clear sentence.
+
+The one place these live: ``cli``, the sub-commands the harness modules add (``sweep``, ``curve``,
+``masks``, ``gpu-check``) and library code all import them from here. This module imports only
+:mod:`masklam_bench.errors` at import time (torch, the env registry and the method registry on
+first use), and nothing that imports it is imported back, so it closes no import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+
+from masklam_bench.errors import UserError
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``minimum``: anything else is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def parse_int_list(text: str, flag: str, minimum: int = 0, example: str = "64,8192") -> list[int]:
+    """Parse ``"64,8192"`` into ``[64, 8192]``, with one clear sentence for anything else."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum for v in values) or len(set(values)) != len(values):
+        raise UserError(
+            f"{flag} must be a comma-separated list of distinct integers >= {minimum}, "
+            f"e.g. {flag} {example}; got {text!r}."
+        )
+    return values
+
+
+def parse_envs(text: str) -> list[str]:
+    """Parse ``--envs cheetah,walker`` (short or full task names, or registered ids) into tasks."""
+    from masklam_bench.envs import get_task, parse_env_id
+
+    tasks = []
+    for name in (p.strip() for p in text.split(",")):
+        try:
+            # A registered id ends in its version (ID and clean ids are v0, OOD ids v1).
+            is_id = re.search(r"-v\d+$", name) is not None
+            task = parse_env_id(name)[0] if is_id else get_task(name)
+        except UserError as err:
+            raise UserError(f"--envs: {err}") from None
+        tasks.append(task.name)
+    return list(dict.fromkeys(tasks))
+
+
+def parse_overrides(items: Sequence[str], labels: int | None) -> dict[str, int | float | str]:
+    """``--set KEY=VALUE`` (repeatable) and ``--labels N`` as one dict of preset overrides."""
+    from masklam_bench.presets import parse_override
+
+    overrides: dict[str, int | float | str] = dict(parse_override(item) for item in items)
+    if labels is not None:
+        overrides["data.labelled_transitions"] = labels
+    return overrides
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if it names a CPU or an available CUDA device, else a clear error."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or cuda:N; got {device!r}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but PyTorch sees no CUDA device.")
+    return device
+
+
+def method_class(name: str) -> type:
+    """The method registered as ``name``, or the ``module:Class`` it names; else a UserError.
+
+    The registry (``baselines/``, whose files are hashed into results) reports an unknown name or
+    an unimportable plug-in as ``ValueError``/``ImportError``; they become the suite's error here.
+    """
+    from masklam_bench.baselines import get_method
+
+    try:
+        return get_method(name)
+    except (ValueError, ImportError) as err:
+        raise UserError(str(err)) from None
+
+
+__all__ = ["check_device", "int_at_least", "method_class", "parse_envs", "parse_int_list",
+           "parse_overrides"]

@@ -1,0 +1,203 @@
+"""The command line's shape: no import cycle, a light ``--help``, and errors that are either the
+suite's own (one line, exit 2) or a bug (its traceback, never disguised as bad input)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from masklam_bench import cli, errors
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"masklam_bench": ROOT / "masklam_bench", "masklam_bench.envs": ROOT / "envs",
+                "masklam_bench.baselines": ROOT / "baselines"}
+"""Where each package's source lives (``envs/`` and ``baselines/`` are installed under
+``masklam_bench``)."""
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed package, by dotted name."""
+    modules = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for file in folder.rglob("*.py"):
+            parts = [p for p in file.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            modules[".".join([package, *parts])] = file
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, anywhere in its body (function-level imports
+    too, and the modules ``cli`` imports by name to add their sub-commands)."""
+    modules = _modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, file in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {owner(a.name) for a in node.names if a.name.startswith("masklam_bench")}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("masklam_bench"):
+                for alias in node.names:  # `from pkg import module` names a module
+                    full = f"{node.module}.{alias.name}"
+                    edges.add(full if full in modules else owner(node.module))
+        graph[name] = edges - {None, name}
+    graph["masklam_bench.cli"] |= set(cli._EXTRA_COMMANDS)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle ``[a, b, ..., a]`` of ``graph``, or None (depth-first search)."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"masklam_bench.cli", "masklam_bench.checks", "masklam_bench.sam_masks",
+            "masklam_bench.envs", "masklam_bench.baselines.registry"} <= graph.keys()
+    assert "masklam_bench.checks" in graph["masklam_bench.sam_masks"]
+    assert find_cycle(graph) is None
+
+
+def test_nothing_imports_the_command_line_and_errors_imports_nothing():
+    graph = import_graph()
+    assert [m for m, edges in graph.items() if "masklam_bench.cli" in edges] == []
+    assert graph["masklam_bench.errors"] == set()
+
+
+def test_help_imports_neither_torch_nor_the_methods(fresh_python):
+    code = ("import sys\n"
+            "from masklam_bench import cli\n"
+            "for argv in (['--help'], ['run', '--help'], ['masks', '--help'], ['sweep', '--help']):\n"
+            "    try:\n"
+            "        cli.main(argv)\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, (argv, e.code)\n"
+            "print('imported:', 'torch' in sys.modules, 'masklam_bench.baselines' in sys.modules)\n")
+    result = fresh_python(code, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: masklam-bench" in result.stdout and "mask-quality" in result.stdout
+    assert result.stdout.strip().endswith("imported: False False")  # neither torch nor methods
+
+
+def test_the_suites_errors_share_one_base_class():
+    from masklam_bench.dataset import DatasetError
+    from masklam_bench.sam_masks import SamMaskError
+
+    for cls in (errors.UserError, errors.CheckpointError, DatasetError, SamMaskError):
+        assert issubclass(cls, errors.BenchError) and issubclass(cls, ValueError), cls
+    assert issubclass(errors.MissingFileError, FileNotFoundError)
+    assert not issubclass(ValueError, errors.BenchError)
+
+
+_RUN = ["run", "--method", "lapo", "--preset", "smoke", "--device", "cpu"]
+
+
+def _raise(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize("argv, module, name", [
+    (_RUN, "masklam_bench.runner", "run"),
+    (["leaderboard", "--results", "."], "masklam_bench.leaderboard", "read_records"),
+])
+def test_a_bug_keeps_its_traceback(argv, module, name, monkeypatch, tmp_path):
+    """A ValueError from deep inside is a bug, not bad input: it leaves ``main`` as it is."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "run":
+        from masklam_bench.experts import available_experts
+
+        if "cheetah-run" not in available_experts():
+            pytest.skip("no shipped cheetah-run expert")
+    monkeypatch.setattr(importlib.import_module(module), name,
+                        _raise(ValueError("operands could not be broadcast together")))
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        cli.main(argv)
+
+
+def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path, capsys):
+    from masklam_bench import runner
+    from masklam_bench.experts import available_experts
+
+    if "cheetah-run" not in available_experts():
+        pytest.skip("no shipped cheetah-run expert")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "run", _raise(errors.CheckpointError(
+        "Checkpoint runs/x/lam_ckpt.pt is unreadable (truncated); delete it to redo the stage.")))
+    assert cli.main(_RUN) == 2
+    err = capsys.readouterr().err
+    assert err == ("masklam-bench run: error: Checkpoint runs/x/lam_ckpt.pt is unreadable "
+                   "(truncated); delete it to redo the stage.\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["leaderboard", "--results", "nowhere"], "no results directory at nowhere"),
+    (["leaderboard", "--results", ".", "--bootstrap-reps", "0"], "--bootstrap-reps must be"),
+    (["eval-expert", "--task", "cheetah", "--weights", "missing.pt"], "No expert weights"),
+    (["train-expert", "--task", "cheetah", "--stand-bonus", "0.1"], "stand_bonus applies"),
+    (["bench-env", "--envs", "DistractingAnt-v0"], "Unknown environment"),
+    (["curve", "probe", "--methods", "lapp"], "Unknown method 'lapp'"),
+    (["bench-train", "--methods", "lapp"], "Unknown method 'lapp'"),
+    (["mask-quality", "--dataset", "nowhere"], "nowhere"),
+])
+def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_foreign_checkpoint_given_as_expert_weights_is_refused(tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "ran"
+    torch.save({"task": "cheetah-run", "actor": _Exploit(marker)}, tmp_path / "x.pt")
+    argv = ["eval-expert", "--task", "cheetah", "--weights", str(tmp_path / "x.pt")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unreadable (it holds io.open" in err and "pass an expert file exported" in err
+    assert not marker.exists()
+
+
+class _Exploit:
+    """Unpickling it would call ``open(path, "w")``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
