@@ -18,6 +18,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -25,7 +26,9 @@ import json
 import math
 import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -572,6 +575,306 @@ def _init_agent_from(agent: SAC, cfg: SACConfig, src: Path, out: Path) -> None:
             group["lr"] = lr
 
 
+# Config fields a resumed run may change; every other field must match the checkpoint's.
+_MAY_CHANGE_ON_RESUME = (
+    "total_steps",
+    "eval_every",
+    "checkpoint_every",
+    "eval_episodes",
+    "num_threads",
+    "save_buffer",
+    "stop_return",
+)
+
+
+@dataclass
+class _Run:
+    """The objects of one training run whose state a checkpoint holds."""
+
+    cfg: SACConfig
+    out: Path
+    obs_dim: int
+    act_dim: int
+    agent: SAC
+    buffer: ReplayBuffer
+    venv: VectorEnv
+    np_rng: np.random.Generator
+
+
+@dataclass
+class _Progress:
+    """Where the training loop stands; every field is saved in the checkpoint under its name."""
+
+    step: int = 0
+    """Environment steps taken, summed over the parallel environments."""
+    episodes: int = 0
+    """Training episodes finished, summed over the parallel environments."""
+    last_eval: float | None = None
+    """Mean return of the latest evaluation (None before the first)."""
+    best_eval: float = -math.inf
+    """Best mean evaluation return so far (the actor of ``best_actor.pt``)."""
+    train_returns: list[float] = dataclasses.field(default_factory=list)
+    """Mean training return of every finished episode (task reward only)."""
+    next_eval: int = 0
+    """Evaluate at the first episode end at or after this step."""
+    next_ckpt: int = 0
+    """Checkpoint at the first episode end at or after this step."""
+    updates_owed: float = 0.0
+    """Gradient updates earned by ``updates_per_step`` but not yet made (a fraction carries over)."""
+
+
+def _build_run(cfg: SACConfig, out: Path) -> _Run:
+    """The agent, replay buffer, environments and action generator of a run, before any restore."""
+    obs_dim, act_dim = task_dims(cfg.task)
+    agent = SAC(cfg, obs_dim, act_dim)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim)
+    venv = VectorEnv(cfg.task, cfg.num_envs, cfg.seed, cfg.episode_steps, cfg.stand_bonus)
+    np_rng = np.random.default_rng(cfg.seed)
+    return _Run(cfg, out, obs_dim, act_dim, agent, buffer, venv, np_rng)
+
+
+def _fresh_start(run: _Run) -> _Progress:
+    """Start from scratch (or from ``init_from``'s agent): an old eval log is removed."""
+    cfg = run.cfg
+    if (run.out / EVAL_LOG_NAME).exists():
+        (run.out / EVAL_LOG_NAME).unlink()
+    if cfg.init_from is not None:
+        _init_agent_from(run.agent, cfg, Path(cfg.init_from), run.out)
+    return _Progress(next_eval=cfg.eval_every, next_ckpt=cfg.checkpoint_every)
+
+
+def _check_resumable(saved: SACConfig, cfg: SACConfig, ckpt_path: Path) -> None:
+    """Refuse to resume a checkpoint trained with another setting that must not change."""
+    for f in dataclasses.fields(SACConfig):
+        if f.name not in _MAY_CHANGE_ON_RESUME and getattr(saved, f.name) != getattr(cfg, f.name):
+            raise UserError(
+                f"Checkpoint {ckpt_path} was trained with {f.name}="
+                f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
+                "out_dir or resume=False."
+            )
+
+
+def _restore(run: _Run, ckpt_path: Path) -> _Progress:
+    """Load every state of ``ckpt_path`` into ``run`` and drop the evaluations logged after it."""
+    ck = load_checkpoint(ckpt_path, hint=_RESUME_HINT)
+    saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
+    _check_resumable(saved, run.cfg, ckpt_path)
+    run.agent.load_state_dict(ck["agent"])
+    if ck.get("buffer") is not None:
+        run.buffer.load_state_dict(ck["buffer"])
+    run.venv.set_random_states(ck["env_random"])
+    run.np_rng.bit_generator.state = ck["np_rng"]
+    state = _Progress(
+        step=int(ck["step"]),
+        episodes=int(ck["episodes"]),
+        last_eval=ck["last_eval"],
+        best_eval=float(ck.get("best_eval", -math.inf)),
+        train_returns=list(ck["train_returns"]),
+        next_eval=int(ck["next_eval"]),
+        next_ckpt=int(ck["next_ckpt"]),
+        updates_owed=float(ck["updates_owed"]),
+    )
+    _truncate_eval_log(run.out, state.step)
+    return state
+
+
+def _save_checkpoint(run: _Run, state: _Progress) -> None:
+    """Write everything needed to resume exactly, atomically."""
+    cfg = run.cfg
+    atomic_torch_save(
+        {
+            "config": dataclasses.asdict(cfg),
+            "agent": run.agent.state_dict(),
+            "buffer": run.buffer.state_dict() if cfg.save_buffer else None,
+            "env_random": run.venv.random_states(),
+            "np_rng": run.np_rng.bit_generator.state,
+            **dataclasses.asdict(state),
+            "obs_dim": run.obs_dim,
+            "act_dim": run.act_dim,
+            "wall_time": time.time(),
+        },
+        run.out / CHECKPOINT_NAME,
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[dict[str, bool]]:
+    """Yield ``{"flag": False}``, set to True by a SIGTERM (the run then finishes its episode,
+    checkpoints and returns); the previous handler is put back on exit."""
+    stop = {"flag": False}
+
+    def _on_signal(signum, frame):
+        stop["flag"] = True
+
+    old_handler = None
+    try:
+        old_handler = signal.signal(signal.SIGTERM, _on_signal)
+    except ValueError:  # not in the main thread
+        pass
+    try:
+        yield stop
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+@contextlib.contextmanager
+def _progress_bar(cfg: SACConfig, step: int, progress: bool) -> Iterator[Any]:
+    """A tqdm bar over the run's steps (None without ``progress``), closed on exit."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=cfg.task,
+            smoothing=0.05,
+            mininterval=0.1 if sys.stderr.isatty() else 60.0,
+        )
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_episode(
+    run: _Run,
+    state: _Progress,
+    accs: list[NStepAccumulator],
+    info: dict[str, torch.Tensor],
+    bar: Any,
+) -> None:
+    """One training episode in every environment: act, store n-step rows, update the agent.
+
+    The latest update's losses are left in ``info``.
+    """
+    cfg, agent, act_dim = run.cfg, run.agent, run.act_dim
+    obs = run.venv.reset()
+    ep_ret = np.zeros(cfg.num_envs)
+    done = False
+    while not done:
+        if state.step < cfg.learning_starts and cfg.init_from is None:
+            actions = run.np_rng.uniform(-1.0, 1.0, (cfg.num_envs, act_dim)).astype(np.float32)
+        else:
+            actions = agent.act(obs, deterministic=False)
+        next_obs, rew, disc, bonus, done = run.venv.step(actions)
+        ep_ret += rew
+        train_rew = rew + bonus
+        rows = []
+        for i, acc in enumerate(accs):
+            rows += acc.push(obs[i], actions[i], train_rew[i], disc[i], next_obs[i])
+            if done:
+                rows += acc.flush(next_obs[i])
+        if rows:
+            run.buffer.add(np.stack(rows))
+        obs = next_obs
+        state.step += cfg.num_envs
+        if state.step >= cfg.learning_starts:
+            state.updates_owed += cfg.num_envs * cfg.updates_per_step
+            while state.updates_owed >= 1.0:
+                info.update(agent.update(run.buffer))
+                state.updates_owed -= 1.0
+        if bar is not None:
+            bar.update(cfg.num_envs)
+    state.episodes += cfg.num_envs
+    state.train_returns.append(float(ep_ret.mean()))
+
+
+def _save_best_actor(run: _Run, state: _Progress) -> None:
+    """Write the actor of the latest evaluation, the best so far, to ``best_actor.pt``."""
+    atomic_torch_save(
+        {
+            "actor": {k: v.detach().clone() for k, v in run.agent.actor.items()},
+            "step": state.step,
+            "updates": run.agent.num_updates,
+            "eval_return": state.last_eval,
+        },
+        run.out / BEST_ACTOR_NAME,
+    )
+
+
+def _evaluate(
+    run: _Run,
+    state: _Progress,
+    info: dict[str, torch.Tensor],
+    started: tuple[float, int],
+    bar: Any,
+) -> None:
+    """Evaluate the deterministic policy, log a row to ``eval.csv``, keep the best actor.
+
+    ``started`` is the time and update count at which this process began training, for the
+    logged update rate.
+    """
+    cfg, agent, out = run.cfg, run.agent, run.out
+    rets = evaluate_policy(
+        lambda o: agent.act(o.astype(np.float32), True),
+        cfg.task,
+        cfg.eval_episodes,
+        cfg.seed,
+    )
+    state.last_eval = float(rets.mean())
+    t0, u0 = started
+    el = time.time() - t0
+    row = {
+        "step": state.step,
+        "updates": agent.num_updates,
+        "eval_return": round(state.last_eval, 2),
+        "eval_std": round(float(rets.std()), 2),
+        "train_return": round(state.train_returns[-1], 2),
+        "alpha": round(float(agent.log_alpha.detach().exp()), 5),
+        "entropy": round(float(info.get("entropy", torch.nan)), 3),
+        "critic_loss": round(float(info.get("critic_loss", torch.nan)), 4),
+        "updates_per_s": round((agent.num_updates - u0) / max(el, 1e-9), 1),
+        "time": round(time.time(), 1),
+    }
+    _append_eval_log(out, row)
+    if state.last_eval > state.best_eval:
+        state.best_eval = state.last_eval
+        _save_best_actor(run, state)
+    msg = " ".join(f"{k}={v}" for k, v in row.items() if k != "time")
+    if bar is not None:
+        bar.write(msg)
+    else:
+        print(msg, flush=True)
+    while state.next_eval <= state.step:
+        state.next_eval += cfg.eval_every
+
+
+def _train_loop(run: _Run, state: _Progress, stop: dict[str, bool], bar: Any) -> bool:
+    """Run episodes until ``total_steps``, a SIGTERM or ``stop_return``, evaluating and
+    checkpointing at episode ends; returns whether ``stop_return`` was reached."""
+    cfg = run.cfg
+    accs = [NStepAccumulator(cfg.n_step, cfg.gamma) for _ in range(cfg.num_envs)]
+    started = (time.time(), run.agent.num_updates)
+    info: dict[str, torch.Tensor] = {}
+    reached = False
+    while state.step < cfg.total_steps and not stop["flag"] and not reached:
+        _run_episode(run, state, accs, info, bar)
+        if state.step >= state.next_eval or state.step >= cfg.total_steps:
+            _evaluate(run, state, info, started, bar)
+            reached = cfg.stop_return is not None and state.last_eval >= cfg.stop_return
+        if bar is not None:
+            bar.set_postfix(
+                eval=None if state.last_eval is None else round(state.last_eval, 1),
+                train=round(state.train_returns[-1], 1),
+                refresh=False,
+            )
+        if (
+            state.step >= state.next_ckpt
+            or state.step >= cfg.total_steps
+            or stop["flag"]
+            or reached
+        ):
+            while state.next_ckpt <= state.step:
+                state.next_ckpt += cfg.checkpoint_every
+            _save_checkpoint(run, state)
+    return reached
+
+
 def train(
     config: SACConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True
 ) -> dict[str, Any]:
@@ -593,202 +896,20 @@ def train(
             raise MissingFileError(f"init_from: no checkpoint at {src}")
     out.mkdir(parents=True, exist_ok=True)
 
-    obs_dim, act_dim = task_dims(cfg.task)
-    agent = SAC(cfg, obs_dim, act_dim)
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim)
-    venv = VectorEnv(cfg.task, cfg.num_envs, cfg.seed, cfg.episode_steps, cfg.stand_bonus)
-    np_rng = np.random.default_rng(cfg.seed)
-    step, episodes, last_eval, train_returns = 0, 0, None, []
-    best_eval = -math.inf
-    next_eval, next_ckpt = cfg.eval_every, cfg.checkpoint_every
-    updates_owed = 0.0
-
-    if not fresh:
-        ck = load_checkpoint(ckpt_path, hint=_RESUME_HINT)
-        saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
-        for f in dataclasses.fields(SACConfig):
-            if f.name not in (
-                "total_steps",
-                "eval_every",
-                "checkpoint_every",
-                "eval_episodes",
-                "num_threads",
-                "save_buffer",
-                "stop_return",
-            ) and getattr(saved, f.name) != getattr(cfg, f.name):
-                raise UserError(
-                    f"Checkpoint {ckpt_path} was trained with {f.name}="
-                    f"{getattr(saved, f.name)!r}, not {getattr(cfg, f.name)!r}; use another "
-                    "out_dir or resume=False."
-                )
-        agent.load_state_dict(ck["agent"])
-        if ck.get("buffer") is not None:
-            buffer.load_state_dict(ck["buffer"])
-        venv.set_random_states(ck["env_random"])
-        np_rng.bit_generator.state = ck["np_rng"]
-        step, episodes = int(ck["step"]), int(ck["episodes"])
-        last_eval, train_returns = ck["last_eval"], list(ck["train_returns"])
-        best_eval = float(ck.get("best_eval", -math.inf))
-        next_eval, next_ckpt = int(ck["next_eval"]), int(ck["next_ckpt"])
-        updates_owed = float(ck["updates_owed"])
-        _truncate_eval_log(out, step)
-    else:
-        if (out / EVAL_LOG_NAME).exists():
-            (out / EVAL_LOG_NAME).unlink()
-        if cfg.init_from is not None:
-            _init_agent_from(agent, cfg, Path(cfg.init_from), out)
-
+    run = _build_run(cfg, out)
+    state = _fresh_start(run) if fresh else _restore(run, ckpt_path)
     atomic_write_json(out / CONFIG_NAME, dataclasses.asdict(cfg))
 
-    def checkpoint() -> None:
-        atomic_torch_save(
-            {
-                "config": dataclasses.asdict(cfg),
-                "agent": agent.state_dict(),
-                "buffer": buffer.state_dict() if cfg.save_buffer else None,
-                "env_random": venv.random_states(),
-                "np_rng": np_rng.bit_generator.state,
-                "step": step,
-                "episodes": episodes,
-                "last_eval": last_eval,
-                "best_eval": best_eval,
-                "train_returns": train_returns,
-                "next_eval": next_eval,
-                "next_ckpt": next_ckpt,
-                "updates_owed": updates_owed,
-                "obs_dim": obs_dim,
-                "act_dim": act_dim,
-                "wall_time": time.time(),
-            },
-            ckpt_path,
-        )
-
-    stop = {"flag": False}
-    reached = False
-
-    def _on_signal(signum, frame):  # finish the episode, checkpoint, exit
-        stop["flag"] = True
-
-    old_handler = None
-    try:
-        old_handler = signal.signal(signal.SIGTERM, _on_signal)
-    except ValueError:  # not in the main thread
-        pass
-
-    bar = None
-    if progress:
-        import sys
-
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=cfg.total_steps,
-            initial=step,
-            unit="step",
-            dynamic_ncols=True,
-            desc=cfg.task,
-            smoothing=0.05,
-            mininterval=0.1 if sys.stderr.isatty() else 60.0,
-        )
-    accs = [NStepAccumulator(cfg.n_step, cfg.gamma) for _ in range(cfg.num_envs)]
-    t0, u0 = time.time(), agent.num_updates
-    info: dict[str, torch.Tensor] = {}
-    try:
-        while step < cfg.total_steps and not stop["flag"] and not reached:
-            obs = venv.reset()
-            ep_ret = np.zeros(cfg.num_envs)
-            done = False
-            while not done:
-                if step < cfg.learning_starts and cfg.init_from is None:
-                    actions = np_rng.uniform(-1.0, 1.0, (cfg.num_envs, act_dim)).astype(np.float32)
-                else:
-                    actions = agent.act(obs, deterministic=False)
-                next_obs, rew, disc, bonus, done = venv.step(actions)
-                ep_ret += rew
-                train_rew = rew + bonus
-                rows = []
-                for i, acc in enumerate(accs):
-                    rows += acc.push(obs[i], actions[i], train_rew[i], disc[i], next_obs[i])
-                    if done:
-                        rows += acc.flush(next_obs[i])
-                if rows:
-                    buffer.add(np.stack(rows))
-                obs = next_obs
-                step += cfg.num_envs
-                if step >= cfg.learning_starts:
-                    updates_owed += cfg.num_envs * cfg.updates_per_step
-                    while updates_owed >= 1.0:
-                        info.update(agent.update(buffer))
-                        updates_owed -= 1.0
-                if bar is not None:
-                    bar.update(cfg.num_envs)
-            episodes += cfg.num_envs
-            train_returns.append(float(ep_ret.mean()))
-            if step >= next_eval or step >= cfg.total_steps:
-                rets = evaluate_policy(
-                    lambda o: agent.act(o.astype(np.float32), True),
-                    cfg.task,
-                    cfg.eval_episodes,
-                    cfg.seed,
-                )
-                last_eval = float(rets.mean())
-                el = time.time() - t0
-                row = {
-                    "step": step,
-                    "updates": agent.num_updates,
-                    "eval_return": round(last_eval, 2),
-                    "eval_std": round(float(rets.std()), 2),
-                    "train_return": round(train_returns[-1], 2),
-                    "alpha": round(float(agent.log_alpha.detach().exp()), 5),
-                    "entropy": round(float(info.get("entropy", torch.nan)), 3),
-                    "critic_loss": round(float(info.get("critic_loss", torch.nan)), 4),
-                    "updates_per_s": round((agent.num_updates - u0) / max(el, 1e-9), 1),
-                    "time": round(time.time(), 1),
-                }
-                _append_eval_log(out, row)
-                if last_eval > best_eval:
-                    best_eval = last_eval
-                    atomic_torch_save(
-                        {
-                            "actor": {k: v.detach().clone() for k, v in agent.actor.items()},
-                            "step": step,
-                            "updates": agent.num_updates,
-                            "eval_return": last_eval,
-                        },
-                        out / BEST_ACTOR_NAME,
-                    )
-                msg = " ".join(f"{k}={v}" for k, v in row.items() if k != "time")
-                if bar is not None:
-                    bar.write(msg)
-                else:
-                    print(msg, flush=True)
-                while next_eval <= step:
-                    next_eval += cfg.eval_every
-                if cfg.stop_return is not None and last_eval >= cfg.stop_return:
-                    reached = True
-            if bar is not None:
-                bar.set_postfix(
-                    eval=None if last_eval is None else round(last_eval, 1),
-                    train=round(train_returns[-1], 1),
-                    refresh=False,
-                )
-            if step >= next_ckpt or step >= cfg.total_steps or stop["flag"] or reached:
-                while next_ckpt <= step:
-                    next_ckpt += cfg.checkpoint_every
-                checkpoint()
-    finally:
-        if bar is not None:
-            bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+    with _stop_on_sigterm() as stop, _progress_bar(cfg, state.step, progress) as bar:
+        reached = _train_loop(run, state, stop, bar)
     return {
-        "step": step,
-        "updates": agent.num_updates,
-        "last_eval": last_eval,
-        "episodes": episodes,
+        "step": state.step,
+        "updates": run.agent.num_updates,
+        "last_eval": state.last_eval,
+        "episodes": state.episodes,
         "reached_stop_return": reached,
         "interrupted": stop["flag"],
-        "agent": agent,
+        "agent": run.agent,
     }
 
 
