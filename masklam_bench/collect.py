@@ -35,6 +35,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede im
 import gymnasium as gym
 import h5py
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 
 from masklam_bench import dataset as ds
 from masklam_bench.envs import EPISODE_STEPS, parse_env_id
@@ -402,20 +403,29 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None) -> None:
-    """Merge the episode files into Minari's ``main_data.hdf5`` and write the metadata last."""
-    import minari
-    from minari.serialization import serialize_space
+@dataclasses.dataclass(frozen=True)
+class _Merged:
+    """What the metadata records about the merged episodes."""
 
-    episodes_dir = work / _EPISODES_DIR
-    data_dir = work / ds.DATA_DIR
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # an earlier merge was interrupted
-    data_dir.mkdir()
-    main = data_dir / ds.MAIN_FILE
+    returns: list[float]
+    """Return of every episode, in order."""
+    steps: int
+    """Steps (actions) over all episodes."""
+    image_size: int
+    """Side of the square frames in pixels."""
+    state_dim: int
+    """Length of the proprioceptive state."""
+    action_dim: int
+    """Length of an action."""
+    has_clean: bool
+    """Whether the episodes store paired clean frames."""
+
+
+def _merge_episodes(episodes: int, episodes_dir: Path, main: Path) -> _Merged:
+    """Copy every episode file's group into ``main``, in index order."""
     returns, steps = [], 0
     with h5py.File(main, "w") as dst:
-        for index in range(config.episodes):
+        for index in range(episodes):
             name = f"episode_{index}"
             with h5py.File(_episode_path(episodes_dir, index), "r") as src:
                 src.copy(src[name], dst, name=name)
@@ -423,48 +433,70 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
             steps += int(dst[name].attrs["total_steps"])
         first = dst["episode_0"]
         obs = first["observations"]
-        size = int(obs["pixels"].shape[1])
-        state_dim = int(obs["state"].shape[1])
-        action_dim = int(first["actions"].shape[1])
-        has_clean = "clean_pixels" in obs
+        return _Merged(returns=returns, steps=steps, image_size=int(obs["pixels"].shape[1]),
+                       state_dim=int(obs["state"].shape[1]),
+                       action_dim=int(first["actions"].shape[1]),
+                       has_clean="clean_pixels" in obs)
 
-    task, _ = parse_env_id(config.env_id)
+
+def _env_spec(config: CollectConfig) -> EnvSpec:
+    """The registered spec with the collection's episode length and keyword arguments."""
     env_spec = gym.spec(config.env_id)
-    env_spec = dataclasses.replace(env_spec, max_episode_steps=config.episode_steps,
-                                   kwargs={**env_spec.kwargs, **config.env_kwargs})
+    return dataclasses.replace(env_spec, max_episode_steps=config.episode_steps,
+                               kwargs={**env_spec.kwargs, **config.env_kwargs})
+
+
+def _spaces(merged: _Merged) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+    """The observation and action spaces of the stored episodes."""
+    size = merged.image_size
     image = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
     observation_spaces = {"pixels": image,
                           "agent_mask": gym.spaces.Box(0, 1, (size, size), np.uint8),
-                          "state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
-    if has_clean:
+                          "state": gym.spaces.Box(-np.inf, np.inf, (merged.state_dim,), np.float32)}
+    if merged.has_clean:
         observation_spaces["clean_pixels"] = image
-    observation_space = gym.spaces.Dict(observation_spaces)
-    action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (merged.action_dim,), np.float32)
+    return gym.spaces.Dict(observation_spaces), action_space
 
-    full_length = config.episode_steps == EPISODE_STEPS
-    collected_return = float(np.mean(returns))
-    if config.policy == "expert" and full_length:
-        ref_max, ref_max_source = collected_return, (
+
+def _ref_max_score(config: CollectConfig, expert_meta: dict[str, Any] | None,
+                   collected_return: float) -> tuple[float | None, str]:
+    """Minari's ``ref_max_score`` and where it comes from: the collected episodes' mean return
+    for full-length expert episodes, else the expert's own noise-free evaluation, if known."""
+    if config.policy == "expert" and config.episode_steps == EPISODE_STEPS:
+        return collected_return, (
             f"mean return of the {config.episodes} collected episodes (expert, action noise "
             f"{config.action_noise})")
-    elif expert_meta is not None and expert_meta.get("eval_return_mean") is not None:
-        ref_max, ref_max_source = float(expert_meta["eval_return_mean"]), (
+    if expert_meta is not None and expert_meta.get("eval_return_mean") is not None:
+        return float(expert_meta["eval_return_mean"]), (
             "noise-free evaluation return of the expert, from its weights' metadata")
-    else:
-        ref_max, ref_max_source = None, "no expert"
-    policy_name = (f"SAC expert on states + N(0, {config.action_noise}^2) action noise"
-                   if config.policy == "expert" else "uniform random actions")
-    versions = package_versions()
-    size_bytes = main.stat().st_size
-    metadata = {
-        # Minari's fields.
+    return None, "no expert"
+
+
+def _policy_name(config: CollectConfig) -> str:
+    """The policy in words, for Minari's ``algorithm_name``."""
+    if config.policy == "expert":
+        return f"SAC expert on states + N(0, {config.action_noise}^2) action noise"
+    return "uniform random actions"
+
+
+def _minari_fields(config: CollectConfig, merged: _Merged, main: Path, env_spec: EnvSpec,
+                   versions: dict[str, str | None], ref_max: float | None) -> dict[str, Any]:
+    """The metadata fields Minari defines."""
+    import minari
+    from minari.serialization import serialize_space
+
+    task, _ = parse_env_id(config.env_id)
+    observation_space, action_space = _spaces(merged)
+    policy_name = _policy_name(config)
+    return {
         "dataset_id": ds.dataset_id(config.env_id, config.policy),
         "minari_version": minari.__version__,
         "data_format": "hdf5",
         "jpeg_encoding": False,
         "total_episodes": config.episodes,
-        "total_steps": steps,
-        "dataset_size": round(size_bytes / 1e6, 1),
+        "total_steps": merged.steps,
+        "dataset_size": round(main.stat().st_size / 1e6, 1),
         "observation_space": serialize_space(observation_space),
         "action_space": serialize_space(action_space),
         "env_spec": env_spec.to_json(),
@@ -475,20 +507,28 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
         "ref_max_score": ref_max,
         "num_episodes_average_score": RANDOM_RETURN_EPISODES,
         "requirements": [f"{n}=={versions[n]}" for n in REQUIREMENTS if versions.get(n)],
-        # The suite's fields.
+    }
+
+
+def _suite_fields(config: CollectConfig, merged: _Merged, env_spec: EnvSpec,
+                  versions: dict[str, str | None], ref_max_source: str,
+                  expert_meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata fields the suite adds to Minari's: where the data came from."""
+    task, _ = parse_env_id(config.env_id)
+    return {
         "format_version": ds.FORMAT_VERSION,
         "env_id": config.env_id,
         "env_version": env_spec.version,
         "task": task.name,
-        "image_size": size,
-        "action_dim": action_dim,
-        "state_dim": state_dim,
-        "has_clean_observations": has_clean,
+        "image_size": merged.image_size,
+        "action_dim": merged.action_dim,
+        "state_dim": merged.state_dim,
+        "has_clean_observations": merged.has_clean,
         "ref_min_score_source": (f"mean 1000-step return of uniform random actions on states "
                                  f"over {RANDOM_RETURN_EPISODES} episodes (seed {config.seed})"),
         "ref_max_score_source": ref_max_source,
-        "collected_return_mean": collected_return,
-        "collected_return_std": float(np.std(returns)),
+        "collected_return_mean": float(np.mean(merged.returns)),
+        "collected_return_std": float(np.std(merged.returns)),
         "expert": None if expert_meta is None else {
             "task": task.name, "weights": config.expert_path or "shipped",
             "weights_sha256": config.expert_sha256, "action_noise": config.action_noise,
@@ -497,10 +537,35 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
         "collection": dataclasses.asdict(config),
         **{k: getattr(config, k) for k in ("policy", "action_noise", "seed", "preset",
                                            "episode_steps", "test_episodes")},
-        "files": {ds.MAIN_FILE: {"size": size_bytes, "sha256": ds.file_sha256(main)}},
+    }
+
+
+def _metadata(config: CollectConfig, merged: _Merged, main: Path,
+              expert_meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The dataset's metadata: Minari's fields, the suite's, then the main file's size and
+    checksum, the time and the completion marker."""
+    env_spec = _env_spec(config)
+    versions = package_versions()
+    ref_max, ref_max_source = _ref_max_score(config, expert_meta,
+                                             float(np.mean(merged.returns)))
+    return {
+        **_minari_fields(config, merged, main, env_spec, versions, ref_max),
+        **_suite_fields(config, merged, env_spec, versions, ref_max_source, expert_meta),
+        "files": {ds.MAIN_FILE: {"size": main.stat().st_size, "sha256": ds.file_sha256(main)}},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         ds.COMPLETE_KEY: True,
     }
+
+
+def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None) -> None:
+    """Merge the episode files into Minari's ``main_data.hdf5`` and write the metadata last."""
+    data_dir = work / ds.DATA_DIR
+    if data_dir.exists():
+        shutil.rmtree(data_dir)  # an earlier merge was interrupted
+    data_dir.mkdir()
+    main = data_dir / ds.MAIN_FILE
+    merged = _merge_episodes(config.episodes, work / _EPISODES_DIR, main)
+    metadata = _metadata(config, merged, main, expert_meta)
     atomic_write_text(data_dir / ds.METADATA_FILE, json.dumps(metadata, indent=1))
 
 
@@ -577,21 +642,7 @@ def collect(
     # Bad keyword arguments (e.g. size=8) fail here with the env's own message, not in a worker.
     # Building the env is cheap: nothing renders until the first step.
     gym.make(env_name, **env_kwargs).close()
-    expert_sha, expert_meta = None, None
-    if policy == "expert":
-        from masklam_bench.experts import load_expert, shortfall_note, weights_path
-
-        if expert_path is not None:
-            expert_path = str(Path(expert_path).resolve())
-        # Loading here fails early, with a clear message, when no expert is shipped.
-        expert = load_expert(task.name, expert_path)
-        note = shortfall_note(expert)
-        if note is not None:
-            print(f"Warning: {note}", file=sys.stderr, flush=True)
-        expert_meta = _jsonable(expert.meta)
-        expert_sha = ds.file_sha256(expert_path or weights_path(task.name))
-    elif expert_path is not None:
-        raise UserError("expert_path only applies to policy='expert'.")
+    expert_path, expert_sha, expert_meta = _check_expert(task.name, policy, expert_path)
     config = CollectConfig(
         env_id=env_name, env_kwargs=env_kwargs, episodes=episodes, test_episodes=test_episodes,
         episode_steps=episode_steps, action_noise=float(action_noise), seed=seed, policy=policy,
@@ -601,20 +652,52 @@ def collect(
     with _exclusive(final.parent / f".{final.name}.lock"):
         if final.exists():
             return _existing(final, config)
-        work = ds.partial_dir(final)
-        episodes_dir = work / _EPISODES_DIR
-        _claim_work_dir(work, config)
-        episodes_dir.mkdir(exist_ok=True)
-        done = _finished_episodes(episodes_dir, episodes)
-        todo = [i for i in range(episodes) if i not in done]
-        if todo:
-            _run_episodes(config, todo, episodes_dir, workers, progress,
-                          done_steps=len(done) * episode_steps)
-        _merge(config, work, expert_meta)
-        os.replace(work, final)  # the dataset appears under its final name only when complete
-        shutil.rmtree(final / _EPISODES_DIR)
-        (final / _CONFIG_FILE).unlink()
+        _collect_into(final, config, workers, progress, expert_meta)
     return final
+
+
+def _check_expert(task: str, policy: str, expert_path: str | os.PathLike | None
+                  ) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """The expert's weights file (absolute; None for the shipped one), its SHA-256 and its
+    metadata, or three Nones for the random policy.
+
+    Loading the expert here fails early, with a clear message, when no expert is shipped; one
+    below the suite's target gets a warning on stderr.
+    """
+    if policy != "expert":
+        if expert_path is not None:
+            raise UserError("expert_path only applies to policy='expert'.")
+        return None, None, None
+    from masklam_bench.experts import load_expert, shortfall_note, weights_path
+
+    if expert_path is not None:
+        expert_path = str(Path(expert_path).resolve())
+    expert = load_expert(task, expert_path)
+    note = shortfall_note(expert)
+    if note is not None:
+        print(f"Warning: {note}", file=sys.stderr, flush=True)
+    expert_meta = _jsonable(expert.meta)
+    expert_sha = ds.file_sha256(expert_path or weights_path(task))
+    return expert_path, expert_sha, expert_meta
+
+
+def _collect_into(final: Path, config: CollectConfig, workers: int, progress: bool,
+                  expert_meta: dict[str, Any] | None) -> None:
+    """Collect the episodes an interrupted run left to do in the work folder, merge them, and
+    rename the folder to ``final`` (the caller holds the lock)."""
+    work = ds.partial_dir(final)
+    episodes_dir = work / _EPISODES_DIR
+    _claim_work_dir(work, config)
+    episodes_dir.mkdir(exist_ok=True)
+    done = _finished_episodes(episodes_dir, config.episodes)
+    todo = [i for i in range(config.episodes) if i not in done]
+    if todo:
+        _run_episodes(config, todo, episodes_dir, workers, progress,
+                      done_steps=len(done) * config.episode_steps)
+    _merge(config, work, expert_meta)
+    os.replace(work, final)  # the dataset appears under its final name only when complete
+    shutil.rmtree(final / _EPISODES_DIR)
+    (final / _CONFIG_FILE).unlink()
 
 
 @contextlib.contextmanager
