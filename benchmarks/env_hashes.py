@@ -1,10 +1,11 @@
-"""SHA-256 of the observations and masks of a seeded rollout of every id, to check that a change
-to the renderer leaves every frame and mask byte-identical.
+"""SHA-256 of the observations, masks and rendered scenes of a seeded rollout of every id, to check
+that a change to the renderer leaves every frame and mask byte-identical.
 
     MUJOCO_GL=egl python benchmarks/env_hashes.py [--steps 100] [--out hashes.json]
     MUJOCO_GL=egl python benchmarks/env_hashes.py --check hashes.json
 
-Besides the twelve ids as registered, it hashes the variants the renderer treats differently:
+The scene is what ``render_layers`` returned for the step (dm_control's look before the background
+is pasted in), which ``collect`` stores as the clean frame. Besides the twelve ids as registered, it hashes the variants the renderer treats differently:
 ``level="hard"`` (camera shake and colour), ``floor="replace"`` (no shadows or reflections),
 dm_control's 2048-texel shadow map, and a 48 px image. Hashes hold for one machine and one
 MuJoCo/Mesa build; compare only hashes made on the same one.
@@ -43,14 +44,25 @@ VARIANT_IDS = ("DistractingCheetah-v0", "DistractingHumanoid-v0", "CleanWalker-v
 
 
 def rollout_hash(name: str, steps: int, **kwargs) -> str:
-    """SHA-256 over every observation and agent mask of a seeded random-action rollout."""
+    """SHA-256 over every observation, agent mask and scene of a seeded random-action rollout."""
     env = gym.make(name, **kwargs)
+    base = env.unwrapped
+    render_layers = base.render_layers
+    scenes = []
+
+    def tap():
+        layers = render_layers()
+        scenes.append(layers[0].copy())
+        return layers
+
+    base.render_layers = tap
     digest = hashlib.sha256()
     obs, info = env.reset(seed=SEED)
     env.action_space.seed(SEED)
     for t in range(steps + 1):
         digest.update(np.ascontiguousarray(obs).tobytes())
         digest.update(np.ascontiguousarray(info["agent_mask"]).tobytes())
+        digest.update(np.ascontiguousarray(scenes.pop()).tobytes())
         if t < steps:
             obs, _, terminated, truncated, info = env.step(env.action_space.sample())
             if terminated or truncated:
