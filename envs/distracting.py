@@ -12,10 +12,9 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from dm_control import suite
-from dm_control.mujoco.engine import Camera
 from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 
-from masklam_bench.envs import backgrounds
+from masklam_bench.envs import backgrounds, rendering
 from masklam_bench.envs import distractors as dyn
 from masklam_bench.envs.tasks import EPISODE_STEPS, Task, flatten_state, get_task
 from masklam_bench.errors import UserError
@@ -81,8 +80,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     distractor's state (``distractor_video``, ``distractor_frame``, ``distractor_offset``,
     ``distractor_motion``, ``distractor_projected_action``).
 
-    The physics, task and its seeding go through shimmy's dm_control bridge; rendering is ours, so
-    one camera is reused and the segmentation pass is shared with the mask.
+    The physics, task and its seeding go through shimmy's dm_control bridge; rendering is ours
+    (``rendering.SceneRenderer``): one scene update serves the RGB and the segmentation pass.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -147,13 +146,17 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             raise UserError(f"shadow_size must be an int between 16 and 8192 texels, "
                              f"got {shadow_size!r}.")
         model.vis.quality.shadowsize = shadow_size
-        # The camera (and its OpenGL context) is made on first render, so that building an env in a
-        # parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
-        self._camera: Camera | None = None
+        # The renderer (and its OpenGL context) is made on first render, so that building an env in
+        # a parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
+        self._renderer: rendering.SceneRenderer | None = None
         self._hide_floor_effects = distractors != "none" and floor == "replace"
         self._agent_geoms = np.asarray(model.geom_bodyid) != _WORLD_BODY
-        self._floor_geoms = (np.asarray(model.geom_bodyid) == _WORLD_BODY) & (
-            np.asarray(model.geom_type) == mujoco.mjtGeom.mjGEOM_PLANE)
+        floor_geoms = (np.asarray(model.geom_bodyid) == _WORLD_BODY) & (
+            np.asarray(model.geom_type) == int(mujoco.mjtGeom.mjGEOM_PLANE))
+        self._geom_labels = np.select([self._agent_geoms, floor_geoms],
+                                      [rendering.AGENT, rendering.FLOOR], rendering.BACKGROUND)
+        # Floor pixels of a translucent floor, by (scene, video) value: the float blend, tabulated.
+        self._floor_blend = _blend_table(self.task_spec.ground_alpha)
 
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         low = self._dm.action_space.low.astype(np.float32)
@@ -240,8 +243,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def close(self) -> None:
         """Free the renderer and the physics."""
-        if getattr(self, "_camera", None) is not None:
-            self._camera = None
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer = None
         if getattr(self, "_dm", None) is not None:
             self._dm._env.close()
             self._dm = None
@@ -255,24 +258,15 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             data = self._physics.data
             target = np.array(data.subtree_com[self._physics.model.cam_bodyid[self.camera_id]])
             self._shake.apply(data, self.camera_id, target)
-        if self._camera is None:
+        if self._renderer is None:
             if _fork_state["forked_from_llvmpipe"]:
                 raise RuntimeError(f"{self.task_spec.name} cannot render: {_FORK_HELP}")
-            self._camera = Camera(self._physics, height=self.size, width=self.size,
-                                  camera_id=self.camera_id)
             # Shadows and reflections fall on the floor; when the video covers it they are
             # invisible, so they are not computed (several times faster on a CPU renderer).
-            flags = self._camera.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = not self._hide_floor_effects
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = not self._hide_floor_effects
-        # Camera.render returns a view of a buffer the next render overwrites: copy it first.
-        scene = self._camera.render().copy()
-        seg = self._camera.render(segmentation=True)
-        is_geom = seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM
-        geom = np.where(is_geom, seg[..., 0], 0)
-        agent = is_geom & self._agent_geoms[geom]
-        floor = is_geom & self._floor_geoms[geom]
-        return scene, agent, floor
+            self._renderer = rendering.SceneRenderer(
+                self._physics, self.size, self.camera_id, self._geom_labels,
+                floor_effects=not self._hide_floor_effects)
+        return self._renderer.render()
 
     def _observe(self, state_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
         """Render, composite the background, and assemble ``info``."""
@@ -282,12 +276,12 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._t, self._video_start, self._video_direction, len(self._video))
             background = dyn.crop_window(
                 self._video[frame_index], self._motion.offset, self.size)
-            obs = background.copy()
-            obs[agent] = scene[agent]
-            if self.floor == "keep":
-                alpha = self.task_spec.ground_alpha
-                blended = alpha * scene[floor] + (1.0 - alpha) * background[floor]
-                obs[floor] = np.round(blended).astype(np.uint8)
+            if self.floor == "keep" and self._floor_blend is not None:
+                obs = np.where(floor[..., None], self._floor_blend[scene, background], background)
+                np.copyto(obs, scene, where=agent[..., None])
+            else:
+                shown = agent | floor if self.floor == "keep" else agent
+                obs = np.where(shown[..., None], scene, background)
         else:
             frame_index = -1
             obs = scene
@@ -323,6 +317,16 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         """The action-to-background projection W of this env (pixels at 64 px)."""
         return self._motion.projection
 
+
+
+def _blend_table(alpha: float) -> np.ndarray | None:
+    """``table[s, b]``: a floor pixel of value ``s`` over video value ``b`` at opacity ``alpha``,
+    ``round(alpha * s + (1 - alpha) * b)`` in float64 as DCS blends; None for an opaque floor."""
+    if alpha == 1.0:
+        return None
+    values = np.arange(256, dtype=np.uint8)
+    scene, video = np.meshgrid(values, values, indexing="ij")
+    return np.round(alpha * scene + (1.0 - alpha) * video).astype(np.uint8)
 
 
 def _make_motion(task_name: str, split: str, action_dim: int, coupling: float,

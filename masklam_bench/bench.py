@@ -10,84 +10,137 @@ import numpy as np
 
 from masklam_bench.envs import parse_env_id
 
-
-def stock_fps(task_name: str, steps: int, size: int = 64, seed: int = 0) -> float:
-    """Frames/s of plain dm_control: ``env.step`` then ``physics.render(size, size, camera_id=0)``."""
-    from dm_control import suite
-
-    from masklam_bench.envs import get_task
-
-    task = get_task(task_name)
-    env = suite.load(task.domain, task.task, task_kwargs={"random": seed})
-    env.reset()
-    spec = env.action_spec()
-    rng = np.random.default_rng(seed)
-    env.physics.render(size, size, camera_id=0)  # warm up the context
-    start = time.perf_counter()
-    for _ in range(steps):
-        env.step(rng.uniform(spec.minimum, spec.maximum))
-        env.physics.render(size, size, camera_id=0)
-    return steps / (time.perf_counter() - start)
-
+CHUNK_STEPS = 25
+"""Steps one contender runs before the next takes its turn. The columns of a task are measured in
+turns like this, so that a change of load on a shared machine falls on all of them alike."""
 
 STOCK_SHADOW_SIZE = 2048
 """dm_control's own shadow map side (``<quality shadowsize>`` of the suite's models)."""
 
 
-def env_frames(name: str, steps: int, seed: int = 0,
-               **kwargs) -> tuple[float, np.ndarray]:
-    """Frames/s of a registered id (``env.step`` with seeded random actions, observation and mask
-    included) and the frames it rendered."""
-    env = gym.make(name, **kwargs)
-    env.reset(seed=seed)
-    env.action_space.seed(seed)
-    env.step(env.action_space.sample())  # warm up
-    frames = []
-    start = time.perf_counter()
-    for _ in range(steps):
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        frames.append(obs)
-        if terminated or truncated:
-            env.reset()
-    fps = steps / (time.perf_counter() - start)
-    env.close()
-    return fps, np.stack(frames)
+class _Stock:
+    """Stock dm_control: ``env.step`` with seeded random actions, then
+    ``physics.render(size, size, camera_id=0)``."""
+
+    def __init__(self, task_name: str, size: int = 64, seed: int = 0) -> None:
+        from dm_control import suite
+
+        from masklam_bench.envs import get_task
+
+        task = get_task(task_name)
+        self.env = suite.load(task.domain, task.task, task_kwargs={"random": seed})
+        self.env.reset()
+        self.spec = self.env.action_spec()
+        self.rng = np.random.default_rng(seed)
+        self.size = size
+        self.env.physics.render(size, size, camera_id=0)  # warm up the context
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` steps, rendering each."""
+        for _ in range(steps):
+            self.env.step(self.rng.uniform(self.spec.minimum, self.spec.maximum))
+            self.env.physics.render(self.size, self.size, camera_id=0)
+
+    def close(self) -> None:
+        """Nothing to free beyond what garbage collection does."""
+
+
+class _Ours:
+    """A registered id: ``env.step`` with seeded random actions (observation and mask included)."""
+
+    def __init__(self, name: str, seed: int = 0, keep_frames: bool = False, **kwargs) -> None:
+        self.env = gym.make(name, **kwargs)
+        self.env.reset(seed=seed)
+        self.env.action_space.seed(seed)
+        self.env.step(self.env.action_space.sample())  # warm up
+        self.frames: list[np.ndarray] | None = [] if keep_frames else None
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` steps, keeping the observations if asked to."""
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = self.env.step(self.env.action_space.sample())
+            if self.frames is not None:
+                self.frames.append(obs)
+            if terminated or truncated:
+                self.env.reset()
+
+    def close(self) -> None:
+        """Free the env."""
+        self.env.close()
+
+
+def _fps_in_turns(contenders: dict[str, _Stock | _Ours], steps: int) -> dict[str, float]:
+    """Frames/s of each contender over ``steps`` steps, run in turns of ``CHUNK_STEPS``."""
+    seconds = dict.fromkeys(contenders, 0.0)
+    done = 0
+    while done < steps:
+        chunk = min(CHUNK_STEPS, steps - done)
+        for key, contender in contenders.items():
+            start = time.perf_counter()
+            contender.run(chunk)
+            seconds[key] += time.perf_counter() - start
+        done += chunk
+    return {key: steps / s for key, s in seconds.items()}
+
+
+def stock_fps(task_name: str, steps: int, size: int = 64, seed: int = 0) -> float:
+    """Frames/s of plain dm_control: ``env.step`` then ``physics.render(size, size, camera_id=0)``."""
+    return _fps_in_turns({"stock": _Stock(task_name, size, seed)}, steps)["stock"]
 
 
 def env_fps(name: str, steps: int, seed: int = 0, **kwargs) -> float:
     """Frames/s of a registered id: ``env.step`` with random actions, observation and mask included."""
-    return env_frames(name, steps, seed, **kwargs)[0]
+    ours = _Ours(name, seed, **kwargs)
+    fps = _fps_in_turns({"ours": ours}, steps)["ours"]
+    ours.close()
+    return fps
 
 
 def run_benchmark(names: list[str], steps: int) -> list[dict[str, float | str]]:
     """Measure each id (default look, with dm_control's 2048-texel shadow map, and with the floor
-    replaced) and stock dm_control per task, and the share of pixels the smaller map changes."""
-    rows = []
-    stock_cache: dict[str, float] = {}
+    replaced) and stock dm_control per task, and the share of pixels the smaller map changes.
+
+    All the columns of one task (stock and its ids' variants) run in turns of ``CHUNK_STEPS``, so
+    each speed-up compares measurements made under the same load."""
+    tasks: dict[str, list[tuple[str, str]]] = {}
     for name in names:
         task, split = parse_env_id(name)
-        if task.name not in stock_cache:
-            stock_cache[task.name] = stock_fps(task.name, steps)
-        fps, frames = env_frames(name, steps)
-        fps_stock_shadows, stock_frames = env_frames(name, steps, shadow_size=STOCK_SHADOW_SIZE)
-        row: dict[str, float | str] = {
-            "id": name,
-            "stock_dm_control_fps": stock_cache[task.name],
-            "fps_stock_shadow_map": fps_stock_shadows,
-            "fps": fps,
-            "pixels_changed_by_shadow_map": float((frames != stock_frames).any(axis=-1).mean()),
-        }
-        if split != "none":
-            row["fps_floor_replaced"] = env_fps(name, steps, floor="replace")
-        rows.append(row)
-    return rows
+        tasks.setdefault(task.name, []).append((name, split))
+    rows_by_name: dict[str, dict[str, float | str]] = {}
+    for task_name, ids in tasks.items():
+        contenders: dict[str, _Stock | _Ours] = {"stock": _Stock(task_name)}
+        for name, split in ids:
+            contenders[f"{name}/default"] = _Ours(name, keep_frames=True)
+            contenders[f"{name}/2048"] = _Ours(name, keep_frames=True,
+                                               shadow_size=STOCK_SHADOW_SIZE)
+            if split != "none":
+                contenders[f"{name}/replace"] = _Ours(name, floor="replace")
+        fps = _fps_in_turns(contenders, steps)
+        for name, split in ids:
+            frames = np.stack(contenders[f"{name}/default"].frames)
+            stock_frames = np.stack(contenders[f"{name}/2048"].frames)
+            row: dict[str, float | str] = {
+                "id": name,
+                "stock_dm_control_fps": fps["stock"],
+                "fps_stock_shadow_map": fps[f"{name}/2048"],
+                "fps": fps[f"{name}/default"],
+                "pixels_changed_by_shadow_map": float(
+                    (frames != stock_frames).any(axis=-1).mean()),
+            }
+            if split != "none":
+                row["fps_floor_replaced"] = fps[f"{name}/replace"]
+            rows_by_name[name] = row
+        for contender in contenders.values():
+            contender.close()
+    return [rows_by_name[name] for name in names]
 
 
 def format_table(rows: list[dict[str, float | str]]) -> str:
     """A Markdown table of the benchmark rows."""
     lines = [
         (f"Frames/s on one process (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}, "
-         f"{os.cpu_count()} CPUs visible); each step = physics + render + mask (+ background)."),
+         f"{os.cpu_count()} CPUs visible); each step = physics + render + mask (+ background); "
+         f"the columns of a task ran in turns of {CHUNK_STEPS} steps."),
         "",
         ("| id | stock dm_control | ours, 2048 shadow map | ours (default) | speed-up | "
          "pixels changed | floor replaced | speed-up |"),

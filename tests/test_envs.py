@@ -10,6 +10,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
+from dm_control.mujoco.engine import Camera
 from gymnasium.utils.env_checker import check_env
 
 import masklam_bench
@@ -102,9 +103,9 @@ def test_mask_is_exact_and_agent_pixels_untouched(task):
         obs, _, _, _, info = env.step(env.action_space.sample())
     scene, agent, _ = raw.render_layers()
     # The mask is the segmentation-derived set of geoms not attached to the world body.
-    seg = raw._camera.render(segmentation=True)
+    seg = Camera(raw._physics, 64, 64, camera_id=0).render(segmentation=True)
     model = raw._physics.model
-    is_geom = seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM
+    is_geom = seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)
     expected = is_geom & (model.geom_bodyid[np.where(is_geom, seg[..., 0], 0)] != 0)
     np.testing.assert_array_equal(info["agent_mask"], expected)
     np.testing.assert_array_equal(agent, expected)
