@@ -118,6 +118,35 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
                 2048 map at 64 px and changes at most about 0.1% of the pixels.
         """
         self.task_spec: Task = get_task(task)
+        self._check_arguments(distractors, size, level, coupling, floor, render_mode)
+        self.split, self.size, self.level, self.floor = distractors, size, level, floor
+        self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode
+
+        dm_env = suite.load(self.task_spec.domain, self.task_spec.task,
+                            environment_kwargs={"flat_observation": False})
+        self._dm = DmControlCompatibilityV0(dm_env)
+        self._physics = dm_env.physics
+        self._setup_rendering(camera_id, size, shadow_size, distractors, floor)
+
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        low = self._dm.action_space.low.astype(np.float32)
+        high = self._dm.action_space.high.astype(np.float32)
+        self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
+        self.state_dim = int(sum(int(np.prod(s.shape)) for s in dm_env.observation_spec().values()))
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / dm_env.control_timestep())}
+
+        self._setup_distractors(distractors, level, size, davis_dir)
+
+        self._video: np.ndarray | None = None
+        self._video_index = -1
+        self._video_start = 0
+        self._video_direction = 1
+        self._t = 0
+        self._last_obs: np.ndarray | None = None
+
+    def _check_arguments(self, distractors: str, size: int, level: str, coupling: float,
+                         floor: str, render_mode: str | None) -> None:
+        """One clear error for each argument of :meth:`__init__` out of its range."""
         _check_choice("distractors", distractors, DISTRACTOR_SPLITS)
         _check_choice("level", level, LEVELS)
         _check_choice("floor", floor, FLOOR_MODES)
@@ -127,13 +156,10 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         if (isinstance(coupling, bool) or not isinstance(coupling, (int, float, np.number))
                 or not np.isfinite(coupling) or coupling < 0):
             raise UserError(f"coupling must be a finite number >= 0, got {coupling!r}.")
-        self.split, self.size, self.level, self.floor = distractors, size, level, floor
-        self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode
 
-        dm_env = suite.load(self.task_spec.domain, self.task_spec.task,
-                            environment_kwargs={"flat_observation": False})
-        self._dm = DmControlCompatibilityV0(dm_env)
-        self._physics = dm_env.physics
+    def _setup_rendering(self, camera_id: int, size: int, shadow_size: int | None,
+                         distractors: str, floor: str) -> None:
+        """Rendering settings of the model, and the per-geom labels the masks are made from."""
         model = self._physics.model
         if not 0 <= camera_id < model.ncam:
             raise UserError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
@@ -158,14 +184,10 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         # Floor pixels of a translucent floor, by (scene, video) value: the float blend, tabulated.
         self._floor_blend = _blend_table(self.task_spec.ground_alpha)
 
-        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-        low = self._dm.action_space.low.astype(np.float32)
-        high = self._dm.action_space.high.astype(np.float32)
-        self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
-        self.state_dim = int(sum(int(np.prod(s.shape)) for s in dm_env.observation_spec().values()))
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / dm_env.control_timestep())}
-
-        # Distractor pools and dynamics.
+    def _setup_distractors(self, distractors: str, level: str, size: int,
+                           davis_dir: str | None) -> None:
+        """The background video pool, its action-coupled motion and the hard level's dynamics."""
+        model = self._physics.model
         self._canvas = 2 * size
         self._davis_dir = davis_dir or os.environ.get(backgrounds.DAVIS_ENV_VAR)
         self._pool: tuple[Any, ...] = ()
@@ -185,13 +207,6 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
                                        if m >= 0})
             self._colour = dyn.ColourChange(
                 dyn.HARD_SCALE, np.array(model.mat_rgba[self._agent_mats, :3]))
-
-        self._video: np.ndarray | None = None
-        self._video_index = -1
-        self._video_start = 0
-        self._video_direction = 1
-        self._t = 0
-        self._last_obs: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------
     # Gymnasium API
