@@ -77,24 +77,19 @@ class TransitionSampler:
         offsets = torch.arange(self.context_frames - 1, -1, -1, device=self.device)
         start = self._start[i][:, None]
         target = i + k_t
-        # Index tensors by name; each entry is gathered only when asked for.
-        gathers = {
-            "context": lambda: (self._frames, torch.maximum(i[:, None] - offsets[None, :], start)),
-            "target": lambda: (self._frames, target),
-            # The frames a stack encoder needs (LAOM): o_{t+1}, and the target's own context.
-            "next": lambda: (self._frames, torch.minimum(i + 1, self._end[i])),
-            "target_context": lambda: (
-                self._frames, torch.maximum(target[:, None] - offsets[None, :], start)),
+        # Frame indices by entry (cheap); the frames and masks are gathered only when asked for.
+        # The frames a stack encoder needs (LAOM): o_{t+1}, and the target's own context.
+        frame_rows = {
+            "context": torch.maximum(i[:, None] - offsets[None, :], start),
+            "target": target,
+            "next": torch.minimum(i + 1, self._end[i]),
+            "target_context": torch.maximum(target[:, None] - offsets[None, :], start),
         }
         out: dict[str, torch.Tensor] = {}
-        for name in ("context", "target", "next", "target_context"):
-            needs_mask = name != "target_context" and f"{name}_mask" in wanted
-            if name not in wanted and not needs_mask:
-                continue
-            source, rows = gathers[name]()
+        for name, rows in frame_rows.items():
             if name in wanted:
-                out[name] = source[rows]
-            if needs_mask:
+                out[name] = self._frames[rows]
+            if f"{name}_mask" in wanted:
                 out[f"{name}_mask"] = self._masks[rows]
         if "k" in wanted:
             out["k"] = k_t
