@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 import masklam_bench  # noqa: F401 (registers the envs)
+from masklam_bench.collect import SceneTap
 from masklam_bench.envs import registered_ids
 
 SEED = 0
@@ -46,23 +47,14 @@ VARIANT_IDS = ("DistractingCheetah-v0", "DistractingHumanoid-v0", "CleanWalker-v
 def rollout_hash(name: str, steps: int, **kwargs) -> str:
     """SHA-256 over every observation, agent mask and scene of a seeded random-action rollout."""
     env = gym.make(name, **kwargs)
-    base = env.unwrapped
-    render_layers = base.render_layers
-    scenes = []
-
-    def tap():
-        layers = render_layers()
-        scenes.append(layers[0].copy())
-        return layers
-
-    base.render_layers = tap
+    tap = SceneTap(env.unwrapped)
     digest = hashlib.sha256()
     obs, info = env.reset(seed=SEED)
     env.action_space.seed(SEED)
     for t in range(steps + 1):
         digest.update(np.ascontiguousarray(obs).tobytes())
         digest.update(np.ascontiguousarray(info["agent_mask"]).tobytes())
-        digest.update(np.ascontiguousarray(scenes.pop()).tobytes())
+        digest.update(np.ascontiguousarray(tap.scene).tobytes())
         if t < steps:
             obs, _, terminated, truncated, info = env.step(env.action_space.sample())
             if terminated or truncated:

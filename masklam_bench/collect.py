@@ -122,11 +122,13 @@ def _stores_clean(env_id: str, env_kwargs: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------------------------
 # One process's rollouts
 # ----------------------------------------------------------------------------------------------
-class _SceneTap:
+class SceneTap:
     """Wraps an env's ``render_layers`` to keep the stock dm_control render of the last frame.
 
     The distracting env renders the scene once per step and pastes the background over it; the
-    tap keeps that scene, the paired clean frame, without rendering twice.
+    tap keeps that scene, the paired clean frame, without rendering twice. Each step's scene is a
+    fresh array, so a caller may keep it. Also used by ``benchmarks/env_hashes.py`` and
+    ``tests/test_rendering.py`` to check the scene a step rendered.
     """
 
     def __init__(self, base: Any):
@@ -150,7 +152,7 @@ class _Rollouts:
         self.env = gym.make(config.env_id, max_episode_steps=config.episode_steps,
                             **config.env_kwargs)
         base = self.env.unwrapped
-        self.tap = _SceneTap(base) if _stores_clean(config.env_id, config.env_kwargs) else None
+        self.tap = SceneTap(base) if _stores_clean(config.env_id, config.env_kwargs) else None
         self.expert = None
         if config.policy == "expert":
             from masklam_bench.experts import load_expert

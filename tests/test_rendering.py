@@ -10,6 +10,7 @@ import pytest
 from dm_control.mujoco.engine import Camera
 
 import masklam_bench  # noqa: F401 (registers the envs)
+from masklam_bench.collect import SceneTap
 from masklam_bench.envs import distractors
 from masklam_bench.envs.distracting import _blend_table
 
@@ -63,15 +64,7 @@ class _Reference:
 def test_frames_masks_and_scenes_match_the_dm_control_reference(name, kwargs):
     env = gym.make(name, **kwargs)
     base = env.unwrapped
-    render_layers = base.render_layers
-    scenes = []
-
-    def tap():
-        layers = render_layers()
-        scenes.append(layers[0])
-        return layers
-
-    base.render_layers = tap
+    tap = SceneTap(base)
     obs, info = env.reset(seed=11)
     env.action_space.seed(11)
     reference = _Reference(base)
@@ -80,7 +73,7 @@ def test_frames_masks_and_scenes_match_the_dm_control_reference(name, kwargs):
         want_obs, want_mask, want_scene = reference(info["distractor_frame"])
         np.testing.assert_array_equal(obs, want_obs)
         np.testing.assert_array_equal(info["agent_mask"], want_mask)
-        np.testing.assert_array_equal(scenes[-1], want_scene)
+        np.testing.assert_array_equal(tap.scene, want_scene)
     assert info["agent_mask"].any() and not info["agent_mask"].all()
     env.close()
 
