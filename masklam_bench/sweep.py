@@ -363,6 +363,10 @@ def _last_error_line(text: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
+LOCAL_WORKER_NICENESS = 0
+"""Niceness of the local Ray instance's workers (Ray's default 15); ``RAY_worker_niceness`` wins."""
+
+
 def _start_ray(options: SweepOptions) -> bool:
     """Join the cluster, or start a local instance sized to the machine; True if we started it."""
     import logging
@@ -375,6 +379,11 @@ def _start_ray(options: SweepOptions) -> bool:
     if options.ray_address:
         ray.init(address=options.ray_address, **kwargs)
     else:
+        # Ray starts its workers at niceness 15, so that its own services stay responsive. Beside
+        # anything else on the machine a run then gets only the CPU left over (a smoke run's
+        # evaluation took 20x its time while two other runs held both cores). The local
+        # instance's runs are the work the user asked for: give them the priority `run` has.
+        os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
         ray.init(num_cpus=options.ray_cpus, include_dashboard=False, **kwargs)
     have = ray.cluster_resources()
     for kind, ask in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):

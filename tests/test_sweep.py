@@ -22,6 +22,8 @@ needs_submitit = pytest.mark.skipif(not HAS_SUBMITIT,
                                     reason="submitit is not installed (pip install .[cluster])")
 
 BROKEN_METHOD = '''
+import os
+
 from masklam_bench.baselines.lapo import LAPO
 
 
@@ -31,9 +33,10 @@ class Broken(LAPO):
     name = "broken"
 
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("broken on purpose")
+        raise RuntimeError(f"broken on purpose at niceness {os.nice(0)}")
 '''
-"""A plug-in module whose method raises: its runs fail, the others must not."""
+"""A plug-in module whose method raises: its runs fail, the others must not. Its message tells
+the niceness its run had."""
 BROKEN = "sweep_broken_lam:Broken"
 """``module:Class`` of the failing plug-in."""
 _TIME_DEPENDENT = {"lam_samples_per_s"}
@@ -263,8 +266,9 @@ def test_ray_sweep_runs_the_grid_and_survives_a_failing_run(ray_sweep):
                      "cheetah-run__masklam__d8__s0__smoke.json"]
     assert code == 2  # a run failed: the exit code says so, and the table names it
     assert "| done | 2 |" in out and "| skipped | 0 |" in out and "| failed | 1 |" in out
+    # The local instance's runs get `run`'s priority, not Ray's default worker niceness of 15.
     assert ("failed: cheetah-run__sweep_broken_lam-Broken__d8__s0__smoke: RuntimeError: broken "
-            "on purpose") in out
+            f"on purpose at niceness {os.nice(0)}") in out
     assert "1 of 3 run(s) failed (cheetah-run__sweep_broken_lam-Broken" in err
 
 
