@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from masklam_bench.runner import TIME_DEPENDENT_METRICS, RunConfig, ensure_dataset, resolve
+
 CLI = [sys.executable, "-m", "masklam_bench.cli"]
-IGNORED_METRICS = {"lam_samples_per_s"}
-"""Metrics that measure speed, not the result."""
 
 
 def _call(cmd: list[str]) -> float:
@@ -44,7 +44,7 @@ def differences(a: dict, b: dict) -> list[str]:
     """What differs between two result files of one run, as readable lines (empty: the same)."""
     lines = []
     keys = set(a["metrics"]) | set(b["metrics"])
-    for key in sorted(keys - IGNORED_METRICS):
+    for key in sorted(keys - TIME_DEPENDENT_METRICS):
         if a["metrics"].get(key) != b["metrics"].get(key):
             lines.append(f"metrics.{key}: {a['metrics'].get(key)!r} != {b['metrics'].get(key)!r}")
     for key in ("lam", "preset"):
@@ -57,8 +57,6 @@ def differences(a: dict, b: dict) -> list[str]:
 
 def _collect(args: argparse.Namespace) -> None:
     """Collect (or verify) each task's dataset before either side is timed."""
-    from masklam_bench.runner import RunConfig, ensure_dataset, resolve
-
     for env in args.envs.split(","):
         config = RunConfig(method=args.methods.split(",")[0], task=env, preset=args.preset,
                            data_root=args.data_root)

@@ -47,6 +47,8 @@ CHECKPOINT_EVERY = 500
 """LAM pretraining steps between checkpoints."""
 THROUGHPUT_WARMUP_STEPS = 20
 """LAM steps at the start of a (resumed) stage 1 left out of ``lam_samples_per_s``."""
+TIME_DEPENDENT_METRICS = frozenset({"lam_samples_per_s"})
+"""Metrics that measure the machine, not the run: the same seed need not reproduce them."""
 EVAL_SEED_BASE = 100_000
 """Evaluation episode i uses env seed EVAL_SEED_BASE + i: fixed across methods and runs."""
 BC_LR = 4e-4

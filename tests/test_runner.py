@@ -14,6 +14,7 @@ from masklam_bench.baselines.lapo import LAPO
 from masklam_bench.collect import collect
 from masklam_bench.envs import env_id
 from masklam_bench.presets import get_preset
+from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
 
 class MyLAM(LAPO):
@@ -289,18 +290,14 @@ def test_dataset_of_another_expert_is_refused(tmp_path, fake_cheetah_expert):
         runner.ensure_dataset(config, get_preset("smoke"), progress=False)
 
 
-_TIME_DEPENDENT = {"lam_samples_per_s"}
-"""Metrics that measure the machine, not the run (left out of reproducibility checks)."""
-
-
 @pytest.mark.parametrize("method", BUILT_IN)
 def test_every_builtin_method_reproduces_its_result_file(tmp_path, data_root, smoke_results,
                                                          method):
     # Same seed, same thread count, same machine: identical metrics, bit for bit.
     first = smoke_results[1][method]["metrics"]
     again = runner.run(_config(tmp_path, data_root, method), progress=False)["metrics"]
-    assert ({k: v for k, v in first.items() if k not in _TIME_DEPENDENT}
-            == {k: v for k, v in again.items() if k not in _TIME_DEPENDENT})
+    assert ({k: v for k, v in first.items() if k not in TIME_DEPENDENT_METRICS}
+            == {k: v for k, v in again.items() if k not in TIME_DEPENDENT_METRICS})
 
 
 def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
@@ -372,8 +369,9 @@ def test_laom_methods_run_the_smoke_pipeline_and_resume_after_a_kill(tmp_path, d
     assert (Path(config.runs_root) / config.run_name / "lam_ckpt.pt").exists()
     monkeypatch.setattr(LAOM, "train_step", original)
     resumed = runner.run(config, progress=False)
-    same = {k: v for k, v in full["metrics"].items() if k not in _TIME_DEPENDENT}
-    assert {k: v for k, v in resumed["metrics"].items() if k not in _TIME_DEPENDENT} == same
+    same = {k: v for k, v in full["metrics"].items() if k not in TIME_DEPENDENT_METRICS}
+    assert {k: v for k, v in resumed["metrics"].items()
+            if k not in TIME_DEPENDENT_METRICS} == same
 
 
 def test_laom_labels_supervision_reads_only_the_labelled_subset(tmp_path, data_root):
@@ -469,8 +467,8 @@ def test_no_tensorboard_writes_no_curves_and_changes_no_result(tmp_path, data_ro
     metrics = runner.run(config, progress=False)["metrics"]
     assert not (tmp_path / "runs" / config.run_name / "tb").exists()
     first = smoke_results[1]["masklam"]["metrics"]
-    assert ({k: v for k, v in first.items() if k not in _TIME_DEPENDENT}
-            == {k: v for k, v in metrics.items() if k not in _TIME_DEPENDENT})
+    assert ({k: v for k, v in first.items() if k not in TIME_DEPENDENT_METRICS}
+            == {k: v for k, v in metrics.items() if k not in TIME_DEPENDENT_METRICS})
 
 
 def test_batches_hold_only_the_keys_asked_for_and_draw_the_same_transitions(data_root):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from masklam_bench import cli, sweep
+from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 HAS_SUBMITIT = importlib.util.find_spec("submitit") is not None
@@ -39,8 +40,6 @@ class Broken(LAPO):
 the niceness its run had."""
 BROKEN = "sweep_broken_lam:Broken"
 """``module:Class`` of the failing plug-in."""
-_TIME_DEPENDENT = {"lam_samples_per_s"}
-"""Metrics that measure the machine, not the run."""
 
 
 def _args(argv: list[str]):
@@ -63,7 +62,7 @@ def _paths(root: Path, data: Path | None = None) -> list[str]:
 def _metrics(path: Path) -> dict:
     """A result file's metrics, less those that time the machine."""
     metrics = json.loads(path.read_text())["metrics"]
-    return {k: v for k, v in metrics.items() if k not in _TIME_DEPENDENT}
+    return {k: v for k, v in metrics.items() if k not in TIME_DEPENDENT_METRICS}
 
 
 # ------------------------------------------------------------------------------------------------
