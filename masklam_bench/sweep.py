@@ -379,10 +379,11 @@ def _start_ray(options: SweepOptions) -> bool:
     if options.ray_address:
         ray.init(address=options.ray_address, **kwargs)
     else:
-        # Ray starts its workers at niceness 15, so that its own services stay responsive. Beside
-        # anything else on the machine a run then gets only the CPU left over (a smoke run's
-        # evaluation took 20x its time while two other runs held both cores). The local
-        # instance's runs are the work the user asked for: give them the priority `run` has.
+        # Ray starts its workers at niceness 15, so that its own services stay responsive.
+        # Beside anything else on the machine a run then gets only the CPU left over (with two
+        # other runs on both cores, a smoke run's evaluation alone took 56-140 s; the whole run
+        # takes 10 s). The local instance's runs are the work the user asked for: give them the
+        # priority `run` has.
         os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
         ray.init(num_cpus=options.ray_cpus, include_dashboard=False, **kwargs)
     have = ray.cluster_resources()
