@@ -1,0 +1,102 @@
+"""Print the per-task row table that BENCHMARK.md's results sections use, from result files.
+
+    python benchmarks/task_table.py --task cheetah-run
+    python benchmarks/task_table.py --task walker-run --methods lapo,masklam,oracle,laom --dim 64
+
+One line per method: seeds, probe NMSE (mean +- half-width of the 95% Student-t interval over
+seeds, then each seed's value), the untrained-IDM control, their ratio, the normalised ID and OOD
+returns (the same interval over the seeds' mean returns; the leaderboard's return cells pool the
+episodes instead), and each run's total seconds. Only files of one protocol (by default the
+code's current version of the preset, as the leaderboard's main table) without ``--set``
+overrides are read, since BENCHMARK.md never puts two protocols in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+from masklam_bench.leaderboard import current_protocol, protocol_id
+
+DEFAULT_ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels",
+                 "untrained-idm", "bc-labels", "bc-labelled")
+
+
+def interval(values: list[float]) -> str:
+    """``mean +- half-width`` of the 95% Student-t interval, or the value with ``(n=1)``."""
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{statistics.mean(values):.3f} +- {half:.3f}"
+
+
+def load_rows(results: Path, task: str, protocol: str, dim: int | None) -> dict[str, list[dict]]:
+    """Result files of ``task`` at ``protocol`` (no overrides) by method, each sorted by seed."""
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(results.glob(f"{task}__*.json")):
+        result = json.loads(path.read_text())
+        if protocol_id(result) != protocol or result.get("overrides"):
+            continue
+        if dim is not None and not result.get("latent_is_action") and result["latent_dim"] != dim:
+            continue
+        rows.setdefault(result["method"], []).append(result)
+    return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in rows.items()}
+
+
+def table(rows: dict[str, list[dict]], order: list[str]) -> list[str]:
+    lines = [("| method | seeds | probe NMSE (per seed) | untrained-IDM control | probe / control "
+              "| norm. return ID | norm. return OOD | total s per run |"),
+             "|---|---:|---|---|---:|---|---|---|"]
+    for method in [m for m in order if m in rows]:
+        runs = rows[method]
+        metrics = [r["metrics"] for r in runs]
+        probe = [m["probe_nmse"] for m in metrics if m.get("probe_nmse") is not None]
+        control = [m["probe_nmse_untrained"] for m in metrics
+                   if m.get("probe_nmse_untrained") is not None]
+        probe_cell = (f"{interval(probe)} ({' / '.join(f'{x:.3f}' for x in probe)})"
+                      if probe else "–")
+        ratio = (f"{statistics.mean(probe) / statistics.mean(control):.2f}x"
+                 if probe and control else "–")
+        ood = ("(same env)" if runs[0]["ood_env_id"] == runs[0]["env_id"]
+               else interval([m["normalized_return_ood"] for m in metrics]))
+        times = " / ".join(str(round(r["timings"]["total_s"])) for r in runs)
+        lines.append(f"| {method} | {len(runs)} | {probe_cell} | {interval(control) if control else '–'} "
+                     f"| {ratio} | {interval([m['normalized_return_id'] for m in metrics])} | {ood} "
+                     f"| {times} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help="e.g. cheetah-run")
+    parser.add_argument("--results", type=Path, default=Path("leaderboards/results"))
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--protocol", help="protocol id (8 hex digits, the leaderboard's) instead "
+                        "of the current version of --preset")
+    parser.add_argument("--dim", type=int, default=64,
+                        help="latent dim of the LAM rows (rows without a latent are always shown)")
+    parser.add_argument("--methods", help="comma-separated methods, in table order (default: every "
+                        "method found, built-in ones first)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        sys.exit(f"no results folder {args.results}")
+    protocol = args.protocol or current_protocol(args.preset)
+    if protocol is None:
+        sys.exit(f"unknown preset {args.preset!r}")
+    rows = load_rows(args.results, args.task, protocol, args.dim)
+    if not rows:
+        sys.exit(f"no {args.task} result files of protocol {protocol} without overrides "
+                 f"in {args.results}")
+    order = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else
+             [m for m in DEFAULT_ORDER if m in rows] + sorted(set(rows) - set(DEFAULT_ORDER)))
+    print("\n".join(table(rows, order)))
+
+
+if __name__ == "__main__":
+    main()

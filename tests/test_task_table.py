@@ -1,0 +1,50 @@
+"""benchmarks/task_table.py: the per-task tables of BENCHMARK.md, from committed result files."""
+
+import importlib.util
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "leaderboards" / "results"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("task_table", ROOT / "benchmarks" / "task_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(out: str, method: str) -> list[str]:
+    return next(line for line in out.splitlines() if line.startswith(f"| {method} |")).split(" | ")
+
+
+def test_rows_match_the_result_files_and_skip_overrides_and_other_protocols(tmp_path, capsys):
+    files = sorted(RESULTS.glob("cheetah-run__lapo__d64__s*__cpu.json"))
+    assert len(files) >= 2
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    # the same run under an override, and under another protocol: neither may enter the row
+    record = json.loads(files[0].read_text())
+    (tmp_path / "cheetah-run__lapo__d64__s9__cpu+set-x.json").write_text(
+        json.dumps({**record, "seed": 9, "overrides": {"train.lam_steps": 1}}))
+    other = json.loads(files[0].read_text())
+    other["config"]["preset"]["train"]["lam_steps"] += 1
+    other["seed"] = 8
+    (tmp_path / "cheetah-run__lapo__d64__s8__cpu.json").write_text(json.dumps(other))
+
+    _module().main(["--task", "cheetah-run", "--results", str(tmp_path)])
+    cells = _row(capsys.readouterr().out, "lapo")
+    probes = [json.loads(f.read_text())["metrics"]["probe_nmse"] for f in files]
+    assert cells[1] == str(len(files))
+    assert cells[2].startswith(f"{statistics.mean(probes):.3f} +- ")
+    assert cells[2].endswith("(" + " / ".join(f"{p:.3f}" for p in probes) + ")")
+
+
+def test_no_matching_files_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no hopper-hop result files"):
+        _module().main(["--task", "hopper-hop", "--results", str(tmp_path)])
