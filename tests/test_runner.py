@@ -493,3 +493,22 @@ def test_batches_hold_only_the_keys_asked_for_and_draw_the_same_transitions(data
         method = runner._build_method(config, preset, train.image_size, train.action_dim, 0)
         assert runner.method_batch_keys(method) == frozenset(method.batch_keys()) - {"labelled"}
         assert runner.method_batch_keys(method) < frozenset(BATCH_ORDER)
+
+
+def test_laom_latent_use_diagnostic_reads_finished_runs(smoke_results):
+    """benchmarks/laom_latent_use.py on the smoke runs: finite losses for the LAOM family, and a
+    clear refusal for a method without a latent FDM."""
+    import importlib.util
+
+    root, results = smoke_results
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "laom_latent_use.py"
+    spec = importlib.util.spec_from_file_location("laom_latent_use", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for method in ("laom", "laom-masked", "laom-labels"):
+        figures = module.latent_use(root / "runs" / results[method]["run_name"])
+        assert set(figures) == {"own_z", "shuffled_z", "zero_z", "target_variance", "z_std"}
+        assert all(np.isfinite(v) and v >= 0 for v in figures.values())
+        assert figures["target_variance"] > 0
+    with pytest.raises(SystemExit, match="no latent FDM"):
+        module.latent_use(root / "runs" / results["lapo"]["run_name"])
