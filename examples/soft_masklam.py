@@ -23,6 +23,7 @@ class SoftMaskLAM(LAPO):
     """LAPO whose reconstruction error weights background pixels by BACKGROUND_WEIGHT."""
 
     name = "soft-masklam"
+    uses_masks = True  # it reads the agent masks, so ``--mask-source`` may replace them
 
     def batch_keys(self) -> tuple[str, ...]:
         """The training step also reads the target's agent mask."""

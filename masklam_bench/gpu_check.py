@@ -128,8 +128,9 @@ def lam_rate(method: str, dim: int, encoder: str, batch: int, steps: int, device
 
 
 def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows: int,
-                     device: str) -> dict[str, Any]:
-    """Seconds per latent-BC step and per decoder step at ``batch``, and one probe fit."""
+                     device: str, decoder_batch: int | None = None) -> dict[str, Any]:
+    """Seconds per latent-BC step at ``batch``, per decoder step at ``decoder_batch`` (default
+    ``batch``; the runner's is 4 x the BC batch, capped at the labelled budget), and one probe fit."""
     import torch
 
     from masklam_bench import metrics
@@ -142,7 +143,9 @@ def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows:
     decoder = ActionDecoder(dim, 6).to(device)
     frames = torch.randint(0, 256, (batch, 3, 3, 64, 64), dtype=torch.uint8, device=device)
     z = torch.randn(batch, dim, device=device)
-    a = torch.rand(batch, 6, device=device)
+    decoder_batch = decoder_batch or batch
+    z_dec = torch.randn(decoder_batch, dim, device=device)
+    a = torch.rand(decoder_batch, 6, device=device)
     opts = {m: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.startswith("cuda") or None)
             for m in (policy, decoder)}
 
@@ -154,7 +157,7 @@ def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows:
         opts[module].step()
 
     bc_s = _timed(lambda: step(policy, frames, z), steps, device)
-    dec_s = _timed(lambda: step(decoder, z, a), steps, device)
+    dec_s = _timed(lambda: step(decoder, z_dec, a), steps, device)
     rng = np.random.default_rng(0)
     zs = rng.standard_normal((probe_rows, dim)).astype(np.float32)
     acts = rng.standard_normal((probe_rows, 6)).astype(np.float32)
@@ -162,6 +165,7 @@ def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows:
     metrics.linear_probe_nmses(zs, zs[: max(1, probe_rows // 10)],
                                {"a": (acts, acts[: max(1, probe_rows // 10)])})
     return {"dim": dim, "bc_step_s": bc_s, "decoder_step_s": dec_s,
+            "decoder_batch": decoder_batch,
             "probe_fit_s": time.perf_counter() - t0, "probe_rows": probe_rows}
 
 
@@ -188,6 +192,7 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
               collect_steps: int = COLLECT_STEPS) -> dict[str, Any]:
     """Every measurement of the module docstring, as one dict."""
     from masklam_bench.presets import get_preset
+    from masklam_bench.runner import DECODER_BATCH_PER_BC_BATCH
 
     preset = get_preset(preset_name)
     t = preset.train
@@ -195,8 +200,10 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
     out["collect"] = collect_rate(task, workers, max(2, workers), collect_steps)
     out["lam"] = [lam_rate(m, d, t.encoder, t.lam_batch, steps, device, c)
                   for m in ("lapo", "masklam") for d in dims for c in compile_modes]
+    decoder_batch = min(DECODER_BATCH_PER_BC_BATCH * t.bc_batch, preset.data.labelled_transitions)
     out["downstream"] = [downstream_rates(d, t.encoder, t.bc_batch, steps,
-                                          min(t.probe_fit_transitions, 20_000), device)
+                                          min(t.probe_fit_transitions, 20_000), device,
+                                          decoder_batch)
                          for d in dims]
     fps = out["collect"]["frames_per_s"]
     out["extrapolated"] = {

@@ -55,6 +55,8 @@ BC_LR = 4e-4
 """Latent behaviour cloning learning rate (MaskLAM code: 4e-4)."""
 DECODER_LR = 1e-3
 """Action decoder learning rate (MaskLAM code: 1e-3)."""
+DECODER_BATCH_PER_BC_BATCH = 4
+"""The action decoder's batch is this many latent-BC batches, capped at the labelled budget."""
 TB_IMAGES = 8
 """Test transitions whose FDM predictions, targets and agent masks go to TensorBoard."""
 ENCODE_BATCH = 256
@@ -537,7 +539,7 @@ def _stage_decoder(run: _Run, policy: LatentPolicy) -> ActionDecoder:
         a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
         losses = _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
                               preset.train.decoder_steps,
-                              min(preset.train.bc_batch * 4, len(labelled)), DECODER_LR,
+                              min(preset.train.bc_batch * DECODER_BATCH_PER_BC_BATCH, len(labelled)), DECODER_LR,
                               np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
                               run.progress, config.bf16)
         with Curves(run.run_dir, "decoder", config.tensorboard) as curves:
