@@ -6,7 +6,9 @@
 One line per method: seeds, probe NMSE (mean +- half-width of the 95% Student-t interval over
 seeds, then each seed's value), the untrained-IDM control, their ratio, the normalised ID and OOD
 returns (the same interval over the seeds' mean returns; the leaderboard's return cells pool the
-episodes instead), and each run's total seconds. Only files of one protocol (by default the
+episodes instead), and each run's total seconds. As on the leaderboard, return cells are marked
+with a dagger unless the task's ``bc-labels`` rows (pixel BC on all true actions, the ceiling of
+every row) reach a mean normalised ID return of 0.5; a line under the table says which. Only files of one protocol (by default the
 code's current version of the preset, as the leaderboard's main table) without ``--set``
 overrides are read, since BENCHMARK.md never puts two protocols in one table.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from masklam_bench.leaderboard import current_protocol, protocol_id
+from masklam_bench.leaderboard import GATE_MARK, RETURN_GATE, current_protocol, protocol_id
 
 DEFAULT_ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels",
                  "untrained-idm", "bc-labels", "bc-labelled")
@@ -49,7 +51,15 @@ def load_rows(results: Path, task: str, protocol: str, dim: int | None) -> dict[
     return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in rows.items()}
 
 
+def ceiling(rows: dict[str, list[dict]]) -> float | None:
+    """Mean normalised ID return of the task's ``bc-labels`` runs, or None without any."""
+    runs = rows.get("bc-labels", [])
+    return statistics.mean(r["metrics"]["normalized_return_id"] for r in runs) if runs else None
+
+
 def table(rows: dict[str, list[dict]], order: list[str]) -> list[str]:
+    top = ceiling(rows)
+    mark = "" if top is not None and top >= RETURN_GATE else f" {GATE_MARK}"
     lines = [("| method | seeds | probe NMSE (per seed) | untrained-IDM control | probe / control "
               "| norm. return ID | norm. return OOD | total s per run |"),
              "|---|---:|---|---|---:|---|---|---|"]
@@ -64,11 +74,16 @@ def table(rows: dict[str, list[dict]], order: list[str]) -> list[str]:
         ratio = (f"{statistics.mean(probe) / statistics.mean(control):.2f}x"
                  if probe and control else "–")
         ood = ("(same env)" if runs[0]["ood_env_id"] == runs[0]["env_id"]
-               else interval([m["normalized_return_ood"] for m in metrics]))
+               else interval([m["normalized_return_ood"] for m in metrics]) + mark)
         times = " / ".join(str(round(r["timings"]["total_s"])) for r in runs)
         lines.append(f"| {method} | {len(runs)} | {probe_cell} | {interval(control) if control else '–'} "
-                     f"| {ratio} | {interval([m['normalized_return_id'] for m in metrics])} | {ood} "
-                     f"| {times} |")
+                     f"| {ratio} | {interval([m['normalized_return_id'] for m in metrics])}{mark} "
+                     f"| {ood} | {times} |")
+    if mark:
+        seen = ("not measured (no bc-labels run)" if top is None
+                else f"{top:.3f}, below {RETURN_GATE}")
+        lines.append(f"\n{GATE_MARK} bc-labels ceiling {seen}: no return of this task is "
+                     "informative at this protocol.")
     return lines
 
 

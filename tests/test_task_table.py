@@ -38,11 +38,26 @@ def test_rows_match_the_result_files_and_skip_overrides_and_other_protocols(tmp_
     (tmp_path / "cheetah-run__lapo__d64__s8__cpu.json").write_text(json.dumps(other))
 
     _module().main(["--task", "cheetah-run", "--results", str(tmp_path)])
-    cells = _row(capsys.readouterr().out, "lapo")
+    out = capsys.readouterr().out
+    cells = _row(out, "lapo")
     probes = [json.loads(f.read_text())["metrics"]["probe_nmse"] for f in files]
     assert cells[1] == str(len(files))
     assert cells[2].startswith(f"{statistics.mean(probes):.3f} +- ")
     assert cells[2].endswith("(" + " / ".join(f"{p:.3f}" for p in probes) + ")")
+    # no bc-labels run among these files: the ceiling is unmeasured, so returns are marked
+    assert cells[5].endswith("†") and "bc-labels ceiling not measured" in out
+
+
+def test_returns_are_unmarked_once_the_ceiling_passes_the_gate(tmp_path, capsys):
+    module = _module()
+    for name in ("cheetah-run__lapo__d64__s0__cpu.json", "cheetah-run__bc-labels__s0__cpu.json"):
+        record = json.loads((RESULTS / name).read_text())
+        if record["method"] == "bc-labels":
+            record["metrics"]["normalized_return_id"] = module.RETURN_GATE
+        (tmp_path / name).write_text(json.dumps(record))
+    module.main(["--task", "cheetah-run", "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "†" not in out and _row(out, "bc-labels")[5] == f"{module.RETURN_GATE:.3f} (n=1)"
 
 
 def test_no_matching_files_is_a_clear_error(tmp_path):
