@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from masklam_bench.baselines.laom import stack_input
 from masklam_bench.dataset import load_frames
 from masklam_bench.fileio import load_checkpoint
-from masklam_bench.runner import RunConfig, _build_method, dataset_path, resolve
-from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
+from masklam_bench.runner import RunConfig, _build_method, dataset_path, method_batch_keys, resolve
+from masklam_bench.sampling import TransitionSampler
 
 TRANSITIONS = 2048
 """Held-out transitions per run (the cpu preset's test split has 4,000)."""
@@ -54,7 +54,7 @@ def latent_use(run_dir: Path, seed: int = 0) -> dict[str, float]:
     method.nets.eval()
     sampler = TransitionSampler(test, method.config.context_frames, method.config.max_future)
     rng = np.random.default_rng(seed)
-    batch = sampler.sample(rng, TRANSITIONS, keys=set(method.batch_keys()) & BATCH_KEYS)
+    batch = sampler.sample(rng, TRANSITIONS, keys=method_batch_keys(method))
     zs, targets, embs = [], [], []
     for start in range(0, TRANSITIONS, CHUNK):
         part = {k: v[start:start + CHUNK] for k, v in batch.items()}

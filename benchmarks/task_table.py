@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
-from scipy import stats
-
 from masklam_bench.leaderboard import GATE_MARK, RETURN_GATE, current_protocol, protocol_id
+from masklam_bench.metrics import mean_ci
 
 DEFAULT_ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels",
                  "untrained-idm", "bc-labels", "bc-labelled")
@@ -34,8 +32,8 @@ def interval(values: list[float]) -> str:
     """``mean +- half-width`` of the 95% Student-t interval, or the value with ``(n=1)``."""
     if len(values) == 1:
         return f"{values[0]:.3f} (n=1)"
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{statistics.mean(values):.3f} +- {half:.3f}"
+    mean, _, high = mean_ci(values)
+    return f"{mean:.3f} +- {high - mean:.3f}"
 
 
 def load_rows(results: Path, task: str, protocol: str, dim: int | None) -> dict[str, list[dict]]:
