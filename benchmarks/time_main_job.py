@@ -5,8 +5,10 @@
 Runs ``masklam-bench run --method masklam --dims 64,8192 --preset cpu`` in a child process with
 fresh run and result folders (the dataset in ``data/`` is reused when present; delete it to time
 its collection too), then prints one Markdown table: wall time, user and system CPU seconds, minor
-page faults and peak RSS of the whole job, and each run's stage times from its result file. Run it
-on a machine with nothing else running: issue 19's before/after figures are read from it.
+page faults and peak RSS of the whole job, and each run's stage times from its result file. The
+JSON also keeps each run's metrics, so that a before/after pair can be checked to come from
+identical results. Run it on a machine with nothing else running: issue 19's before/after figures
+are read from it.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    runs = {}
+    runs, metrics = {}, {}
     for path in sorted((work / "results").glob("*.json")):
         result = json.loads(path.read_text())
         runs[result["run_name"]] = {k: result["timings"].get(k) for k in STAGES}
+        metrics[result["run_name"]] = result["metrics"]
     figures = {"command": "masklam-bench " + " ".join(cmd[3:]), "wall_s": wall,
                "user_s": usage.ru_utime, "system_s": usage.ru_stime,
                "system_share": usage.ru_stime / max(usage.ru_utime + usage.ru_stime, 1e-9),
                "minor_faults": usage.ru_minflt, "peak_rss_mib": usage.ru_maxrss / 1024,
-               "runs": runs}
+               "runs": runs, "metrics": metrics}
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\nwall {wall:.0f} s, user {usage.ru_utime:.0f} s, system {usage.ru_stime:.0f} s "
           f"({100 * figures['system_share']:.1f}%), {usage.ru_minflt:,} minor faults, "
