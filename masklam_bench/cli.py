@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -262,16 +263,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from masklam_bench.allocator import tune_allocator
 
     tune_allocator()  # every sub-command trains or renders large buffers
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.func(args)
     except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
         print(f"masklam-bench {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"masklam-bench {args.command}: interrupted; finished work is kept on disk.",
               file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's pre-emption), handled like Ctrl-C: the same clean-up runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -254,14 +255,31 @@ def _write_episode(episodes_dir: Path, index: int, seed: int, episode: dict[str,
     return final
 
 
-def _worker_main(config: CollectConfig, episodes_dir: str, tasks: Any, events: Any) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process once ``parent_pid`` is no longer its parent (it was killed outright).
+
+    A main process that dies by SIGKILL (or SIGTERM outside the CLI) cannot stop its workers; left
+    alone they would go on rendering, and a resumed run would collect the same episodes twice.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_main(config: CollectConfig, episodes_dir: str, tasks: Any, events: Any,
+                 parent_pid: int) -> None:
     """A spawned worker: collect the episode indices taken from ``tasks`` until a None.
 
     It reports ``("steps", n)``, ``("done", index)`` or ``("error", traceback)`` on ``events``.
-    One torch thread, so its actions are bit-identical to a single-process run.
+    One torch thread, so its actions are bit-identical to a single-process run. It exits by
+    itself if the main process disappears.
     """
     # Ctrl-C reaches every process of the terminal; the main process stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     try:
         import torch
 
@@ -334,7 +352,8 @@ def _run_in_workers(config: CollectConfig, todo: list[int], episodes_dir: Path, 
     """Collect in ``workers`` spawned processes (forking after an OpenGL context exists hangs).
 
     Episodes are handed out one at a time, so a slow episode does not hold up the others. On an
-    error or Ctrl-C the workers are terminated; finished episodes stay on disk.
+    error, Ctrl-C or SIGTERM (through the CLI) the workers are terminated; if this process is
+    killed outright they exit by themselves within a second. Finished episodes stay on disk.
     """
     ctx = multiprocessing.get_context("spawn")
     tasks, events = ctx.Queue(), ctx.Queue()
@@ -342,8 +361,9 @@ def _run_in_workers(config: CollectConfig, todo: list[int], episodes_dir: Path, 
         tasks.put(index)
     for _ in range(workers):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker_main, args=(config, str(episodes_dir), tasks, events),
-                         daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker_main, daemon=True,
+                         args=(config, str(episodes_dir), tasks, events, os.getpid()))
+             for _ in range(workers)]
     for proc in procs:
         proc.start()
     remaining = set(todo)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -425,3 +431,58 @@ def test_shipped_expert_collection(tmp_path):
     assert meta["expert"]["weights"] == "shipped"
     assert meta["expert"]["weights_sha256"] == file_sha256(weights_path("cheetah-run"))
     assert load_frames(path, split="all").num_frames == 9
+
+
+# ----------------------------------------------------------------------------------------------
+# A killed collection leaves no worker behind
+# ----------------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _collection_workers(parent: int) -> list[int]:
+    """Live spawned children of ``parent`` (multiprocessing's spawn_main, not its tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline and _alive(int(stat.parent.name)):
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_collection_leaves_no_worker_running(tmp_path, sig):
+    """kill (a scheduler's pre-emption) or kill -9 of the main process stops its workers too."""
+    cmd = [sys.executable, "-m", "masklam_bench.cli", "collect", "--env", "CleanCheetah-v0",
+           "--out", str(tmp_path / "data"), "--preset", "smoke", "--episodes", "8",
+           "--episode-steps", "1000", "--policy", "random", "--workers", "2"]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars cannot fill it and block
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = _collection_workers(proc.pid)
+    assert len(workers) == 2, log.read_text()
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    err = log.read_text()
+    if sig == signal.SIGTERM:  # handled like Ctrl-C: a message and exit code 128 + 15
+        assert proc.returncode == 143 and "interrupted; finished work is kept" in err, err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers)), f"workers {workers} outlived their main process"
