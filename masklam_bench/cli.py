@@ -7,6 +7,7 @@ import importlib
 import json
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from masklam_bench.checks import (
@@ -263,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from masklam_bench.allocator import tune_allocator
 
     tune_allocator()  # every sub-command trains or renders large buffers
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGTERM (kill, a scheduler's pre-emption) gets Ctrl-C's clean-up; only the main thread may
+    # set a handler, so main() called from another thread keeps the default.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         args.func(args)
     except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
@@ -274,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

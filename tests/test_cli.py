@@ -201,3 +201,20 @@ class _Exploit:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_main_restores_sigterm_and_runs_from_another_thread(monkeypatch, tmp_path):
+    """main() sets its SIGTERM handler only for its own duration, and only on the main thread."""
+    import signal
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["leaderboard", "--results", "nowhere"]  # fails fast with a one-line error
+    assert cli.main(argv) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(cli.main(argv)))
+    thread.start()
+    thread.join()
+    assert codes == [2]
