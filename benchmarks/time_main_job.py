@@ -1,6 +1,7 @@
 """Time the README's main job end to end, stage by stage, with its CPU, system time and faults.
 
     MUJOCO_GL=egl python benchmarks/time_main_job.py [--out main_job_timing.json] [--keep]
+    python benchmarks/time_main_job.py --compare BEFORE.json AFTER.json
 
 Runs ``masklam-bench run --method masklam --dims 64,8192 --preset cpu`` in a child process with
 fresh run and result folders (the dataset in ``data/`` is reused when present; delete it to time
@@ -27,13 +28,79 @@ COMMAND = ["-m", "masklam_bench.cli", "run", "--method", "masklam", "--dims", "6
 STAGES = ("lam_s", "probe_s", "bc_s", "decoder_s", "eval_s", "total_s")
 
 
+SPEED_METRICS = frozenset({"lam_samples_per_s"})
+"""Metrics that measure speed, so a before/after pair may differ in them (the runner's
+``TIME_DEPENDENT_METRICS``; repeated here so this script reads no more than JSON files)."""
+
+
+def _s(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:,.0f}"
+
+
+def compare(before: dict, after: dict, labels: tuple[str, str] = ("before", "after")) -> str:
+    """A Markdown table of two timings of the main job, stage by stage, and whether they agree.
+
+    Agreement means: the same runs, and every metric equal except ``SPEED_METRICS``.
+    """
+    def collection(fig: dict) -> float:  # what the runs' own timings do not cover
+        return fig["wall_s"] - sum(run["total_s"] for run in fig["runs"].values())
+
+    rows = [("**wall time, whole job**", f"**{_s(before['wall_s'])} s**",
+             f"**{_s(after['wall_s'])} s**", f"**{before['wall_s'] / after['wall_s']:.2f}x**"),
+            ("user CPU", f"{_s(before['user_s'])} s", f"{_s(after['user_s'])} s", ""),
+            ("system CPU (share of CPU time)",
+             f"{_s(before['system_s'])} s ({100 * before['system_share']:.1f}%)",
+             f"{_s(after['system_s'])} s ({100 * after['system_share']:.1f}%)", ""),
+            ("minor page faults", f"{before['minor_faults']:,}", f"{after['minor_faults']:,}", ""),
+            ("peak RSS", f"{_s(before['peak_rss_mib'])} MiB", f"{_s(after['peak_rss_mib'])} MiB",
+             ""),
+            ("collection and start-up", f"{_s(collection(before))} s",
+             f"{_s(collection(after))} s", f"{collection(before) / collection(after):.2f}x")]
+    for name in before["runs"]:
+        b, a = before["runs"][name], after["runs"].get(name)
+        if a is None:
+            continue
+        stages = " / ".join(STAGES[:-1])
+        rows.append((f"{name}: {stages}", " / ".join(_s(b[k]) for k in STAGES[:-1]),
+                     " / ".join(_s(a[k]) for k in STAGES[:-1]), ""))
+        rows.append((f"{name}: total", f"{_s(b['total_s'])} s", f"{_s(a['total_s'])} s",
+                     f"{b['total_s'] / a['total_s']:.2f}x"))
+    lines = [f"| | {labels[0]} | {labels[1]} | speed-up |", "|---|---:|---:|---:|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    lines.append("")
+    lines.append(agreement(before, after))
+    return "\n".join(lines)
+
+
+def agreement(before: dict, after: dict) -> str:
+    """One sentence: do the two timings come from identical results?"""
+    if "metrics" not in before or "metrics" not in after:
+        return "Metrics: not recorded in both files, so not compared."
+    if set(before["metrics"]) != set(after["metrics"]):
+        return (f"Metrics: different runs ({sorted(before['metrics'])} vs "
+                f"{sorted(after['metrics'])}).")
+    differ = [f"{run}: {key}" for run, metrics in before["metrics"].items()
+              for key in sorted(set(metrics) | set(after["metrics"][run]))
+              if key not in SPEED_METRICS and metrics.get(key) != after["metrics"][run].get(key)]
+    if differ:
+        return "Metrics DIFFER: " + "; ".join(differ) + "."
+    return ("Metrics: identical in every run (except " + ", ".join(sorted(SPEED_METRICS))
+            + ", a speed).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="main_job_timing.json", help="JSON file of the figures")
     parser.add_argument("--data-root", default="data", help="dataset folder (reused if present)")
     parser.add_argument("--keep", action="store_true", help="keep the run and result folders")
     parser.add_argument("--preset", default="cpu", help="cpu (the README's job); smoke to try it")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="run nothing: print the before/after table of two saved --out files")
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare(before, after, tuple(Path(p).stem for p in args.compare)))
+        return
     work = Path(tempfile.mkdtemp(prefix="main_job_"))
     cmd = [sys.executable, *COMMAND, "--preset", args.preset, "--data-root", args.data_root,
            "--runs-root", str(work / "runs"), "--out", str(work / "results")]

@@ -1,0 +1,48 @@
+"""benchmarks/time_main_job.py --compare: the before/after table of BENCHMARK.md from saved timings."""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ROOT / "benchmarks" / "timings"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("time_main_job",
+                                                  ROOT / "benchmarks" / "time_main_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pair():
+    return (json.loads((TIMINGS / "main_job_before_fb72a49.json").read_text()),
+            json.loads((TIMINGS / "main_job_after_0ac5e19.json").read_text()))
+
+
+def test_the_committed_pair_agrees_and_its_table_matches_the_figures():
+    module = _module()
+    before, after = _pair()
+    table = module.compare(before, after)
+    assert f"**{before['wall_s'] / after['wall_s']:.2f}x**" in table
+    assert "identical in every run" in table
+    # The README's and BENCHMARK's figures are these files' figures.
+    for doc in ("README.md", "BENCHMARK.md"):
+        text = (ROOT / doc).read_text()
+        assert f"{after['wall_s']:,.0f} s" in text and f"{before['wall_s']:,.0f} s" in text
+
+
+def test_a_changed_metric_is_reported_and_a_changed_speed_is_not():
+    module = _module()
+    before, after = _pair()
+    run = next(iter(after["metrics"]))
+    faster = copy.deepcopy(after)
+    faster["metrics"][run]["lam_samples_per_s"] *= 2
+    assert "identical" in module.agreement(before, faster)
+    changed = copy.deepcopy(after)
+    changed["metrics"][run]["probe_nmse"] += 1e-12
+    assert module.agreement(before, changed) == f"Metrics DIFFER: {run}: probe_nmse."
+    del changed["metrics"]
+    assert "not recorded" in module.agreement(before, changed)
