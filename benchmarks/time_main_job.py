@@ -28,11 +28,6 @@ COMMAND = ["-m", "masklam_bench.cli", "run", "--method", "masklam", "--dims", "6
 STAGES = ("lam_s", "probe_s", "bc_s", "decoder_s", "eval_s", "total_s")
 
 
-SPEED_METRICS = frozenset({"lam_samples_per_s"})
-"""Metrics that measure speed, so a before/after pair may differ in them (the runner's
-``TIME_DEPENDENT_METRICS``; repeated here so this script reads no more than JSON files)."""
-
-
 def _s(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds:,.0f}"
 
@@ -40,7 +35,8 @@ def _s(seconds: float | None) -> str:
 def compare(before: dict, after: dict, labels: tuple[str, str] = ("before", "after")) -> str:
     """A Markdown table of two timings of the main job, stage by stage, and whether they agree.
 
-    Agreement means: the same runs, and every metric equal except ``SPEED_METRICS``.
+    Agreement means: the same runs, and every metric equal except the runner's
+    ``TIME_DEPENDENT_METRICS``.
     """
     def collection(fig: dict) -> float:  # what the runs' own timings do not cover
         return fig["wall_s"] - sum(run["total_s"] for run in fig["runs"].values())
@@ -56,11 +52,11 @@ def compare(before: dict, after: dict, labels: tuple[str, str] = ("before", "aft
              ""),
             ("collection and start-up", f"{_s(collection(before))} s",
              f"{_s(collection(after))} s", f"{collection(before) / collection(after):.2f}x")]
+    stages = " / ".join(STAGES[:-1])
     for name in before["runs"]:
         b, a = before["runs"][name], after["runs"].get(name)
         if a is None:
             continue
-        stages = " / ".join(STAGES[:-1])
         rows.append((f"{name}: {stages}", " / ".join(_s(b[k]) for k in STAGES[:-1]),
                      " / ".join(_s(a[k]) for k in STAGES[:-1]), ""))
         rows.append((f"{name}: total", f"{_s(b['total_s'])} s", f"{_s(a['total_s'])} s",
@@ -74,6 +70,10 @@ def compare(before: dict, after: dict, labels: tuple[str, str] = ("before", "aft
 
 def agreement(before: dict, after: dict) -> str:
     """One sentence: do the two timings come from identical results?"""
+    # Imported here, not at the top: the timing itself may run under an older checkout's Python
+    # (the "before" side), which need not have this list.
+    from masklam_bench.runner import TIME_DEPENDENT_METRICS
+
     if "metrics" not in before or "metrics" not in after:
         return "Metrics: not recorded in both files, so not compared."
     if set(before["metrics"]) != set(after["metrics"]):
@@ -81,10 +81,10 @@ def agreement(before: dict, after: dict) -> str:
                 f"{sorted(after['metrics'])}).")
     differ = [f"{run}: {key}" for run, metrics in before["metrics"].items()
               for key in sorted(set(metrics) | set(after["metrics"][run]))
-              if key not in SPEED_METRICS and metrics.get(key) != after["metrics"][run].get(key)]
+              if key not in TIME_DEPENDENT_METRICS and metrics.get(key) != after["metrics"][run].get(key)]
     if differ:
         return "Metrics DIFFER: " + "; ".join(differ) + "."
-    return ("Metrics: identical in every run (except " + ", ".join(sorted(SPEED_METRICS))
+    return ("Metrics: identical in every run (except " + ", ".join(sorted(TIME_DEPENDENT_METRICS))
             + ", a speed).")
 
 
