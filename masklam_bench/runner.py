@@ -34,10 +34,17 @@ from masklam_bench.dataset import (
     load_frames,
 )
 from masklam_bench.envs import env_id, get_task
+from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.presets import DATA_FIELDS_OF_DATASET, Preset, apply_overrides, get_preset
-from masklam_bench.provenance import check_identity, git_state, method_sha256, method_source_files
+from masklam_bench.provenance import (
+    IDENTITY_FILE,
+    check_identity,
+    git_state,
+    method_sha256,
+    method_source_files,
+)
 from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
 from masklam_bench.tblog import LAM_EVERY, Curves
 
@@ -513,8 +520,8 @@ def _stage_bc(run: _Run) -> LatentPolicy:
 
 
 @torch.no_grad()
-def _policy_latents(policy: LatentPolicy, sampler: TransitionSampler,
-                    index: np.ndarray) -> np.ndarray:
+def policy_latents(policy: LatentPolicy, sampler: TransitionSampler,
+                   index: np.ndarray) -> np.ndarray:
     """The latent policy's predictions z(o_t) for ``index`` (LAOM trains its decoder on these)."""
     policy.eval()
     out = [policy(sampler.policy_input(chunk)).float().cpu().numpy()
@@ -523,31 +530,76 @@ def _policy_latents(policy: LatentPolicy, sampler: TransitionSampler,
     return np.concatenate(out)
 
 
+def _new_decoder(run: _Run) -> ActionDecoder:
+    """Stage 4's untrained decoder, seeded right before it is built (so a resume matches)."""
+    torch.manual_seed(run.config.seed + 4)
+    return ActionDecoder(run.method.latent_dim, run.train.action_dim).to(run.device)
+
+
+def _fit_decoder(run: _Run, policy: LatentPolicy, decoder: ActionDecoder,
+                 inputs: str) -> ActionDecoder:
+    """Fit ``decoder`` z -> a on the labelled subset, z from ``inputs`` (``idm``: the IDM's
+    latents of the labelled transitions; ``policy``: the latent policy's predictions on them)."""
+    config, preset = run.config, run.preset
+    labelled = labelled_subset(run.train, preset.data.labelled_transitions)
+    if inputs == "policy":
+        z = policy_latents(policy, run.train_s, labelled)
+    else:
+        z = encode_all(run.method, run.train_s, labelled)
+    z_lab = torch.from_numpy(z).to(run.device)
+    a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
+    losses = _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
+                          preset.train.decoder_steps,
+                          min(preset.train.bc_batch * DECODER_BATCH_PER_BC_BATCH, len(labelled)),
+                          DECODER_LR, np.random.default_rng([config.seed, 4]),
+                          "stage 4/5 decoder", run.progress, config.bf16)
+    with Curves(run.run_dir, "decoder", config.tensorboard) as curves:
+        curves.series("decoder/loss", losses)
+    return decoder
+
+
 def _stage_decoder(run: _Run, policy: LatentPolicy) -> ActionDecoder:
     """Stage 4: action decoder z -> a on the labelled subset."""
-    config, preset = run.config, run.preset
-    torch.manual_seed(config.seed + 4)
-    decoder = ActionDecoder(run.method.latent_dim, run.train.action_dim).to(run.device)
+    decoder = _new_decoder(run)
+    return _module_stage(
+        run, "decoder_s", run.run_dir / "decoder.pt", "decoder", decoder,
+        lambda: _fit_decoder(run, policy, decoder, run.preset.train.decoder_inputs))
 
-    def compute() -> ActionDecoder:
-        labelled = labelled_subset(run.train, preset.data.labelled_transitions)
-        if preset.train.decoder_inputs == "policy":
-            z = _policy_latents(policy, run.train_s, labelled)
-        else:
-            z = encode_all(run.method, run.train_s, labelled)
-        z_lab = torch.from_numpy(z).to(run.device)
-        a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
-        losses = _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
-                              preset.train.decoder_steps,
-                              min(preset.train.bc_batch * DECODER_BATCH_PER_BC_BATCH, len(labelled)), DECODER_LR,
-                              np.random.default_rng([config.seed, 4]), "stage 4/5 decoder",
-                              run.progress, config.bf16)
-        with Curves(run.run_dir, "decoder", config.tensorboard) as curves:
-            curves.series("decoder/loss", losses)
-        return decoder
 
-    return _module_stage(run, "decoder_s", run.run_dir / "decoder.pt", "decoder", decoder,
-                         compute)
+@dataclasses.dataclass
+class TrainedRun:
+    """A run finished through stage 4, loaded for analysis (``benchmarks/decoder_protocols.py``)."""
+
+    run: _Run
+    policy: LatentPolicy
+    decoder: ActionDecoder
+
+    def other_decoder(self, inputs: str) -> ActionDecoder:
+        """A decoder fitted as stage 4 would fit it under ``train.decoder_inputs=inputs`` (same
+        seed, data and schedule); nothing is written to the run's folder."""
+        run = dataclasses.replace(self.run, config=dataclasses.replace(self.run.config,
+                                                                       tensorboard=False))
+        return _fit_decoder(run, self.policy, _new_decoder(run), inputs)
+
+
+def load_trained(config: RunConfig, check_code: bool = True) -> TrainedRun:
+    """Open a run whose stages 1-4 are on disk and load its LAM, latent policy and decoder.
+
+    The run's identity is checked as for a resume (other settings, data or code are refused;
+    ``check_code=False`` accepts other method source, whose networks must still load); a run
+    that has not finished stage 4 is a :class:`UserError`, and nothing is trained.
+    """
+    config = dataclasses.replace(config, tensorboard=False)
+    run_dir = Path(config.runs_root) / resolve(config)[0].run_name
+    missing = [name for name in ("lam_final.pt", "bc.pt", "decoder.pt")
+               if not (run_dir / name).exists()]
+    if missing:
+        raise UserError(f"Run folder {run_dir} has not finished stage 4 (missing "
+                        f"{', '.join(missing)}); run it first.")
+    run = _open_run(config, progress=False, check_code=check_code)
+    _stage_lam(run)
+    policy = _stage_bc(run)
+    return TrainedRun(run, policy, _stage_decoder(run, policy))
 
 
 def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict[str, Any]:
@@ -579,8 +631,11 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
     return config, apply_overrides(get_preset(config.preset), config.overrides)
 
 
-def _open_run(config: RunConfig, progress: bool) -> _Run:
-    """Resolve the config, make sure the dataset exists, check the run's identity, load data."""
+def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Run:
+    """Resolve the config, make sure the dataset exists, check the run's identity, load data.
+
+    ``check_code=False`` accepts stages made with other method source (analyses of finished runs
+    only: a run never resumes on other code)."""
     tune_allocator()
     config, preset = resolve(config)
     if config.threads:
@@ -593,6 +648,9 @@ def _open_run(config: RunConfig, progress: bool) -> _Run:
     cls = get_method(config.method)
     # Read once: the source files hashed here are the ones this process imported.
     identity = run_identity(config, preset, cls, meta)
+    recorded = run_dir / IDENTITY_FILE
+    if not check_code and recorded.exists():
+        identity["method_sha256"] = json.loads(recorded.read_text()).get("method_sha256")
     check_identity(run_dir, identity)
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     # Only the oracle reads the paired clean frames; the others leave them on disk.

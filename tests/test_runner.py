@@ -13,6 +13,7 @@ from masklam_bench import cli, runner
 from masklam_bench.baselines.lapo import LAPO
 from masklam_bench.collect import collect
 from masklam_bench.envs import env_id
+from masklam_bench.errors import UserError
 from masklam_bench.presets import get_preset
 from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
@@ -430,17 +431,35 @@ def test_sampler_gives_next_frame_and_target_stack(data_root):
 
 def test_decoder_can_train_on_the_latent_policys_predictions(tmp_path, data_root, monkeypatch):
     calls = []
-    original = runner._policy_latents
+    original = runner.policy_latents
 
     def spy(policy, sampler, index):
         calls.append(len(index))
         return original(policy, sampler, index)
 
-    monkeypatch.setattr(runner, "_policy_latents", spy)
+    monkeypatch.setattr(runner, "policy_latents", spy)
     config = _config(tmp_path, data_root, "lapo", overrides={"train.decoder_inputs": "policy"})
     result = runner.run(config, progress=False)
     assert calls == [get_preset("smoke").data.labelled_transitions]  # LAOM's protocol
     assert result["config"]["preset"]["train"]["decoder_inputs"] == "policy"
+
+
+def test_a_finished_run_loads_and_refits_its_decoder_exactly(smoke_results, data_root):
+    root, _ = smoke_results
+    trained = runner.load_trained(_config(root, data_root, "lapo"))
+    saved = trained.decoder.state_dict()
+    # Stage 4 refitted in memory under the run's own protocol gives the saved weights bit for bit.
+    again = trained.other_decoder("idm").state_dict()
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+    other = trained.other_decoder("policy").state_dict()
+    assert not all(torch.equal(saved[k], other[k]) for k in saved)
+    assert (root / "runs" / trained.run.config.run_name / "decoder.pt").exists()
+
+
+def test_loading_an_unfinished_run_is_a_clear_error(tmp_path, data_root):
+    with pytest.raises(UserError, match="has not finished stage 4"):
+        runner.load_trained(_config(tmp_path, data_root, "lapo"))
+    assert not (tmp_path / "runs").exists()  # nothing was opened or run
 
 
 def test_runs_leave_tensorboard_curves_and_images(smoke_results):
@@ -512,3 +531,25 @@ def test_laom_latent_use_diagnostic_reads_finished_runs(smoke_results):
         assert figures["target_variance"] > 0
     with pytest.raises(SystemExit, match="no latent FDM"):
         module.latent_use(root / "runs" / results["lapo"]["run_name"])
+
+
+def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, capsys):
+    """benchmarks/decoder_protocols.py on smoke runs: the saved decoder is reproduced by this code,
+    every NMSE is finite, and a folder that is not a run is refused with exit status 2."""
+    import importlib.util
+
+    root, results = smoke_results
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decoder_protocols.py"
+    spec = importlib.util.spec_from_file_location("decoder_protocols", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dirs = [str(root / "runs" / results[m]["run_name"]) for m in ("lapo", "bc-labels")]
+    out = tmp_path / "dec.json"
+    assert module.main([*dirs, "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["lapo", "bc-labels"]
+    for row in rows:
+        assert row["idm_refit_identical"] is True
+        assert all(np.isfinite(row[c]) and row[c] >= 0 for c in module.COLUMNS)
+    assert "| lapo | 8 | 1 |" in capsys.readouterr().out
+    assert module.main([str(tmp_path)]) == 2
