@@ -65,7 +65,7 @@ def score(run_dir: Path) -> dict[str, object]:
     z_pol = policy_latents(trained.policy, run.test_s, index)
     other = trained.other_decoder("policy")
     saved, refit = trained.decoder.state_dict(), trained.other_decoder("idm").state_dict()
-    return {"run": run_dir.name, "method": run.cls.name or config.method, "seed": config.seed,
+    return {"run": run_dir.name, "task": run.config.task, "method": run.cls.name or config.method, "seed": config.seed,
             "latent_dim": config.latent_dim, "test_transitions": len(index),
             "idm_refit_identical": all(torch.equal(saved[k], refit[k]) for k in saved),
             "idm_decode": probe_nmse(_decode(trained.decoder, z_idm), actions),
@@ -80,17 +80,29 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.3f} +- {high - mean:.3f}"
 
 
+ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels", "untrained-idm",
+         "bc-labels", "bc-labelled")
+"""Row order of the table (as in BENCHMARK.md's result tables); other methods follow by name."""
+
+
 def table(rows: list[dict[str, object]]) -> str:
-    """Markdown: one line per (method, dim), mean +- 95% t half-width over seeds."""
-    groups: dict[tuple[str, int], list[dict[str, object]]] = defaultdict(list)
+    """Markdown: one line per (task, method, dim), mean +- 95% t half-width over seeds."""
+    groups: dict[tuple[str, str, int], list[dict[str, object]]] = defaultdict(list)
     for row in rows:
-        groups[(str(row["method"]), int(row["latent_dim"]))].append(row)
-    head = ("| method | dim | seeds | decoder on IDM latents | policy -> idm-fitted decoder | "
+        groups[(str(row["task"]), str(row["method"]), int(row["latent_dim"]))].append(row)
+
+    def order(key: tuple[str, str, int]) -> tuple:
+        task, method, dim = key
+        return (task, ORDER.index(method) if method in ORDER else len(ORDER), method, dim)
+
+    head = ("| task | method | dim | seeds | decoder on IDM latents | policy -> idm-fitted decoder | "
             "policy -> policy-fitted decoder |")
-    lines = [head, "|---|---:|---:|---|---|---|"]
-    for (method, dim), runs in sorted(groups.items()):
+    lines = [head, "|---|---|---:|---:|---|---|---|"]
+    for key in sorted(groups, key=order):
+        runs = groups[key]
         cells = [_cell([float(r[c]) for r in runs]) for c in COLUMNS]
-        lines.append(f"| {method} | {dim or '–'} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2] or '–'} | {len(runs)} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -551,5 +551,5 @@ def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, 
     for row in rows:
         assert row["idm_refit_identical"] is True
         assert all(np.isfinite(row[c]) and row[c] >= 0 for c in module.COLUMNS)
-    assert "| lapo | 8 | 1 |" in capsys.readouterr().out
+    assert "| cheetah-run | lapo | 8 | 1 |" in capsys.readouterr().out
     assert module.main([str(tmp_path)]) == 2
