@@ -587,9 +587,9 @@ def load_trained(config: RunConfig, check_code: bool = True) -> TrainedRun:
 
     The run's identity is checked as for a resume (other settings, data or code are refused;
     ``check_code=False`` accepts other method source, whose networks must still load); a run
-    that has not finished stage 4 is a :class:`UserError`, and nothing is trained.
+    that has not finished stage 4 is a :class:`UserError`, and nothing is trained. Finished
+    stages are only read; the run's ``config.json`` is rewritten from ``config``, as by a resume.
     """
-    config = dataclasses.replace(config, tensorboard=False)
     run_dir = Path(config.runs_root) / resolve(config)[0].run_name
     missing = [name for name in ("lam_final.pt", "bc.pt", "decoder.pt")
                if not (run_dir / name).exists()]
