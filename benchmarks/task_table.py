@@ -2,6 +2,11 @@
 
     python benchmarks/task_table.py --task cheetah-run
     python benchmarks/task_table.py --task walker-run --methods lapo,masklam,oracle,laom --dim 64
+    python benchmarks/task_table.py --task cheetah-run --sweep 64,256,1024,8192
+
+With ``--sweep DIMS`` it prints the latent-dim sweep table instead: one line per dim, MaskLAM's and
+LAPO's probe NMSE (``--methods`` may name two others), their shared untrained control (one value
+per seed, from whichever of the two runs has it), LAPO / MaskLAM and each against the control.
 
 One line per method: seeds, probe NMSE (mean +- half-width of the 95% Student-t interval over
 seeds, then each seed's value), the untrained-IDM control, their ratio, the normalised ID and OOD
@@ -85,6 +90,40 @@ def table(rows: dict[str, list[dict]], order: list[str]) -> list[str]:
     return lines
 
 
+def sweep_table(results: Path, task: str, protocol: str, dims: list[int],
+                methods: tuple[str, str] = ("masklam", "lapo")) -> list[str]:
+    """BENCHMARK.md's latent-dim sweep table of ``methods`` (first, second) at ``dims``."""
+    first, second = methods
+    head = (f"| latent dim | {first}: seeds, probe NMSE (per seed) | {second}: seeds, probe NMSE "
+            f"(per seed) | untrained control (per seed) | {second} / {first} | {first} / control "
+            f"| {second} / control |")
+    lines = [head, "|---:|---|---|---|---:|---:|---:|"]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "–"
+        return f"{len(values)}: {interval(values)} ({' / '.join(f'{x:.3f}' for x in values)})"
+
+    for dim in dims:
+        rows = load_rows(results, task, protocol, dim)
+        runs = {m: rows.get(m, []) for m in methods}
+        probe = {m: [r["metrics"]["probe_nmse"] for r in runs[m]] for m in methods}
+        control = {r["seed"]: r["metrics"]["probe_nmse_untrained"] for m in methods for r in runs[m]}
+        if not control:
+            continue
+        mean_control = statistics.mean(control.values())
+
+        def ratio(a: list[float], b: float | None) -> str:
+            return f"{statistics.mean(a) / b:.2f}x" if a and b else "–"
+
+        lines.append(
+            f"| {dim} | {cell(probe[first])} | {cell(probe[second])} | {mean_control:.3f} "
+            f"({' / '.join(f'{control[k]:.3f}' for k in sorted(control))}) "
+            f"| {ratio(probe[second], statistics.mean(probe[first]) if probe[first] else None)} "
+            f"| {ratio(probe[first], mean_control)} | {ratio(probe[second], mean_control)} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="e.g. cheetah-run")
@@ -96,12 +135,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="latent dim of the LAM rows (rows without a latent are always shown)")
     parser.add_argument("--methods", help="comma-separated methods, in table order (default: every "
                         "method found, built-in ones first)")
+    parser.add_argument("--sweep", help="comma-separated latent dims: print the latent-dim sweep "
+                        "table of two methods (--methods, default masklam,lapo) instead")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         sys.exit(f"no results folder {args.results}")
     protocol = args.protocol or current_protocol(args.preset)
     if protocol is None:
         sys.exit(f"unknown preset {args.preset!r}")
+    if args.sweep:
+        pair = tuple(m.strip() for m in (args.methods or "masklam,lapo").split(","))
+        if len(pair) != 2:
+            sys.exit("--sweep compares two methods: pass --methods FIRST,SECOND")
+        dims = [int(d) for d in args.sweep.split(",")]
+        print("\n".join(sweep_table(args.results, args.task, protocol, dims, pair)))
+        return
     rows = load_rows(args.results, args.task, protocol, args.dim)
     if not rows:
         sys.exit(f"no {args.task} result files of protocol {protocol} without overrides "

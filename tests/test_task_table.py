@@ -63,3 +63,15 @@ def test_returns_are_unmarked_once_the_ceiling_passes_the_gate(tmp_path, capsys)
 def test_no_matching_files_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no hopper-hop result files"):
         _module().main(["--task", "hopper-hop", "--results", str(tmp_path)])
+
+
+def test_benchmarks_sweep_table_is_the_scripts_output_from_the_committed_files(capsys):
+    _module().main(["--task", "cheetah-run", "--sweep", "64,256,1024,8192"])
+    table = capsys.readouterr().out.strip()
+    assert table.count("\n") == 5  # header, rule and one line per dim
+    assert table in (ROOT / "BENCHMARK.md").read_text()
+
+
+def test_sweep_needs_two_methods():
+    with pytest.raises(SystemExit, match="two methods"):
+        _module().main(["--task", "cheetah-run", "--sweep", "64", "--methods", "lapo"])
