@@ -65,7 +65,8 @@ def score(run_dir: Path) -> dict[str, object]:
     z_pol = policy_latents(trained.policy, run.test_s, index)
     other = trained.other_decoder("policy")
     saved, refit = trained.decoder.state_dict(), trained.other_decoder("idm").state_dict()
-    return {"run": run_dir.name, "task": run.config.task, "method": run.cls.name or config.method, "seed": config.seed,
+    return {"run": run_dir.name, "task": run.config.task,
+            "method": run.cls.name or config.method, "seed": config.seed,
             "latent_dim": config.latent_dim, "test_transitions": len(index),
             "idm_refit_identical": all(torch.equal(saved[k], refit[k]) for k in saved),
             "idm_decode": probe_nmse(_decode(trained.decoder, z_idm), actions),
