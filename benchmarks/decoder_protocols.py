@@ -37,7 +37,8 @@ import torch
 
 from masklam_bench.errors import BenchError
 from masklam_bench.fileio import atomic_write_json
-from masklam_bench.metrics import mean_ci, probe_nmse
+from masklam_bench.leaderboard import TABLE_ORDER
+from masklam_bench.metrics import format_mean_ci, probe_nmse
 from masklam_bench.runner import RunConfig, encode_all, load_trained, policy_latents
 
 COLUMNS = ("idm_decode", "policy_idm", "policy_policy")
@@ -74,18 +75,6 @@ def score(run_dir: Path) -> dict[str, object]:
             "policy_policy": probe_nmse(_decode(other, z_pol), actions)}
 
 
-def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f} (n=1)"
-    mean, _, high = mean_ci(values)
-    return f"{mean:.3f} +- {high - mean:.3f}"
-
-
-ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels", "untrained-idm",
-         "bc-labels", "bc-labelled")
-"""Row order of the table (as in BENCHMARK.md's result tables); other methods follow by name."""
-
-
 def table(rows: list[dict[str, object]]) -> str:
     """Markdown: one line per (task, method, dim), mean +- 95% t half-width over seeds."""
     groups: dict[tuple[str, str, int], list[dict[str, object]]] = defaultdict(list)
@@ -94,14 +83,15 @@ def table(rows: list[dict[str, object]]) -> str:
 
     def order(key: tuple[str, str, int]) -> tuple:
         task, method, dim = key
-        return (task, ORDER.index(method) if method in ORDER else len(ORDER), method, dim)
+        rank = TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER)
+        return (task, rank, method, dim)
 
     head = ("| task | method | dim | seeds | decoder on IDM latents | policy -> idm-fitted decoder | "
             "policy -> policy-fitted decoder |")
     lines = [head, "|---|---|---:|---:|---|---|---|"]
     for key in sorted(groups, key=order):
         runs = groups[key]
-        cells = [_cell([float(r[c]) for r in runs]) for c in COLUMNS]
+        cells = [format_mean_ci([float(r[c]) for r in runs]) for c in COLUMNS]
         lines.append(f"| {key[0]} | {key[1]} | {key[2] or '–'} | {len(runs)} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)

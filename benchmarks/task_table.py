@@ -26,19 +26,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from masklam_bench.leaderboard import GATE_MARK, RETURN_GATE, current_protocol, protocol_id
-from masklam_bench.metrics import mean_ci
-
-DEFAULT_ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels",
-                 "untrained-idm", "bc-labels", "bc-labelled")
-
-
-def interval(values: list[float]) -> str:
-    """``mean +- half-width`` of the 95% Student-t interval, or the value with ``(n=1)``."""
-    if len(values) == 1:
-        return f"{values[0]:.3f} (n=1)"
-    mean, _, high = mean_ci(values)
-    return f"{mean:.3f} +- {high - mean:.3f}"
+from masklam_bench.leaderboard import (
+    GATE_MARK,
+    RETURN_GATE,
+    TABLE_ORDER,
+    current_protocol,
+    protocol_id,
+)
+from masklam_bench.metrics import format_mean_ci as interval
 
 
 def load_rows(results: Path, task: str, protocol: str, dim: int | None) -> dict[str, list[dict]]:
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no {args.task} result files of protocol {protocol} without overrides "
                  f"in {args.results}")
     order = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else
-             [m for m in DEFAULT_ORDER if m in rows] + sorted(set(rows) - set(DEFAULT_ORDER)))
+             [m for m in TABLE_ORDER if m in rows] + sorted(set(rows) - set(TABLE_ORDER)))
     print("\n".join(table(rows, order)))
 
 

@@ -71,6 +71,10 @@ CEILING_METHOD = "bc-labels"
 GATE_MARK = "†"
 """Suffix of a return cell that the gate marks as not informative."""
 
+TABLE_ORDER = ("lapo", "masklam", "oracle", "laom", "laom-masked", "laom-labels", "untrained-idm",
+               "bc-labels", "bc-labelled")
+"""Row order of BENCHMARK.md's per-task tables (built-in methods); other methods follow by name."""
+
 PROTOCOL_ID_CHARS = 8
 """Hex digits of the SHA-256 kept in a protocol id."""
 

@@ -319,3 +319,11 @@ def mean_ci(values: Sequence[float] | np.ndarray,
         return mean, float("nan"), float("nan")
     half = float(stdtrit(x.size - 1, (1 + confidence) / 2) * x.std(ddof=1) / np.sqrt(x.size))
     return mean, mean - half, mean + half
+
+
+def format_mean_ci(values: Sequence[float]) -> str:
+    """``mean +- half-width`` of :func:`mean_ci`'s 95% interval, or ``value (n=1)`` for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    mean, _, high = mean_ci(values)
+    return f"{mean:.3f} +- {high - mean:.3f}"

@@ -159,3 +159,9 @@ def test_mean_ci_matches_student_t():
 def test_mean_ci_of_one_seed_has_no_interval():
     mean, low, high = metrics.mean_ci([0.7])
     assert mean == 0.7 and math.isnan(low) and math.isnan(high)
+
+
+def test_format_mean_ci_writes_the_half_width_or_the_seed_count():
+    half = 3.182446305284263 * np.std([1, 2, 3, 4], ddof=1) / 2
+    assert metrics.format_mean_ci([1.0, 2.0, 3.0, 4.0]) == f"2.500 +- {half:.3f}"
+    assert metrics.format_mean_ci([0.7]) == "0.700 (n=1)"
