@@ -104,6 +104,94 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
     return points
 
 
+CEILING_SWEPT = ("train.bc_steps", "data.train_episodes")
+"""The preset fields a ceiling curve varies; every other field must be the preset's own."""
+
+
+def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
+                                ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ceiling curve's points from finished ``bc-labels`` result files (no training).
+
+    ``paths`` are result files or folders of them. A file counts when it is ``bc-labels`` on
+    ``task`` at ``preset``, and its preset differs from this code's only in the swept fields
+    (:data:`CEILING_SWEPT`): points from several machines, folders or sessions can then be drawn
+    as one curve. A second file of the same size and seed (a copy of a run in another folder) is
+    left out. Returns the points and one line per file left out, with the reason.
+    """
+    import dataclasses
+
+    from masklam_bench.presets import get_preset
+
+    want = dataclasses.asdict(get_preset(preset))
+    files = sorted({f for p in paths for f in (sorted(Path(p).glob("*.json"))
+                                               if Path(p).is_dir() else [Path(p)])})
+    points, skipped = [], []
+    seen: dict[tuple[int, int, int], str] = {}
+    for f in files:
+        try:
+            record = json.loads(f.read_text())
+            got = record["config"]["preset"]
+            if (record["method"], record["task"], got["name"]) != ("bc-labels", task, preset):
+                continue
+            bc_steps, episodes = got["train"]["bc_steps"], got["data"]["train_episodes"]
+            m = record["metrics"]
+            lo, hi = m["ref_min_score"], m["ref_max_score"]
+            returns = [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            skipped.append(f"{f}: not a readable result file ({exc})")
+            continue
+        other = {k: v for k, v in (record.get("overrides") or {}).items()
+                 if k not in CEILING_SWEPT}
+        if other or _without_swept(got) != _without_swept(want):
+            skipped.append(f"{f}: its preset differs from this code's {preset!r} in more than "
+                           f"{' and '.join(CEILING_SWEPT)}")
+            continue
+        key = (bc_steps, episodes, record["seed"])
+        if key in seen:
+            skipped.append(f"{f}: the same size and seed as {seen[key]} (kept that one)")
+            continue
+        seen[key] = str(f)
+        points.append({"bc_steps": bc_steps, "train_episodes": episodes, "seed": record["seed"],
+                       "normalized_return_id": m["normalized_return_id"], "episodes": returns,
+                       "bc_s": record.get("timings", {}).get("bc_s"), "file": f.name})
+    points.sort(key=lambda p: (p["train_episodes"], p["bc_steps"], p["seed"]))
+    return points, skipped
+
+
+def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
+    """A preset dict with the ceiling curve's swept fields removed."""
+    out = json.loads(json.dumps(preset))
+    for key in CEILING_SWEPT:
+        section, field = key.split(".")
+        out[section].pop(field, None)
+    return out
+
+
+def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[str, Any]]:
+    """Least-squares line of normalised return on log2(BC steps), per dataset size.
+
+    Fitted on every seed's mean return (one value per run), so a size with more seeds weighs
+    more. ``per_doubling`` is the return gained per doubling of the BC steps; ``steps_to_gate``
+    is where the line reaches ``gate`` (None when it does not rise, or not below 2^64 steps). An extrapolation of
+    a few noisy points: a statement of the measured trend, not a prediction.
+    """
+    fits = []
+    for episodes in sorted({p["train_episodes"] for p in points}):
+        mine = [p for p in points if p["train_episodes"] == episodes]
+        x = np.log2([p["bc_steps"] for p in mine])
+        y = np.asarray([p["normalized_return_id"] for p in mine], dtype=np.float64)
+        if len(set(x.tolist())) < 2:
+            continue
+        slope, intercept = np.polyfit(x, y, 1)
+        doublings = (gate - intercept) / slope if slope > 0 else None
+        # Beyond 2^64 steps a line says only "never"; None keeps the JSON free of inf.
+        to_gate = float(2 ** doublings) if doublings is not None and doublings < 64 else None
+        fits.append({"train_episodes": episodes, "runs": len(mine),
+                     "per_doubling": float(slope), "intercept_log2": float(intercept),
+                     "gate": gate, "steps_to_gate": to_gate})
+    return fits
+
+
 def summarise_probe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and Student-t 95% interval over seeds per (method, step)."""
     rows = []
@@ -141,11 +229,16 @@ def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
         ax.axhline(mine[0]["control"], color=color, linestyle="--", linewidth=1)
     ax.set_xlabel("LAM steps (snapshots of one run)")
     ax.set_ylabel("probe NMSE (lower is better)")
-    return _finish(fig, ax, title)
+    return _finish(fig, ax, title, sorted({r["step"] for r in rows}))
 
 
-def plot_ceiling(points: list[dict[str, Any]], title: str) -> bytes:
-    """PNG: bc-labels normalised return against BC steps, one line per dataset size."""
+def plot_ceiling(points: list[dict[str, Any]], title: str,
+                 fits: list[dict[str, Any]] | None = None) -> bytes:
+    """PNG: bc-labels normalised return against BC steps, one line per dataset size.
+
+    Error bars are the 95% interval over every evaluation episode of every seed at a size;
+    ``fits`` (from :func:`fit_ceiling`) are drawn as dotted lines over the measured range.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,19 +252,30 @@ def plot_ceiling(points: list[dict[str, Any]], title: str) -> bytes:
         ax.errorbar(steps, [m for m, _, _ in stats],
                     yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
                     marker="o", color=f"C{i}", capsize=3, label=f"{episodes} train episodes")
+        for fit in fits or []:
+            if fit["train_episodes"] == episodes:
+                xs = np.asarray([steps[0], steps[-1]], dtype=np.float64)
+                ax.plot(xs, fit["intercept_log2"] + fit["per_doubling"] * np.log2(xs),
+                        color=f"C{i}", linestyle=":", linewidth=1,
+                        label=f"fit: {fit['per_doubling']:+.3f} per doubling")
     ax.axhline(0.5, color="grey", linestyle=":", label="gate: 0.5")
     ax.set_xlabel("BC steps")
     ax.set_ylabel("bc-labels normalised return (ID)")
-    return _finish(fig, ax, title)
+    return _finish(fig, ax, title, sorted({p["bc_steps"] for p in points}))
 
 
-def _finish(fig: Any, ax: Any, title: str) -> bytes:
-    """Title, legend and log-x axis on ``ax``; the figure as PNG bytes (no timestamp: stable)."""
+def _finish(fig: Any, ax: Any, title: str, ticks: list[int] | None = None) -> bytes:
+    """Title, legend and log-x axis on ``ax`` (labelled at ``ticks``, the measured steps); the
+    figure as PNG bytes (no timestamp: stable)."""
     import io
 
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -197,6 +301,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="override a preset field (as for run)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--runs-root", default="runs/curves")
+    p.add_argument("--from-results", action="append", default=[], metavar="PATH",
+                   help="ceiling: draw the curve from these bc-labels result files or folders "
+                        "(repeatable) instead of running; --steps/--episodes/--seeds are ignored")
     p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_cmd_curve)
@@ -233,20 +340,51 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                   f"{ci} control {row['control']:.3f} "
                   f"({row['ratio_to_control']:.2f}x)")
     else:
-        steps = parse_int_list(args.steps or ",".join(map(str, CEILING_BC_STEPS)), "--steps", 1)
-        episodes = parse_int_list(args.episodes, "--episodes", 1, example="24,96")
-        points = ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
-                               args.data_root, args.runs_root, str(out / "results"),
-                               args.threads)
-        png = plot_ceiling(points, f"{task}, bc-labels, {args.preset} preset")
+        points = _ceiling_points(args, task, seeds, overrides, out)
+        fits = fit_ceiling(points)
+        png = plot_ceiling(points, f"{task}, bc-labels, {args.preset} preset", fits)
         payload = {"task": task, "preset": args.preset, "overrides": overrides,
-                   "points": points}
+                   "points": points, "fits": fits}
         for p in points:
             print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} seed "
                   f"{p['seed']}: normalised return {p['normalized_return_id']:.3f}")
+        for fit in fits:
+            reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
+                     if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
+            print(f"fit, {fit['train_episodes']} episodes ({fit['runs']} runs): "
+                  f"{fit['per_doubling']:+.3f} per doubling of BC steps; the line {reach}")
     atomic_write_json(out / f"{args.kind}_curve_{task}.json", payload)
     atomic_write_bytes(out / f"{args.kind}_curve_{task}.png", png)
     print(f"wrote {out}/{args.kind}_curve_{task}.json and .png")
 
 
-__all__ = ["ceiling_curve", "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]
+def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
+                    overrides: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """The ceiling curve's points: read from ``--from-results``, or run (resuming) otherwise."""
+    import sys
+
+    from masklam_bench.checks import parse_int_list
+    from masklam_bench.errors import UserError
+
+    if args.from_results:
+        if overrides:
+            raise UserError("--from-results takes the runs as they are; drop --set.")
+        missing = [p for p in args.from_results if not Path(p).exists()]
+        if missing:
+            raise UserError(f"--from-results: no such file or folder: {', '.join(missing)}")
+        points, skipped = ceiling_points_from_results(
+            [Path(p) for p in args.from_results], task, args.preset)
+        for line in skipped:
+            print(f"left out: {line}", file=sys.stderr)
+        if not points:
+            raise UserError(f"--from-results: no bc-labels result of {task} at the "
+                            f"{args.preset!r} preset in {', '.join(args.from_results)}.")
+        return points
+    steps = parse_int_list(args.steps or ",".join(map(str, CEILING_BC_STEPS)), "--steps", 1)
+    episodes = parse_int_list(args.episodes, "--episodes", 1, example="24,96")
+    return ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
+                         args.data_root, args.runs_root, str(out / "results"), args.threads)
+
+
+__all__ = ["ceiling_curve", "ceiling_points_from_results", "fit_ceiling", "plot_ceiling",
+           "plot_probe", "probe_curve", "summarise_probe"]

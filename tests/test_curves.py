@@ -54,3 +54,46 @@ def test_ceiling_curve_runs_bc_labels_at_each_size(tmp_path, data_root):
 def test_curve_command_rejects_bad_steps(capsys):
     assert cli.main(["curve", "probe", "--steps", "a,b"]) == 2
     assert "--steps must be" in capsys.readouterr().err
+
+
+def test_ceiling_curve_is_read_back_from_result_files(tmp_path, data_root):
+    curves.ceiling_curve("cheetah-run", [3, 4], [2], [0], "smoke", {}, str(data_root),
+                         str(tmp_path / "runs"), str(tmp_path / "results"), threads=1,
+                         progress=False)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in (tmp_path / "results").glob("*.json"):
+        (copy / f.name).write_text(f.read_text())
+    other = json.loads(next(copy.glob("*.json")).read_text())
+    other["overrides"] = {"train.eval_episodes": 9}
+    other["config"]["preset"]["train"]["eval_episodes"] = 9
+    (copy / "other.json").write_text(json.dumps(other))
+    (copy / "broken.json").write_text("{")
+    points, skipped = curves.ceiling_points_from_results([tmp_path / "results", copy],
+                                                         "cheetah-run", "smoke")
+    assert [(p["bc_steps"], p["seed"]) for p in points] == [(3, 0), (4, 0)]
+    reasons = "\n".join(skipped)
+    assert "broken.json: not a readable result file" in reasons
+    assert "other.json: its preset differs" in reasons
+    assert reasons.count("the same size and seed") == 2  # the copies of the two runs
+    assert curves.ceiling_points_from_results([copy], "walker-run", "smoke")[0] == []
+    fits = curves.fit_ceiling(points)
+    assert len(fits) == 1 and curves.plot_ceiling(points, "t", fits)[:4] == b"\x89PNG"
+
+
+def test_fit_ceiling_extrapolates_along_log_steps():
+    points = [{"bc_steps": s, "train_episodes": 24, "normalized_return_id": r}
+              for s, r in [(1000, 0.1), (2000, 0.2), (4000, 0.3)]]
+    (fit,) = curves.fit_ceiling(points, gate=0.5)
+    assert fit["per_doubling"] == pytest.approx(0.1)
+    assert fit["steps_to_gate"] == pytest.approx(16000)
+    flat = [dict(p, normalized_return_id=0.2 - 0.01 * i) for i, p in enumerate(points)]
+    assert curves.fit_ceiling(flat)[0]["steps_to_gate"] is None  # falling: never reaches it
+    assert curves.fit_ceiling(points[:1]) == []  # one size: no line
+
+
+def test_curve_from_results_without_matches_says_so(tmp_path, capsys):
+    assert cli.main(["curve", "ceiling", "--from-results", str(tmp_path)]) == 2
+    assert "no bc-labels result of cheetah-run" in capsys.readouterr().err
+    assert cli.main(["curve", "ceiling", "--from-results", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
