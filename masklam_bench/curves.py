@@ -59,6 +59,46 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
     return points
 
 
+def merge_probe_curves(paths: list[Path], task: str, preset: str,
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The points of several probe-curve JSON files (e.g. one per seed, made on other machines).
+
+    Every file must be a probe curve of ``task`` at ``preset`` with the same ``--set`` overrides,
+    and each method's points must share one LAM schedule (peak lr, warm-up, schedule length). A
+    (method, seed, step) point found twice must agree. Returns the points and the overrides.
+    """
+    from masklam_bench.errors import UserError
+
+    points: dict[tuple[str, int, int], dict[str, Any]] = {}
+    overrides: dict[str, Any] | None = None
+    for path in paths:
+        try:
+            curve = json.loads(Path(path).read_text())
+            found = (curve["task"], curve["preset"])
+            new = curve["points"]
+            keys = [(p["method"], p["seed"], p["step"]) for p in new]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a probe curve's JSON ({exc}).") from None
+        if found != (task, preset):
+            raise UserError(f"{path} is a curve of {found[0]} at {found[1]!r}, not of {task} at "
+                            f"{preset!r}.")
+        if overrides is not None and curve.get("overrides", {}) != overrides:
+            raise UserError(f"{path} was made with other --set overrides than {paths[0]}.")
+        overrides = curve.get("overrides", {})
+        for key, point in zip(keys, new):
+            if key in points and points[key]["probe_nmse"] != point["probe_nmse"]:
+                raise UserError(f"{path} and an earlier file disagree on {key[0]} seed {key[1]} "
+                                f"at step {key[2]}.")
+            points[key] = point
+    for method in sorted({k[0] for k in points}):
+        schedules = {(p["lr"], p["warmup"], p["schedule_steps"]) for k, p in points.items()
+                     if k[0] == method}
+        if len(schedules) > 1:
+            raise UserError(f"{method}'s points come from different LAM schedules "
+                            f"(lr, warm-up, steps): {sorted(schedules)}.")
+    return [points[k] for k in sorted(points)], overrides or {}
+
+
 def _probe_action(r: Any) -> float:
     """The action-probe NMSE of the run's method as it is now (stage 2's fit split)."""
     from masklam_bench import runner
@@ -301,6 +341,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="override a preset field (as for run)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--runs-root", default="runs/curves")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="probe: draw the curve from these probe-curve JSON files (repeatable; "
+                        "e.g. one per seed) instead of running")
     p.add_argument("--from-results", action="append", default=[], metavar="PATH",
                    help="ceiling: draw the curve from these bc-labels result files or folders "
                         "(repeatable) instead of running; --steps/--episodes/--seeds are ignored")
@@ -315,6 +358,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
 
     from masklam_bench.checks import method_class, parse_int_list, parse_overrides
     from masklam_bench.envs import get_task
+    from masklam_bench.errors import UserError
 
     task = get_task(args.task).name
     seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
@@ -323,13 +367,21 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.kind == "probe":
-        for method in args.methods.split(","):
-            method_class(method)
-        steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
-        points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, args.dim,
-                             args.preset, overrides, args.data_root, args.runs_root, args.threads)
+        if args.merge:
+            if overrides:
+                raise UserError("--merge takes each curve's overrides as they are; drop --set.")
+            points, overrides = merge_probe_curves([Path(p) for p in args.merge], task,
+                                                   args.preset)
+        else:
+            for method in args.methods.split(","):
+                method_class(method)
+            steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
+            points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, args.dim,
+                                 args.preset, overrides, args.data_root, args.runs_root,
+                                 args.threads)
         rows = summarise_probe(points)
-        title = f"{task}, d{args.dim}, {args.preset} preset, seeds {args.seeds}"
+        seed_list = ",".join(str(x) for x in sorted({p["seed"] for p in points}))
+        title = f"{task}, d{args.dim}, {args.preset} preset, seeds {seed_list}"
         png = plot_probe(rows, title)
         payload = {"task": task, "preset": args.preset, "overrides": overrides,
                    "points": points, "summary": rows}
@@ -386,5 +438,5 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
                          args.data_root, args.runs_root, str(out / "results"), args.threads)
 
 
-__all__ = ["ceiling_curve", "ceiling_points_from_results", "fit_ceiling", "plot_ceiling",
-           "plot_probe", "probe_curve", "summarise_probe"]
+__all__ = ["ceiling_curve", "ceiling_points_from_results", "fit_ceiling", "merge_probe_curves",
+           "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]

@@ -97,3 +97,36 @@ def test_curve_from_results_without_matches_says_so(tmp_path, capsys):
     assert "no bc-labels result of cheetah-run" in capsys.readouterr().err
     assert cli.main(["curve", "ceiling", "--from-results", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def _curve(seed: int, value: float, **extra) -> dict:
+    point = {"method": "masklam", "seed": seed, "step": 10, "probe_nmse": value,
+             "probe_nmse_untrained": 0.7, "lr": 2e-3, "warmup": 100, "schedule_steps": 10}
+    return {"task": "cheetah-run", "preset": "cpu", "overrides": {},
+            "points": [dict(point, **extra)], "summary": []}
+
+
+def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
+    files = []
+    for seed, value in [(0, 0.2), (1, 0.3), (0, 0.2)]:  # the third repeats the first
+        files.append(tmp_path / f"c{len(files)}.json")
+        files[-1].write_text(json.dumps(_curve(seed, value)))
+    points, overrides = curves.merge_probe_curves(files, "cheetah-run", "cpu")
+    assert [(p["seed"], p["probe_nmse"]) for p in points] == [(0, 0.2), (1, 0.3)]
+    assert overrides == {}
+    (row,) = curves.summarise_probe(points)
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.25) and row["lo"] is not None
+    out = tmp_path / "out"
+    args = ["curve", "probe", "--out", str(out)] + [f"--merge={f}" for f in files]
+    assert cli.main(args) == 0
+    assert len(json.loads((out / "probe_curve_cheetah-run.json").read_text())["points"]) == 2
+
+    bad = {"disagree": _curve(0, 0.25), "schedule": _curve(1, 0.3, lr=6e-4),
+           "task": dict(_curve(2, 0.3), task="walker-run")}
+    for name, curve in bad.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(curve))
+        assert cli.main(["curve", "probe", "--merge", str(files[0]),
+                         "--merge", str(tmp_path / f"{name}.json")]) == 2
+    err = capsys.readouterr().err
+    assert "disagree on masklam seed 0 at step 10" in err
+    assert "different LAM schedules" in err and "is a curve of walker-run" in err
