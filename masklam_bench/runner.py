@@ -1,8 +1,9 @@
 """The benchmark pipeline for one (task, method, latent dim, seed): train, probe, clone, decode, roll out.
 
 Each stage writes its output into the run's folder before the next starts, so a killed run resumes
-where it stopped and never recomputes a finished stage. LAM pretraining also checkpoints inside
-the stage. The result is one JSON file, written atomically.
+where it stopped and never recomputes a finished stage. LAM pretraining and latent BC also
+checkpoint inside their stages (every CHECKPOINT_EVERY and BC_CHECKPOINT_EVERY steps). The
+result is one JSON file, written atomically.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ RESULT_SCHEMA_VERSION = 1
 """Version of the result-file layout read by the leaderboard."""
 CHECKPOINT_EVERY = 500
 """LAM pretraining steps between checkpoints."""
+BC_CHECKPOINT_EVERY = 5000
+"""Latent-BC steps between checkpoints (the `cpu` preset's 1,500 never write one)."""
 THROUGHPUT_WARMUP_STEPS = 20
 """LAM steps at the start of a (resumed) stage 1 left out of ``lam_samples_per_s``."""
 TIME_DEPENDENT_METRICS = frozenset({"lam_samples_per_s"})
@@ -407,14 +410,14 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 
 def _module_stage(run: _Run, key: str, path: Path, name: str, module: M,
-                  compute: Callable[[], M]) -> M:
+                  compute: Callable[[], M], seconds: Callable[[M], float] | None = None) -> M:
     """:func:`_stage` for a stage whose artefact is one module's weights, saved under ``name``."""
     def load(p: Path) -> M:
         module.load_state_dict(_load_checkpoint(p)[name])
         return module
 
     return _stage(run, key, path, compute,
-                  lambda m, p: atomic_torch_save({name: m.state_dict()}, p), load)
+                  lambda m, p: atomic_torch_save({name: m.state_dict()}, p), load, seconds)
 
 
 def _save_json(value: dict[str, Any], path: Path) -> None:
@@ -504,19 +507,29 @@ def _stage_bc(run: _Run) -> LatentPolicy:
     policy = LatentPolicy(run.method.config, run.train.image_size,
                           run.method.latent_dim).to(run.device)
 
+    ckpt = run.run_dir / "bc_ckpt.pt"
+    fit_seconds = [0.0]
+
     def compute() -> LatentPolicy:
+        t_start = time.perf_counter()
         pool = (labelled_subset(run.train, run.preset.data.labelled_transitions)
                 if run.cls.bc_on_labelled_only else run.train.transitions)
         z_all = torch.from_numpy(encode_all(run.method, run.train_s, pool)).to(run.device)
-        losses = _fit_indexed(policy, run.train_s.policy_input, z_all, pool,
-                              run.preset.train.bc_steps, run.preset.train.bc_batch, BC_LR,
-                              np.random.default_rng([config.seed, 3]), "stage 3/5 latent BC",
-                              run.progress, config.bf16)
+        t_fit = time.perf_counter()
+        losses, fit_s = _fit_indexed(
+            policy, run.train_s.policy_input, z_all, pool, run.preset.train.bc_steps,
+            run.preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
+            "stage 3/5 latent BC", run.progress, config.bf16, ckpt=ckpt)
+        # This process's encoding, and the fit's time across resumes (as stage 1 counts it).
+        fit_seconds[0] = (t_fit - t_start) + fit_s
         with Curves(run.run_dir, "bc", config.tensorboard) as curves:
             curves.series("bc/loss", losses)
         return policy
 
-    return _module_stage(run, "bc_s", run.run_dir / "bc.pt", "policy", policy, compute)
+    policy = _module_stage(run, "bc_s", run.run_dir / "bc.pt", "policy", policy, compute,
+                           seconds=lambda _: fit_seconds[0])
+    ckpt.unlink(missing_ok=True)  # only once bc.pt is safe
+    return policy
 
 
 @torch.no_grad()
@@ -548,11 +561,11 @@ def _fit_decoder(run: _Run, policy: LatentPolicy, decoder: ActionDecoder,
         z = encode_all(run.method, run.train_s, labelled)
     z_lab = torch.from_numpy(z).to(run.device)
     a_lab = torch.from_numpy(run.train.actions[labelled]).to(run.device)
-    losses = _fit_indexed(decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
-                          preset.train.decoder_steps,
-                          min(preset.train.bc_batch * DECODER_BATCH_PER_BC_BATCH, len(labelled)),
-                          DECODER_LR, np.random.default_rng([config.seed, 4]),
-                          "stage 4/5 decoder", run.progress, config.bf16)
+    losses, _ = _fit_indexed(
+        decoder, lambda rows: z_lab[rows], a_lab, np.arange(len(labelled)),
+        preset.train.decoder_steps,
+        min(preset.train.bc_batch * DECODER_BATCH_PER_BC_BATCH, len(labelled)), DECODER_LR,
+        np.random.default_rng([config.seed, 4]), "stage 4/5 decoder", run.progress, config.bf16)
     with Curves(run.run_dir, "decoder", config.tensorboard) as curves:
         curves.series("decoder/loss", losses)
     return decoder
@@ -771,19 +784,34 @@ def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: np.ndarray,
                  steps: int, batch: int, lr: float, rng: np.random.Generator, desc: str,
-                 progress: bool, bf16: bool) -> list[float]:
+                 progress: bool, bf16: bool, ckpt: Path | None = None,
+                 every: int | None = None) -> tuple[list[float], float]:
     """Regress ``module(inputs(pool[r])) -> targets[r]`` for random rows r (AdamW, cosine).
 
     With ``bf16`` the forward pass runs under bf16 autocast, as the LAM does. AdamW is fused: at
     latent 8192 the policy's head alone has 33M parameters, and the per-tensor AdamW then took as
-    long as the network.
+    long as the network. With ``ckpt``, the weights, optimiser, schedule, ``rng`` and losses are
+    saved there every ``every`` steps (default :data:`BC_CHECKPOINT_EVERY`) and a later call
+    resumes from them, to the same weights as an uninterrupted fit. Returns the per-step losses and the fit's seconds across resumes.
     """
+    every = every or BC_CHECKPOINT_EVERY
     module.train()
     device_type = next(module.parameters()).device.type
     opt = torch.optim.AdamW(module.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    start, done_losses, elapsed = 0, [], 0.0
+    state = _load_checkpoint(ckpt) if ckpt is not None else None
+    if state is not None:
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start, done_losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    t0 = time.perf_counter() - elapsed
     losses = []
-    for _ in tqdm(range(steps), desc=desc, disable=not progress):
+    for step in tqdm(range(start, steps), desc=desc, disable=not progress, initial=start,
+                     total=steps):
         rows = rng.integers(len(pool), size=batch)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             pred = module(inputs(pool[rows]))
@@ -794,4 +822,11 @@ def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: n
         opt.step()
         sched.step()
         losses.append(loss.detach())  # read once at the end: a per-step read syncs a GPU
-    return torch.stack(losses).tolist() if losses else []
+        if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
+            done_losses, losses = done_losses + torch.stack(losses).tolist(), []
+            atomic_torch_save({"module": module.state_dict(), "opt": opt.state_dict(),
+                               "sched": sched.state_dict(), "rng": rng.bit_generator.state,
+                               "torch_rng": torch.get_rng_state(), "step": step + 1, "losses": done_losses,
+                               "elapsed": time.perf_counter() - t0}, ckpt)
+    return (done_losses + (torch.stack(losses).tolist() if losses else []),
+            time.perf_counter() - t0)

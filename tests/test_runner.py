@@ -14,6 +14,7 @@ from masklam_bench.baselines.lapo import LAPO
 from masklam_bench.collect import collect
 from masklam_bench.envs import env_id
 from masklam_bench.errors import UserError
+from masklam_bench.fileio import load_checkpoint
 from masklam_bench.presets import get_preset
 from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
@@ -174,6 +175,36 @@ def test_resume_in_latent_bc_or_decoder_matches_an_uninterrupted_run(tmp_path, d
         assert all(torch.equal(want[k], got[k]) for k in want), name
     for name in ("return_id_episodes", "return_ood_episodes"):
         assert resumed["metrics"][name] == full["metrics"][name]
+
+
+def test_resume_inside_latent_bc_matches_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
+    """Killed between two BC checkpoints: the fit resumes from the last one (weights, AdamW,
+    schedule, sampler) and ends on the weights of a fit never killed; the checkpoint then goes."""
+    monkeypatch.setattr(runner, "BC_CHECKPOINT_EVERY", 1)
+    full = runner.run(_config(tmp_path / "a", data_root, "lapo"), progress=False)
+    original = runner.LatentPolicy.forward
+    calls = {"n": 0}
+
+    def dies_in_step_three(self, x):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return original(self, x)
+
+    config = _config(tmp_path / "b", data_root, "lapo")
+    run_dir = Path(config.runs_root) / config.run_name
+    monkeypatch.setattr(runner.LatentPolicy, "forward", dies_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, progress=False)
+    assert load_checkpoint(run_dir / "bc_ckpt.pt")["step"] == 2  # a weights-only load
+    monkeypatch.setattr(runner.LatentPolicy, "forward", original)
+    resumed = runner.run(config, progress=False)
+    assert resumed["metrics"]["return_id_episodes"] == full["metrics"]["return_id_episodes"]
+    want = torch.load(tmp_path / "a" / "runs" / config.run_name / "bc.pt", weights_only=True)
+    got = torch.load(run_dir / "bc.pt", weights_only=True)
+    assert all(torch.equal(want["policy"][k], got["policy"][k]) for k in want["policy"])
+    assert not (run_dir / "bc_ckpt.pt").exists()
 
 
 def test_paper_networks_run_through_the_pipeline(tmp_path, data_root, monkeypatch):
