@@ -584,3 +584,33 @@ def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, 
         assert all(np.isfinite(row[c]) and row[c] >= 0 for c in module.COLUMNS)
     assert "| cheetah-run | lapo | 8 | 1 |" in capsys.readouterr().out
     assert module.main([str(tmp_path)]) == 2
+
+
+def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys):
+    """benchmarks/more_episodes.py: episode 0 of a smoke run comes out as in its result file, a
+    second episode is added, and bc-labels rows become ceiling points; a result file that does not
+    match the run (another run's returns) stops the script with exit status 2."""
+    import importlib.util
+
+    root, results = smoke_results
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "more_episodes.py"
+    spec = importlib.util.spec_from_file_location("more_episodes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run_dir = root / "runs" / results["bc-labels"]["run_name"]
+    out, png = tmp_path / "more.json", tmp_path / "more.png"
+    args = [str(run_dir), "--episodes", "2", "--results", str(root / "results"), "--threads",
+            "1", "--out", str(out), "--png", str(png)]
+    assert module.main(args) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    saved = results["bc-labels"]["metrics"]["return_id_episodes"]
+    assert len(row["returns"]) == 2 and row["returns"][:1] == saved[:1]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    record = dict(results["bc-labels"])
+    record["metrics"] = dict(record["metrics"], return_id_episodes=[x + 1.0 for x in saved])
+    (wrong / f"{record['run_name']}.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert module.main([str(run_dir), "--episodes", "1", "--results", str(wrong)]) == 2
+    assert "does not reproduce the run" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""More evaluation episodes for finished runs, without training anything again.
+
+    python benchmarks/more_episodes.py RUN_DIR [RUN_DIR ...] --episodes 10 \
+        --results leaderboards/results [--out F.json] [--png F.png]
+
+Stage 5 rolls out ``train.eval_episodes`` episodes (3 at ``cpu``) with env seeds
+``EVAL_SEED_BASE + i``. This script opens a run that finished stage 4 (its identity checked as
+for a resume; other method source is accepted, as in ``decoder_protocols.py``), rolls out episodes
+``0 .. N-1`` of its ID env (the clean env for the oracle) with its latent policy and decoder, and
+normalises them with the reference scores of the run's result file (found by run name in
+``--results``). The first episodes are the run's own: they must come out identical to the result
+file's, or the script stops, since this code or machine then does not reproduce the run.
+
+For ``bc-labels`` runs it also prints the ceiling curve's points and trend
+(:func:`masklam_bench.curves.fit_ceiling`) and, with ``--png``, draws them as ``curve ceiling``
+does. The output JSON holds one row per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from masklam_bench import curves, metrics
+from masklam_bench.envs import env_id
+from masklam_bench.errors import BenchError
+from masklam_bench.fileio import atomic_write_bytes, atomic_write_json
+from masklam_bench.runner import RunConfig, evaluate_policy, load_trained
+
+
+def _result_file(run_name: str, results: list[Path]) -> dict:
+    for folder in results:
+        path = folder / f"{run_name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    raise BenchError(f"no result file {run_name}.json in {', '.join(map(str, results))}")
+
+
+def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> dict[str, object]:
+    """``episodes`` ID returns of one finished run, normalised; the first checked against its
+    result file."""
+    config = RunConfig(**json.loads((run_dir / "config.json").read_text()))
+    config.runs_root = str(run_dir.parent)
+    trained = load_trained(config, check_code=False)
+    run = trained.run
+    saved = _result_file(run.config.run_name, results)["metrics"]
+    split = "none" if run.cls.uses_clean_data else "id"
+    returns = evaluate_policy(trained.policy, trained.decoder,
+                              {"id": env_id(config.task, split)}, episodes,
+                              run.preset.train.eval_episode_steps,
+                              run.method.config.context_frames, run.device, progress,
+                              f"{run_dir.name}: {episodes} episodes")["id"]
+    known = saved["return_id_episodes"][:episodes]
+    if returns[:len(known)] != known:
+        raise BenchError(f"{run_dir}: episodes 0-{len(known) - 1} gave {returns[:len(known)]}, "
+                         f"its result file says {known}; this code does not reproduce the run")
+    lo, hi = saved["ref_min_score"], saved["ref_max_score"]
+    normalised = [metrics.normalized_return(x, lo, hi) for x in returns]
+    return {"run": run_dir.name, "task": config.task, "method": run.cls.name or config.method,
+            "seed": config.seed, "latent_dim": config.latent_dim,
+            "bc_steps": run.preset.train.bc_steps,
+            "train_episodes": run.preset.data.train_episodes,
+            "episodes": normalised, "returns": returns, "reproduced_episodes": len(known),
+            "normalized_return_id": float(sum(normalised) / len(normalised))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="finished run folders")
+    parser.add_argument("--episodes", type=int, default=10, help="ID episodes per run")
+    parser.add_argument("--results", type=Path, action="append", required=True,
+                        help="folder of the runs' result files (repeatable)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--png", type=Path, help="draw the bc-labels rows as a ceiling curve")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for run_dir in args.run_dirs:
+        if not (run_dir / "config.json").exists():
+            print(f"{run_dir}: no config.json (not a run folder)", file=sys.stderr)
+            return 2
+        try:
+            rows.append(score(run_dir, args.episodes, args.results, progress=True))
+        except BenchError as exc:
+            print(f"{run_dir}: {exc}", file=sys.stderr)
+            return 2
+        row = rows[-1]
+        mean, low, high = metrics.mean_ci(row["episodes"])
+        print(f"{row['run']}: {args.episodes} episodes, normalised return {mean:.3f} "
+              f"[{low:.3f}, {high:.3f}] (first {row['reproduced_episodes']} as in its result "
+              "file)", flush=True)
+    ceiling = [r for r in rows if r["method"] == "bc-labels"]
+    fits = curves.fit_ceiling(ceiling) if ceiling else []
+    for fit in fits:
+        reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
+                 if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
+        print(f"bc-labels trend, {fit['train_episodes']} train episodes ({fit['runs']} runs): "
+              f"{fit['per_doubling']:+.3f} per doubling of BC steps; the line {reach}")
+    if args.out:
+        atomic_write_json(args.out, {"episodes": args.episodes, "rows": rows, "fits": fits})
+    if args.png and ceiling:
+        title = f"{ceiling[0]['task']}, bc-labels, {args.episodes} eval episodes per run"
+        atomic_write_bytes(args.png, curves.plot_ceiling(ceiling, title, fits))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
