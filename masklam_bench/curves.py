@@ -145,7 +145,10 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
 
 
 CEILING_SWEPT = ("train.bc_steps", "data.train_episodes")
-"""The preset fields a ceiling curve varies; every other field must be the preset's own."""
+"""The preset fields a ceiling curve varies."""
+CEILING_MEASUREMENT = ("train.eval_episodes",)
+"""Preset fields that change how a point is measured, not the policy: points may differ in them.
+Every field outside these and :data:`CEILING_SWEPT` must be the preset's own."""
 
 
 def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
@@ -154,7 +157,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
 
     ``paths`` are result files or folders of them. A file counts when it is ``bc-labels`` on
     ``task`` at ``preset``, and its preset differs from this code's only in the swept fields
-    (:data:`CEILING_SWEPT`): points from several machines, folders or sessions can then be drawn
+    (:data:`CEILING_SWEPT`) and the number of evaluation episodes: points from several machines, folders or sessions can then be drawn
     as one curve. A second file of the same size and seed (a copy of a run in another folder) is
     left out. Returns the points and one line per file left out, with the reason.
     """
@@ -181,10 +184,10 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             skipped.append(f"{f}: not a readable result file ({exc})")
             continue
         other = {k: v for k, v in (record.get("overrides") or {}).items()
-                 if k not in CEILING_SWEPT}
+                 if k not in CEILING_SWEPT + CEILING_MEASUREMENT}
         if other or _without_swept(got) != _without_swept(want):
             skipped.append(f"{f}: its preset differs from this code's {preset!r} in more than "
-                           f"{' and '.join(CEILING_SWEPT)}")
+                           f"{', '.join(CEILING_SWEPT + CEILING_MEASUREMENT)}")
             continue
         key = (bc_steps, episodes, record["seed"])
         if key in seen:
@@ -199,9 +202,9 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
 
 
 def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
-    """A preset dict with the ceiling curve's swept fields removed."""
+    """A preset dict without the fields ceiling points may differ in."""
     out = json.loads(json.dumps(preset))
-    for key in CEILING_SWEPT:
+    for key in CEILING_SWEPT + CEILING_MEASUREMENT:
         section, field = key.split(".")
         out[section].pop(field, None)
     return out

@@ -65,13 +65,19 @@ def test_ceiling_curve_is_read_back_from_result_files(tmp_path, data_root):
     for f in (tmp_path / "results").glob("*.json"):
         (copy / f.name).write_text(f.read_text())
     other = json.loads(next(copy.glob("*.json")).read_text())
-    other["overrides"] = {"train.eval_episodes": 9}
-    other["config"]["preset"]["train"]["eval_episodes"] = 9
+    other["overrides"] = {"train.decoder_steps": 9}
+    other["config"]["preset"]["train"]["decoder_steps"] = 9
     (copy / "other.json").write_text(json.dumps(other))
     (copy / "broken.json").write_text("{")
+    more = json.loads(next(copy.glob("*bc-labels__s0__smoke.json")).read_text())  # 3 BC steps
+    more["overrides"] = {**more["overrides"], "train.eval_episodes": 4}
+    more["config"]["preset"]["train"]["eval_episodes"] = 4
+    more["seed"] = 7
+    (copy / "more.json").write_text(json.dumps(more))
     points, skipped = curves.ceiling_points_from_results([tmp_path / "results", copy],
                                                          "cheetah-run", "smoke")
-    assert [(p["bc_steps"], p["seed"]) for p in points] == [(3, 0), (4, 0)]
+    # seed 7's point differs in its evaluation episodes only: it is measured, not made, otherwise
+    assert [(p["bc_steps"], p["seed"]) for p in points] == [(3, 0), (3, 7), (4, 0)]
     reasons = "\n".join(skipped)
     assert "broken.json: not a readable result file" in reasons
     assert "other.json: its preset differs" in reasons
