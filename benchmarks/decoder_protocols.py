@@ -39,7 +39,7 @@ from masklam_bench.errors import BenchError
 from masklam_bench.fileio import atomic_write_json
 from masklam_bench.leaderboard import TABLE_ORDER
 from masklam_bench.metrics import format_mean_ci, probe_nmse
-from masklam_bench.runner import RunConfig, encode_all, load_trained, policy_latents
+from masklam_bench.runner import encode_all, load_run_folder, policy_latents
 
 COLUMNS = ("idm_decode", "policy_idm", "policy_policy")
 
@@ -53,10 +53,9 @@ def _decode(decoder: torch.nn.Module, z: np.ndarray) -> np.ndarray:
 
 def score(run_dir: Path) -> dict[str, object]:
     """The three NMSEs of one finished run (see the module docstring)."""
-    config = RunConfig(**json.loads((run_dir / "config.json").read_text()))
-    config.runs_root = str(run_dir.parent)
-    trained = load_trained(config, check_code=False)
+    trained = load_run_folder(run_dir, check_code=False)
     run = trained.run
+    config = run.config
     if run.preset.train.decoder_inputs != "idm":
         raise SystemExit(f"{run_dir}: its decoder was fitted on the policy's predictions; "
                          "this script compares against the idm protocol")
@@ -107,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for run_dir in args.run_dirs:
-        if not (run_dir / "config.json").exists():
-            print(f"{run_dir}: no config.json (not a run folder)", file=sys.stderr)
-            return 2
         try:
             rows.append(score(run_dir))
         except BenchError as exc:

@@ -29,7 +29,7 @@ from masklam_bench import curves, metrics
 from masklam_bench.envs import env_id
 from masklam_bench.errors import BenchError
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json
-from masklam_bench.runner import RunConfig, evaluate_policy, load_trained
+from masklam_bench.runner import evaluate_policy, load_run_folder
 
 
 def _result_file(run_name: str, results: list[Path]) -> dict:
@@ -43,10 +43,9 @@ def _result_file(run_name: str, results: list[Path]) -> dict:
 def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> dict[str, object]:
     """``episodes`` ID returns of one finished run, normalised; the first checked against its
     result file."""
-    config = RunConfig(**json.loads((run_dir / "config.json").read_text()))
-    config.runs_root = str(run_dir.parent)
-    trained = load_trained(config, check_code=False)
+    trained = load_run_folder(run_dir, check_code=False)
     run = trained.run
+    config = run.config
     saved = _result_file(run.config.run_name, results)["metrics"]
     split = "none" if run.cls.uses_clean_data else "id"
     returns = evaluate_policy(trained.policy, trained.decoder,
@@ -84,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for run_dir in args.run_dirs:
-        if not (run_dir / "config.json").exists():
-            print(f"{run_dir}: no config.json (not a run folder)", file=sys.stderr)
-            return 2
         try:
             rows.append(score(run_dir, args.episodes, args.results, progress=True))
         except BenchError as exc:

@@ -615,6 +615,21 @@ def load_trained(config: RunConfig, check_code: bool = True) -> TrainedRun:
     return TrainedRun(run, policy, _stage_decoder(run, policy))
 
 
+def load_run_folder(run_dir: str | os.PathLike, check_code: bool = True) -> TrainedRun:
+    """:func:`load_trained` for the run in ``run_dir``, whose ``config.json`` names its settings
+    (its runs root is taken to be the folder's parent, wherever the run was made)."""
+    run_dir = Path(run_dir)
+    try:
+        settings = json.loads((run_dir / "config.json").read_text())
+        config = RunConfig(**settings)
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} has no config.json: not a run folder.") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{run_dir}/config.json is unreadable ({exc}).") from None
+    config.runs_root = str(run_dir.parent)
+    return load_trained(config, check_code)
+
+
 def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict[str, Any]:
     """Stage 5: rollouts in the ID and OOD envs (the oracle: the clean env, ID only)."""
     task = run.config.task

@@ -614,3 +614,11 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
     capsys.readouterr()
     assert module.main([str(run_dir), "--episodes", "1", "--results", str(wrong)]) == 2
     assert "does not reproduce the run" in capsys.readouterr().err
+
+
+def test_load_run_folder_names_what_is_wrong(tmp_path):
+    with pytest.raises(UserError, match="not a run folder"):
+        runner.load_run_folder(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(UserError, match="config.json is unreadable"):
+        runner.load_run_folder(tmp_path)
