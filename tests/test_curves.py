@@ -40,12 +40,20 @@ def test_probe_curve_reads_snapshots_of_one_run(tmp_path, data_root):
     assert curves.plot_probe(rows, "t")[:4] == b"\x89PNG"
 
 
-def test_ceiling_curve_runs_bc_labels_at_each_size(tmp_path, data_root):
+@pytest.fixture(scope="module")
+def ceiling_runs(tmp_path_factory, data_root):
+    """A two-point smoke ceiling curve: (its folder, its points)."""
+    root = tmp_path_factory.mktemp("ceiling")
     points = curves.ceiling_curve("cheetah-run", [3, 4], [2], [0], "smoke", {}, str(data_root),
-                                  str(tmp_path / "runs"), str(tmp_path / "results"), threads=1,
+                                  str(root / "runs"), str(root / "results"), threads=1,
                                   progress=False)
+    return root, points
+
+
+def test_ceiling_curve_runs_bc_labels_at_each_size(ceiling_runs):
+    root, points = ceiling_runs
     assert [p["bc_steps"] for p in points] == [3, 4]
-    saved = [json.loads(p.read_text())["overrides"] for p in (tmp_path / "results").glob("*.json")]
+    saved = [json.loads(p.read_text())["overrides"] for p in (root / "results").glob("*.json")]
     # The smoke preset's own 3 BC steps need no override: that point is the preset's run.
     assert {} in saved and {"train.bc_steps": 4} in saved
     assert curves.plot_ceiling(points, "t")[:4] == b"\x89PNG"
@@ -56,13 +64,11 @@ def test_curve_command_rejects_bad_steps(capsys):
     assert "--steps must be" in capsys.readouterr().err
 
 
-def test_ceiling_curve_is_read_back_from_result_files(tmp_path, data_root):
-    curves.ceiling_curve("cheetah-run", [3, 4], [2], [0], "smoke", {}, str(data_root),
-                         str(tmp_path / "runs"), str(tmp_path / "results"), threads=1,
-                         progress=False)
+def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
+    root, _ = ceiling_runs
     copy = tmp_path / "copy"
     copy.mkdir()
-    for f in (tmp_path / "results").glob("*.json"):
+    for f in (root / "results").glob("*.json"):
         (copy / f.name).write_text(f.read_text())
     other = json.loads(next(copy.glob("*.json")).read_text())
     other["overrides"] = {"train.decoder_steps": 9}
@@ -74,7 +80,7 @@ def test_ceiling_curve_is_read_back_from_result_files(tmp_path, data_root):
     more["config"]["preset"]["train"]["eval_episodes"] = 4
     more["seed"] = 7
     (copy / "more.json").write_text(json.dumps(more))
-    points, skipped = curves.ceiling_points_from_results([tmp_path / "results", copy],
+    points, skipped = curves.ceiling_points_from_results([root / "results", copy],
                                                          "cheetah-run", "smoke")
     # seed 7's point differs in its evaluation episodes only: it is measured, not made, otherwise
     assert [(p["bc_steps"], p["seed"]) for p in points] == [(3, 0), (3, 7), (4, 0)]
