@@ -6,7 +6,10 @@
 - ``ceiling``: ``bc-labels`` (pixel BC on all true actions, the ceiling of every LAM row)
   normalised return against BC steps and dataset size, through the full pipeline.
 
-Both write one JSON file and one PNG under ``--out`` and resume from the runs' folders.
+Both write one JSON file and one PNG under ``--out`` and resume from the runs' folders. Neither
+needs to run to be drawn: ``probe --merge`` joins curve files made elsewhere (one per seed or
+machine), and ``ceiling --from-results`` reads finished ``bc-labels`` result files and fits the
+return's trend on log2(BC steps).
 """
 
 from __future__ import annotations
