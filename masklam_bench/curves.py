@@ -160,19 +160,20 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
 
     ``paths`` are result files or folders of them. A file counts when it is ``bc-labels`` on
     ``task`` at ``preset``, and its preset differs from this code's only in the swept fields
-    (:data:`CEILING_SWEPT`) and the number of evaluation episodes: points from several machines, folders or sessions can then be drawn
-    as one curve. A second file of the same size and seed (a copy of a run in another folder) is
-    left out. Returns the points and one line per file left out, with the reason.
+    (:data:`CEILING_SWEPT`) and the number of evaluation episodes: points from several machines,
+    folders or sessions can then be drawn as one curve. Of two files of the same size and seed
+    (a copy of a run, or the run measured again with more episodes) the one with more
+    evaluation episodes is kept. Returns the points and one line per file left out, and why.
     """
     import dataclasses
 
     from masklam_bench.presets import get_preset
 
-    want = dataclasses.asdict(get_preset(preset))
+    want = _without_swept(dataclasses.asdict(get_preset(preset)))
     files = sorted({f for p in paths for f in (sorted(Path(p).glob("*.json"))
                                                if Path(p).is_dir() else [Path(p)])})
-    points, skipped = [], []
-    seen: dict[tuple[int, int, int], str] = {}
+    kept: dict[tuple[int, int, int], dict[str, Any]] = {}
+    skipped = []
     for f in files:
         try:
             record = json.loads(f.read_text())
@@ -183,25 +184,27 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             m = record["metrics"]
             lo, hi = m["ref_min_score"], m["ref_max_score"]
             returns = [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            skipped.append(f"{f}: not a readable result file ({exc})")
+            same_protocol = _without_swept(got) == want
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            skipped.append(f"{f}: not a readable result file ({exc!r})")
             continue
         other = {k: v for k, v in (record.get("overrides") or {}).items()
                  if k not in CEILING_SWEPT + CEILING_MEASUREMENT}
-        if other or _without_swept(got) != _without_swept(want):
+        if other or not same_protocol:
             skipped.append(f"{f}: its preset differs from this code's {preset!r} in more than "
                            f"{', '.join(CEILING_SWEPT + CEILING_MEASUREMENT)}")
             continue
+        point = {"bc_steps": bc_steps, "train_episodes": episodes, "seed": record["seed"],
+                 "normalized_return_id": m["normalized_return_id"], "episodes": returns,
+                 "bc_s": record.get("timings", {}).get("bc_s"), "file": str(f)}
         key = (bc_steps, episodes, record["seed"])
-        if key in seen:
-            skipped.append(f"{f}: the same size and seed as {seen[key]} (kept that one)")
-            continue
-        seen[key] = str(f)
-        points.append({"bc_steps": bc_steps, "train_episodes": episodes, "seed": record["seed"],
-                       "normalized_return_id": m["normalized_return_id"], "episodes": returns,
-                       "bc_s": record.get("timings", {}).get("bc_s"), "file": f.name})
-    points.sort(key=lambda p: (p["train_episodes"], p["bc_steps"], p["seed"]))
-    return points, skipped
+        if key in kept:
+            first, second = sorted([kept[key], point], key=lambda p: -len(p["episodes"]))
+            skipped.append(f"{second['file']}: the same size and seed as {first['file']}, "
+                           f"which has {len(first['episodes'])} evaluation episodes (kept)")
+            point = first
+        kept[key] = point
+    return [kept[k] for k in sorted(kept, key=lambda k: (k[1], k[0], k[2]))], skipped
 
 
 def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:

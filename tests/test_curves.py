@@ -80,6 +80,10 @@ def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
     more["config"]["preset"]["train"]["eval_episodes"] = 4
     more["seed"] = 7
     (copy / "more.json").write_text(json.dumps(more))
+    four = next(copy.glob("*bc-labels__s0__smoke+set*.json"))  # the 4-step run, measured again
+    again = json.loads(four.read_text())
+    again["metrics"]["return_id_episodes"] *= 2
+    four.write_text(json.dumps(again))
     points, skipped = curves.ceiling_points_from_results([root / "results", copy],
                                                          "cheetah-run", "smoke")
     # seed 7's point differs in its evaluation episodes only: it is measured, not made, otherwise
@@ -88,6 +92,8 @@ def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
     assert "broken.json: not a readable result file" in reasons
     assert "other.json: its preset differs" in reasons
     assert reasons.count("the same size and seed") == 2  # the copies of the two runs
+    # Of the 4-step run and its copy with two episodes, the one with more episodes is kept.
+    assert points[-1]["file"] == str(four) and len(points[-1]["episodes"]) == 2
     assert curves.ceiling_points_from_results([copy], "walker-run", "smoke")[0] == []
     fits = curves.fit_ceiling(points)
     assert len(fits) == 1 and curves.plot_ceiling(points, "t", fits)[:4] == b"\x89PNG"
