@@ -807,7 +807,8 @@ def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: n
     latent 8192 the policy's head alone has 33M parameters, and the per-tensor AdamW then took as
     long as the network. With ``ckpt``, the weights, optimiser, schedule, ``rng`` and losses are
     saved there every ``every`` steps (default :data:`BC_CHECKPOINT_EVERY`) and a later call
-    resumes from them, to the same weights as an uninterrupted fit. Returns the per-step losses and the fit's seconds across resumes.
+    resumes from them, to the same weights as an uninterrupted fit. Returns the per-step losses
+    and the fit's seconds across resumes.
     """
     every = every or BC_CHECKPOINT_EVERY
     module.train()
