@@ -11,9 +11,10 @@ normalises them with the reference scores of the run's result file (found by run
 ``--results``). The first episodes are the run's own: they must come out identical to the result
 file's, or the script stops, since this code or machine then does not reproduce the run.
 
-For ``bc-labels`` runs it also prints the ceiling curve's points and trend
-(:func:`masklam_bench.curves.fit_ceiling`) and, with ``--png``, draws them as ``curve ceiling``
-does. The output JSON holds one row per run.
+For ``bc-labels`` runs it also prints the ceiling curve's trend
+(:func:`masklam_bench.curves.fit_ceiling`) and, with ``--png``, draws the points as ``curve
+ceiling`` does. The output JSON holds one row per run; ``--refit JSON`` reads such a file back
+and fits and draws it again without rolling anything out.
 """
 
 from __future__ import annotations
@@ -67,12 +68,32 @@ def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> 
             "normalized_return_id": float(sum(normalised) / len(normalised))}
 
 
+def _score_all(run_dirs: list[Path], episodes: int, results: list[Path]) -> list[dict] | None:
+    """:func:`score` for every run, printed as it goes; None (and the reason) on a bad run."""
+    rows = []
+    for run_dir in run_dirs:
+        try:
+            rows.append(score(run_dir, episodes, results, progress=True))
+        except BenchError as exc:
+            print(f"{run_dir}: {exc}", file=sys.stderr)
+            return None
+        row = rows[-1]
+        mean, low, high = metrics.mean_ci(row["episodes"])
+        print(f"{row['run']}: {episodes} episodes, normalised return {mean:.3f} "
+              f"[{low:.3f}, {high:.3f}] (first {row['reproduced_episodes']} as in its result "
+              "file)", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="finished run folders")
+    parser.add_argument("run_dirs", nargs="*", type=Path, help="finished run folders")
     parser.add_argument("--episodes", type=int, default=10, help="ID episodes per run")
-    parser.add_argument("--results", type=Path, action="append", required=True,
+    parser.add_argument("--results", type=Path, action="append", default=[],
                         help="folder of the runs' result files (repeatable)")
+    parser.add_argument("--refit", type=Path, metavar="JSON",
+                        help="roll out nothing: read the rows of an earlier --out file and "
+                             "print (and with --out/--png write) their trend again")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--png", type=Path, help="draw the bc-labels rows as a ceiling curve")
@@ -81,25 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for run_dir in args.run_dirs:
+    if args.refit:
         try:
-            rows.append(score(run_dir, args.episodes, args.results, progress=True))
-        except BenchError as exc:
-            print(f"{run_dir}: {exc}", file=sys.stderr)
+            saved = json.loads(args.refit.read_text())
+            rows, args.episodes = saved["rows"], saved["episodes"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{args.refit}: not an output of this script ({exc!r})", file=sys.stderr)
             return 2
-        row = rows[-1]
-        mean, low, high = metrics.mean_ci(row["episodes"])
-        print(f"{row['run']}: {args.episodes} episodes, normalised return {mean:.3f} "
-              f"[{low:.3f}, {high:.3f}] (first {row['reproduced_episodes']} as in its result "
-              "file)", flush=True)
+    elif not args.run_dirs or not args.results:
+        parser.error("give run folders and --results (or --refit JSON)")
+    else:
+        rows = _score_all(args.run_dirs, args.episodes, args.results)
+        if rows is None:
+            return 2
     ceiling = [r for r in rows if r["method"] == "bc-labels"]
     fits = curves.fit_ceiling(ceiling) if ceiling else []
     for fit in fits:
-        reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
-                 if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
-        print(f"bc-labels trend, {fit['train_episodes']} train episodes ({fit['runs']} runs): "
-              f"{fit['per_doubling']:+.3f} per doubling of BC steps; the line {reach}")
+        print(f"bc-labels trend, {curves.describe_fit(fit)}")
     if args.out:
         atomic_write_json(args.out, {"episodes": args.episodes, "rows": rows, "fits": fits})
     if args.png and ceiling:

@@ -220,10 +220,15 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
     """Least-squares line of normalised return on log2(BC steps), per dataset size.
 
     Fitted on every seed's mean return (one value per run), so a size with more seeds weighs
-    more. ``per_doubling`` is the return gained per doubling of the BC steps; ``steps_to_gate``
-    is where the line reaches ``gate`` (None when it does not rise, or not below 2^64 steps). An extrapolation of
-    a few noisy points: a statement of the measured trend, not a prediction.
+    more. ``per_doubling`` is the return gained per doubling of the BC steps, with its 95%
+    Student-t interval and the p-value of a zero slope (from ``scipy.stats.linregress``; both
+    None below three runs); ``steps_to_gate`` is where the line reaches ``gate``, and
+    ``steps_to_gate_fastest`` where a line through the points' mean at the interval's top slope
+    does (None when the line does not rise, or not below 2^64 steps). An extrapolation of a few
+    noisy points: a statement of the measured trend, not a prediction.
     """
+    from scipy import stats
+
     fits = []
     for episodes in sorted({p["train_episodes"] for p in points}):
         mine = [p for p in points if p["train_episodes"] == episodes]
@@ -231,14 +236,42 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
         y = np.asarray([p["normalized_return_id"] for p in mine], dtype=np.float64)
         if len(set(x.tolist())) < 2:
             continue
-        slope, intercept = np.polyfit(x, y, 1)
-        doublings = (gate - intercept) / slope if slope > 0 else None
-        # Beyond 2^64 steps a line says only "never"; None keeps the JSON free of inf.
-        to_gate = float(2 ** doublings) if doublings is not None and doublings < 64 else None
-        fits.append({"train_episodes": episodes, "runs": len(mine),
-                     "per_doubling": float(slope), "intercept_log2": float(intercept),
-                     "gate": gate, "steps_to_gate": to_gate})
+        slope, intercept = (float(v) for v in np.polyfit(x, y, 1))
+        ci, p_value, fastest = None, None, None
+        if len(mine) >= 3:  # two points fit exactly: no spread to measure
+            line = stats.linregress(x, y)
+            half = float(stats.t.ppf(0.975, len(mine) - 2) * line.stderr)
+            ci, p_value = [slope - half, slope + half], float(line.pvalue)
+            fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
+        fits.append({"train_episodes": episodes, "runs": len(mine), "per_doubling": slope,
+                     "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept,
+                     "gate": gate, "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
+                     "steps_to_gate_fastest": fastest})
     return fits
+
+
+def _steps_to(gate: float, x0: float, y0: float, slope: float) -> float | None:
+    """BC steps where the line through (log2 steps x0, return y0) with ``slope`` reaches ``gate``;
+    None when it does not rise or only beyond 2^64 steps (which keeps the JSON free of inf)."""
+    if slope <= 0:
+        return None
+    log2_steps = x0 + (gate - y0) / slope
+    return float(2 ** log2_steps) if log2_steps < 64 else None
+
+
+def describe_fit(fit: dict[str, Any]) -> str:
+    """One line for a :func:`fit_ceiling` result."""
+    reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
+             if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
+    text = (f"{fit['train_episodes']} train episodes ({fit['runs']} runs): "
+            f"{fit['per_doubling']:+.3f} per doubling of BC steps")
+    if fit["per_doubling_ci95"] is not None:
+        lo, hi = fit["per_doubling_ci95"]
+        text += f" (95% interval {lo:+.3f} to {hi:+.3f}, p = {fit['p_value']:.2g})"
+    text += f"; the line {reach}"
+    if fit["steps_to_gate_fastest"]:
+        text += f", at the interval's top slope at about {fit['steps_to_gate_fastest']:.3g}"
+    return text
 
 
 def summarise_probe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -410,10 +443,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
             print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} seed "
                   f"{p['seed']}: normalised return {p['normalized_return_id']:.3f}")
         for fit in fits:
-            reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
-                     if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
-            print(f"fit, {fit['train_episodes']} episodes ({fit['runs']} runs): "
-                  f"{fit['per_doubling']:+.3f} per doubling of BC steps; the line {reach}")
+            print(f"fit, {describe_fit(fit)}")
     atomic_write_json(out / f"{args.kind}_curve_{task}.json", payload)
     atomic_write_bytes(out / f"{args.kind}_curve_{task}.png", png)
     print(f"wrote {out}/{args.kind}_curve_{task}.json and .png")
@@ -447,5 +477,5 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
                          args.data_root, args.runs_root, str(out / "results"), args.threads)
 
 
-__all__ = ["ceiling_curve", "ceiling_points_from_results", "fit_ceiling", "merge_probe_curves",
-           "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]
+__all__ = ["ceiling_curve", "ceiling_points_from_results", "describe_fit", "fit_ceiling",
+           "merge_probe_curves", "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]

@@ -105,9 +105,18 @@ def test_fit_ceiling_extrapolates_along_log_steps():
     (fit,) = curves.fit_ceiling(points, gate=0.5)
     assert fit["per_doubling"] == pytest.approx(0.1)
     assert fit["steps_to_gate"] == pytest.approx(16000)
+    assert fit["per_doubling_ci95"] == pytest.approx([0.1, 0.1])  # on the line: no spread
+    noisy = [dict(p, normalized_return_id=r) for p, r in zip(points, [0.1, 0.25, 0.3])]
+    (fit,) = curves.fit_ceiling(noisy, gate=0.5)
+    lo, hi = fit["per_doubling_ci95"]
+    assert lo < fit["per_doubling"] < hi and 0 < fit["p_value"] < 1
+    assert fit["steps_to_gate_fastest"] < fit["steps_to_gate"]  # a steeper line gets there first
+    assert "95% interval" in curves.describe_fit(fit)
     flat = [dict(p, normalized_return_id=0.2 - 0.01 * i) for i, p in enumerate(points)]
     assert curves.fit_ceiling(flat)[0]["steps_to_gate"] is None  # falling: never reaches it
     assert curves.fit_ceiling(points[:1]) == []  # one size: no line
+    (two,) = curves.fit_ceiling(points[:2])  # two sizes: a line, but no interval
+    assert two["per_doubling_ci95"] is None and "interval" not in curves.describe_fit(two)
 
 
 def test_curve_from_results_without_matches_says_so(tmp_path, capsys):

@@ -606,6 +606,9 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
     saved = results["bc-labels"]["metrics"]["return_id_episodes"]
     assert len(row["returns"]) == 2 and row["returns"][:1] == saved[:1]
     assert png.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert module.main(["--refit", str(out)]) == 0  # the trend again, nothing rolled out
+    assert "bc-labels trend" not in capsys.readouterr().out  # one size: no trend to fit
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     record = dict(results["bc-labels"])
