@@ -13,8 +13,8 @@ file's, or the script stops, since this code or machine then does not reproduce 
 
 For ``bc-labels`` runs it also prints the ceiling curve's trend
 (:func:`masklam_bench.curves.fit_ceiling`) and, with ``--png``, draws the points as ``curve
-ceiling`` does. The output JSON holds one row per run; ``--refit JSON`` reads such a file back
-and fits and draws it again without rolling anything out.
+ceiling`` does. The output JSON holds one row per run; ``--refit JSON`` starts from such a file:
+only run folders not in it are rolled out, and every row is fitted and drawn again.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, action="append", default=[],
                         help="folder of the runs' result files (repeatable)")
     parser.add_argument("--refit", type=Path, metavar="JSON",
-                        help="roll out nothing: read the rows of an earlier --out file and "
-                             "print (and with --out/--png write) their trend again")
+                        help="start from the rows of an earlier --out file (with its episode "
+                             "count): only runs not in it are rolled out, then all are fitted")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--png", type=Path, help="draw the bc-labels rows as a ceiling curve")
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    rows = []
     if args.refit:
         try:
             saved = json.loads(args.refit.read_text())
@@ -109,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"{args.refit}: not an output of this script ({exc!r})", file=sys.stderr)
             return 2
-    elif not args.run_dirs or not args.results:
-        parser.error("give run folders and --results (or --refit JSON)")
-    else:
-        rows = _score_all(args.run_dirs, args.episodes, args.results)
-        if rows is None:
+    elif not args.run_dirs:
+        parser.error("give run folders (or --refit JSON)")
+    if args.run_dirs:
+        if not args.results:
+            parser.error("--results is needed to check the runs' first episodes")
+        done = {row["run"] for row in rows}
+        more = _score_all([d for d in args.run_dirs if d.name not in done], args.episodes,
+                          args.results)
+        if more is None:
             return 2
+        rows += more
     ceiling = [r for r in rows if r["method"] == "bc-labels"]
     fits = curves.fit_ceiling(ceiling) if ceiling else []
     for fit in fits:

@@ -609,6 +609,11 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
     capsys.readouterr()
     assert module.main(["--refit", str(out)]) == 0  # the trend again, nothing rolled out
     assert "bc-labels trend" not in capsys.readouterr().out  # one size: no trend to fit
+    # A run already in the file is not rolled out again; a new one would be appended.
+    assert module.main(["--refit", str(out), str(run_dir), "--results", str(root / "results"),
+                        "--out", str(out)]) == 0
+    assert "normalised return" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] == [row]
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     record = dict(results["bc-labels"])
