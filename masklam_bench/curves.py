@@ -385,7 +385,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-root", default="runs/curves")
     p.add_argument("--merge", action="append", default=[], metavar="JSON",
                    help="probe: draw the curve from these probe-curve JSON files (repeatable; "
-                        "e.g. one per seed) instead of running")
+                        "e.g. one per seed) instead of running; --methods/--steps/--seeds are "
+                        "ignored")
     p.add_argument("--from-results", action="append", default=[], metavar="PATH",
                    help="ceiling: draw the curve from these bc-labels result files or folders "
                         "(repeatable) instead of running; --steps/--episodes/--seeds are ignored")
