@@ -136,14 +136,7 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
                     method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
                     data_root=data_root, runs_root=runs_root, results_dir=results_dir,
                     threads=threads, overrides=sets)
-                result = runner.run(config, progress)
-                m = result["metrics"]
-                lo, hi = m["ref_min_score"], m["ref_max_score"]
-                episodes_norm = [metrics.normalized_return(x, lo, hi)
-                                 for x in m["return_id_episodes"]]
-                points.append({"bc_steps": steps, "train_episodes": episodes, "seed": seed,
-                               "normalized_return_id": m["normalized_return_id"],
-                               "episodes": episodes_norm, "bc_s": result["timings"].get("bc_s")})
+                points.append(_ceiling_point(runner.run(config, progress)))
     return points
 
 
@@ -180,10 +173,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             got = record["config"]["preset"]
             if (record["method"], record["task"], got["name"]) != ("bc-labels", task, preset):
                 continue
-            bc_steps, episodes = got["train"]["bc_steps"], got["data"]["train_episodes"]
-            m = record["metrics"]
-            lo, hi = m["ref_min_score"], m["ref_max_score"]
-            returns = [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]]
+            point = dict(_ceiling_point(record), file=str(f))
             same_protocol = _without_swept(got) == want
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             skipped.append(f"{f}: not a readable result file ({exc!r})")
@@ -194,10 +184,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             skipped.append(f"{f}: its preset differs from this code's {preset!r} in more than "
                            f"{', '.join(CEILING_SWEPT + CEILING_MEASUREMENT)}")
             continue
-        point = {"bc_steps": bc_steps, "train_episodes": episodes, "seed": record["seed"],
-                 "normalized_return_id": m["normalized_return_id"], "episodes": returns,
-                 "bc_s": record.get("timings", {}).get("bc_s"), "file": str(f)}
-        key = (bc_steps, episodes, record["seed"])
+        key = (point["bc_steps"], point["train_episodes"], point["seed"])
         if key in kept:
             first, second = sorted([kept[key], point], key=lambda p: -len(p["episodes"]))
             skipped.append(f"{second['file']}: the same size and seed as {first['file']}, "
@@ -205,6 +192,18 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             point = first
         kept[key] = point
     return [kept[k] for k in sorted(kept, key=lambda k: (k[1], k[0], k[2]))], skipped
+
+
+def _ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
+    """One ceiling point from a ``bc-labels`` result (as ``runner.run`` returns and writes it):
+    its sizes, seed, mean normalised ID return and every episode's normalised return."""
+    preset, m = record["config"]["preset"], record["metrics"]
+    lo, hi = m["ref_min_score"], m["ref_max_score"]
+    return {"bc_steps": preset["train"]["bc_steps"],
+            "train_episodes": preset["data"]["train_episodes"], "seed": record["seed"],
+            "normalized_return_id": m["normalized_return_id"],
+            "episodes": [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]],
+            "bc_s": record.get("timings", {}).get("bc_s")}
 
 
 def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
