@@ -4,7 +4,8 @@
   LAM run per (method, seed) keeps snapshots at the asked steps, and each snapshot is probed, so
   the points share one schedule (that of the longest run) rather than being separate runs.
 - ``ceiling``: ``bc-labels`` (pixel BC on all true actions, the ceiling of every LAM row)
-  normalised return against BC steps and dataset size, through the full pipeline.
+  normalised return against BC steps, dataset size and random-shift augmentation, through the
+  full pipeline.
 
 Both write one JSON file and one PNG under ``--out`` and resume from the runs' folders. Neither
 needs to run to be drawn: ``probe --merge`` joins curve files made elsewhere (one per seed or
@@ -28,6 +29,8 @@ PROBE_STEPS = (1500, 6000, 24000)
 """Default LAM steps at which the probe curve is read (issue 17: 1.5k, 6k, 24k)."""
 CEILING_BC_STEPS = (1500, 6000, 24000)
 """Default BC steps of the ceiling curve."""
+SHIFT_KEY = "train.bc_random_shift"
+"""The preset field of latent BC's random-shift augmentation (0: off)."""
 
 
 def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int], dim: int,
@@ -116,31 +119,34 @@ def _probe_action(r: Any) -> float:
 
 def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], seeds: list[int],
                   preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
-                  results_dir: str, threads: int, progress: bool = True) -> list[dict[str, Any]]:
-    """``bc-labels`` normalised return for every (BC steps, train episodes, seed)."""
+                  results_dir: str, threads: int, progress: bool = True,
+                  shifts: tuple[int, ...] = (0,)) -> list[dict[str, Any]]:
+    """``bc-labels`` normalised return for every (train episodes, shift, BC steps, seed)."""
+    import itertools
+
     from masklam_bench import runner
     from masklam_bench.presets import get_preset
 
+    own = get_preset(preset)
     points = []
-    for episodes in train_episodes:
-        for steps in bc_steps:
-            for seed in seeds:
-                # A size equal to the preset's is no override: that point is the preset's own
-                # bc-labels run (and reuses its stages when --runs-root is shared).
-                sets = dict(overrides)
-                if steps != get_preset(preset).train.bc_steps:
-                    sets["train.bc_steps"] = steps
-                if episodes != get_preset(preset).data.train_episodes:
-                    sets["data.train_episodes"] = episodes
-                config = runner.RunConfig(
-                    method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
-                    data_root=data_root, runs_root=runs_root, results_dir=results_dir,
-                    threads=threads, overrides=sets)
-                points.append(_ceiling_point(runner.run(config, progress)))
+    for episodes, shift, steps, seed in itertools.product(train_episodes, shifts, bc_steps, seeds):
+        # A size equal to the preset's is no override: that point is the preset's own
+        # bc-labels run (and reuses its stages when --runs-root is shared).
+        sets = dict(overrides)
+        for key, value, default in (("train.bc_steps", steps, own.train.bc_steps),
+                                    ("data.train_episodes", episodes, own.data.train_episodes),
+                                    (SHIFT_KEY, shift, own.train.bc_random_shift)):
+            if value != default:
+                sets[key] = value
+        config = runner.RunConfig(
+            method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
+            data_root=data_root, runs_root=runs_root, results_dir=results_dir,
+            threads=threads, overrides=sets)
+        points.append(_ceiling_point(runner.run(config, progress)))
     return points
 
 
-CEILING_SWEPT = ("train.bc_steps", "data.train_episodes")
+CEILING_SWEPT = ("train.bc_steps", "data.train_episodes", SHIFT_KEY)
 """The preset fields a ceiling curve varies."""
 CEILING_MEASUREMENT = ("train.eval_episodes",)
 """Preset fields that change how a point is measured, not the policy: points may differ in them.
@@ -154,18 +160,16 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
     ``paths`` are result files or folders of them. A file counts when it is ``bc-labels`` on
     ``task`` at ``preset``, and its preset differs from this code's only in the swept fields
     (:data:`CEILING_SWEPT`) and the number of evaluation episodes: points from several machines,
-    folders or sessions can then be drawn as one curve. Of two files of the same size and seed
-    (a copy of a run, or the run measured again with more episodes) the one with more
+    folders or sessions can then be drawn as one curve. Of two files of the same size, shift and
+    seed (a copy of a run, or the run measured again with more episodes) the one with more
     evaluation episodes is kept. Returns the points and one line per file left out, and why.
     """
-    import dataclasses
+    from masklam_bench.presets import get_preset, preset_record
 
-    from masklam_bench.presets import get_preset
-
-    want = _without_swept(dataclasses.asdict(get_preset(preset)))
+    want = _without_swept(preset_record(get_preset(preset)))
     files = sorted({f for p in paths for f in (sorted(Path(p).glob("*.json"))
                                                if Path(p).is_dir() else [Path(p)])})
-    kept: dict[tuple[int, int, int], dict[str, Any]] = {}
+    kept: dict[tuple[int, int, int, int], dict[str, Any]] = {}
     skipped = []
     for f in files:
         try:
@@ -184,14 +188,14 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             skipped.append(f"{f}: its preset differs from this code's {preset!r} in more than "
                            f"{', '.join(CEILING_SWEPT + CEILING_MEASUREMENT)}")
             continue
-        key = (point["bc_steps"], point["train_episodes"], point["seed"])
+        key = (*_series(point), point["bc_steps"], point["seed"])
         if key in kept:
             first, second = sorted([kept[key], point], key=lambda p: -len(p["episodes"]))
             skipped.append(f"{second['file']}: the same size and seed as {first['file']}, "
                            f"which has {len(first['episodes'])} evaluation episodes (kept)")
             point = first
         kept[key] = point
-    return [kept[k] for k in sorted(kept, key=lambda k: (k[1], k[0], k[2]))], skipped
+    return [kept[k] for k in sorted(kept)], skipped
 
 
 def _ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
@@ -200,10 +204,22 @@ def _ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
     preset, m = record["config"]["preset"], record["metrics"]
     lo, hi = m["ref_min_score"], m["ref_max_score"]
     return {"bc_steps": preset["train"]["bc_steps"],
-            "train_episodes": preset["data"]["train_episodes"], "seed": record["seed"],
+            "train_episodes": preset["data"]["train_episodes"],
+            # Absent from records at its old value 0 (presets.LATE_FIELDS).
+            "bc_random_shift": preset["train"].get("bc_random_shift", 0), "seed": record["seed"],
             "normalized_return_id": m["normalized_return_id"],
             "episodes": [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]],
             "bc_s": record.get("timings", {}).get("bc_s")}
+
+
+def _series(point: dict[str, Any]) -> tuple[int, int]:
+    """The line a ceiling point belongs to: (train episodes, random shift)."""
+    return point["train_episodes"], point.get("bc_random_shift", 0)
+
+
+def _series_label(series: tuple[int, int]) -> str:
+    episodes, shift = series
+    return f"{episodes} train episodes" + (f", shift {shift}" if shift else "")
 
 
 def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +232,7 @@ def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[str, Any]]:
-    """Least-squares line of normalised return on log2(BC steps), per dataset size.
+    """Least-squares line of normalised return on log2(BC steps), per dataset size and shift.
 
     Fitted on every seed's mean return (one value per run), so a size with more seeds weighs
     more. ``per_doubling`` is the return gained per doubling of the BC steps, with its 95%
@@ -229,8 +245,8 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
     from scipy import stats
 
     fits = []
-    for episodes in sorted({p["train_episodes"] for p in points}):
-        mine = [p for p in points if p["train_episodes"] == episodes]
+    for series in sorted({_series(p) for p in points}):
+        mine = [p for p in points if _series(p) == series]
         x = np.log2([p["bc_steps"] for p in mine])
         y = np.asarray([p["normalized_return_id"] for p in mine], dtype=np.float64)
         if len(set(x.tolist())) < 2:
@@ -242,7 +258,7 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
             half = float(stats.t.ppf(0.975, len(mine) - 2) * line.stderr)
             ci, p_value = [slope - half, slope + half], float(line.pvalue)
             fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
-        fits.append({"train_episodes": episodes, "runs": len(mine), "per_doubling": slope,
+        fits.append({"train_episodes": series[0], "bc_random_shift": series[1], "runs": len(mine), "per_doubling": slope,
                      "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept,
                      "gate": gate, "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
                      "steps_to_gate_fastest": fastest})
@@ -262,7 +278,7 @@ def describe_fit(fit: dict[str, Any]) -> str:
     """One line for a :func:`fit_ceiling` result."""
     reach = (f"reaches {fit['gate']} at about {fit['steps_to_gate']:.3g} BC steps"
              if fit["steps_to_gate"] else f"does not reach {fit['gate']}")
-    text = (f"{fit['train_episodes']} train episodes ({fit['runs']} runs): "
+    text = (f"{_series_label(_series(fit))} ({fit['runs']} runs): "
             f"{fit['per_doubling']:+.3f} per doubling of BC steps")
     if fit["per_doubling_ci95"] is not None:
         lo, hi = fit["per_doubling_ci95"]
@@ -315,7 +331,7 @@ def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
 
 def plot_ceiling(points: list[dict[str, Any]], title: str,
                  fits: list[dict[str, Any]] | None = None) -> bytes:
-    """PNG: bc-labels normalised return against BC steps, one line per dataset size.
+    """PNG: bc-labels normalised return against BC steps, one line per dataset size and shift.
 
     Error bars are the 95% interval over every evaluation episode of every seed at a size;
     ``fits`` (from :func:`fit_ceiling`) are drawn as dotted lines over the measured range.
@@ -326,15 +342,16 @@ def plot_ceiling(points: list[dict[str, Any]], title: str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for i, episodes in enumerate(sorted({p["train_episodes"] for p in points})):
-        steps = sorted({p["bc_steps"] for p in points if p["train_episodes"] == episodes})
-        stats = [metrics.mean_ci([e for p in points if (p["bc_steps"], p["train_episodes"])
-                                  == (s, episodes) for e in p["episodes"]]) for s in steps]
+    for i, series in enumerate(sorted({_series(p) for p in points})):
+        mine = [p for p in points if _series(p) == series]
+        steps = sorted({p["bc_steps"] for p in mine})
+        stats = [metrics.mean_ci([e for p in mine if p["bc_steps"] == s for e in p["episodes"]])
+                 for s in steps]
         ax.errorbar(steps, [m for m, _, _ in stats],
                     yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
-                    marker="o", color=f"C{i}", capsize=3, label=f"{episodes} train episodes")
+                    marker="o", color=f"C{i}", capsize=3, label=_series_label(series))
         for fit in fits or []:
-            if fit["train_episodes"] == episodes:
+            if _series(fit) == series:
                 xs = np.asarray([steps[0], steps[-1]], dtype=np.float64)
                 ax.plot(xs, fit["intercept_log2"] + fit["per_doubling"] * np.log2(xs),
                         color=f"C{i}", linestyle=":", linewidth=1,
@@ -375,6 +392,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", default=None,
                    help="probe: LAM steps (default 1500,6000,24000); ceiling: BC steps")
     p.add_argument("--episodes", default="24", help="ceiling: train episodes (e.g. 24,96)")
+    p.add_argument("--shifts", default="0",
+                   help="ceiling: random-shift augmentation of BC's frames, in pixels (0: off; "
+                        "e.g. 0,4)")
     p.add_argument("--seeds", default="0", help="training seeds (default: 0)")
     p.add_argument("--dim", type=int, default=64, help="probe: latent dim (default: 64)")
     p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
@@ -388,7 +408,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "ignored")
     p.add_argument("--from-results", action="append", default=[], metavar="PATH",
                    help="ceiling: draw the curve from these bc-labels result files or folders "
-                        "(repeatable) instead of running; --steps/--episodes/--seeds are ignored")
+                        "(repeatable) instead of running; --steps/--episodes/--shifts/--seeds are "
+                        "ignored")
     p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_cmd_curve)
@@ -440,8 +461,9 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         payload = {"task": task, "preset": args.preset, "overrides": overrides,
                    "points": points, "fits": fits}
         for p in points:
-            print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} seed "
-                  f"{p['seed']}: normalised return {p['normalized_return_id']:.3f}")
+            print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} shift "
+                  f"{p['bc_random_shift']} seed {p['seed']}: normalised return "
+                  f"{p['normalized_return_id']:.3f}")
         for fit in fits:
             print(f"fit, {describe_fit(fit)}")
     atomic_write_json(out / f"{args.kind}_curve_{task}.json", payload)
@@ -456,6 +478,7 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
 
     from masklam_bench.checks import parse_int_list
     from masklam_bench.errors import UserError
+    from masklam_bench.presets import parse_override
 
     if args.from_results:
         if overrides:
@@ -471,10 +494,18 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
             raise UserError(f"--from-results: no bc-labels result of {task} at the "
                             f"{args.preset!r} preset in {', '.join(args.from_results)}.")
         return points
+    swept = sorted(set(overrides) & set(CEILING_SWEPT))
+    if swept:
+        raise UserError(f"--set {', '.join(swept)}: the ceiling curve sweeps it; give its values "
+                        "with --steps, --episodes or --shifts.")
     steps = parse_int_list(args.steps or ",".join(map(str, CEILING_BC_STEPS)), "--steps", 1)
     episodes = parse_int_list(args.episodes, "--episodes", 1, example="24,96")
+    shifts = parse_int_list(args.shifts, "--shifts", 0, example="0,4")
+    for shift in shifts:
+        parse_override(f"{SHIFT_KEY}={shift}")  # its bounds, in --set's words
     return ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
-                         args.data_root, args.runs_root, str(out / "results"), args.threads)
+                         args.data_root, args.runs_root, str(out / "results"), args.threads,
+                         shifts=tuple(shifts))
 
 
 __all__ = ["ceiling_curve", "ceiling_points_from_results", "describe_fit", "fit_ceiling",

@@ -18,7 +18,6 @@ On the CPU, at the ``smoke`` preset, it runs in the tests, so it cannot rot. On 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import os
 import tempfile
@@ -191,12 +190,12 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
               task: str = "cheetah-run", compile_modes: tuple[bool, ...] = (False, True),
               collect_steps: int = COLLECT_STEPS) -> dict[str, Any]:
     """Every measurement of the module docstring, as one dict."""
-    from masklam_bench.presets import get_preset
+    from masklam_bench.presets import get_preset, preset_record
     from masklam_bench.runner import DECODER_BATCH_PER_BC_BATCH
 
     preset = get_preset(preset_name)
     t = preset.train
-    out: dict[str, Any] = {"preset": dataclasses.asdict(preset), "machine": machine_info(device)}
+    out: dict[str, Any] = {"preset": preset_record(preset), "machine": machine_info(device)}
     out["collect"] = collect_rate(task, workers, max(2, workers), collect_steps)
     out["lam"] = [lam_rate(m, d, t.encoder, t.lam_batch, steps, device, c)
                   for m in ("lapo", "masklam") for d in dims for c in compile_modes]

@@ -191,7 +191,7 @@ def current_protocol(preset_name: str) -> str | None:
         preset = presets.get_preset(preset_name)
     except UserError:
         return None
-    return protocol_id({"config": {"preset": dataclasses.asdict(preset)}})
+    return protocol_id({"config": {"preset": presets.preset_record(preset)}})
 
 
 def overrides_text(overrides: dict[str, Any] | None) -> str:

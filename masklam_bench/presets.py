@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from masklam_bench.errors import UserError
 
@@ -53,6 +54,9 @@ class TrainPreset:
     decoder_inputs: str = "idm"
     """What the action decoder z -> a is trained on: ``idm`` (the IDM's latents of the labelled
     transitions, MaskLAM code) or ``policy`` (the latent policy's predictions on them, LAOM code)."""
+    bc_random_shift: int = 0
+    """Random-shift augmentation of latent BC's frame stacks (DrQ): each stack is moved by up to
+    this many pixels in each direction, edges repeated. 0 (the presets): none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +102,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+LATE_FIELDS: dict[str, int | float | str] = {"train.bc_random_shift": 0}
+"""Fields added after rows of the current protocols were run, each with the value that reproduces
+those rows. At that value a field is left out of :func:`preset_record`, so adding it changes no
+protocol id and no run identity; any other value is recorded (and is a protocol of its own)."""
+
+
+def preset_record(preset: Preset) -> dict[str, Any]:
+    """``preset`` as result files, run identities and protocol ids record it: every field, except
+    a :data:`LATE_FIELDS` entry at its old value."""
+    record = dataclasses.asdict(preset)
+    for key, old in LATE_FIELDS.items():
+        section, name = key.split(".")
+        if record[section][name] == old:
+            del record[section][name]
+    return record
+
+
 def get_preset(name: str) -> Preset:
     """Look up a preset by name, with a clear error for an unknown one."""
     if name not in PRESETS:
@@ -112,6 +133,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.encoder": ("light", "impala"), "train.decoder_inputs": ("idm", "policy"),
 }
 """Overridable string fields and the values each accepts."""
+
+_MAXIMA: dict[str, int] = {"train.bc_random_shift": 16}
+"""Upper bounds of overridable numbers where a larger value cannot be meant (a shift of more than
+16 pixels moves the cheetah out of the 64-pixel frame)."""
 
 
 def overridable_keys() -> list[str]:
@@ -150,6 +175,8 @@ def parse_override(text: str) -> tuple[str, int | float | str]:
                          f"got {raw!r}.") from None
     if not (math.isfinite(value) and value >= 0):
         raise UserError(f"--set {key}: expected a finite value >= 0, got {raw!r}.")
+    if key in _MAXIMA and value > _MAXIMA[key]:
+        raise UserError(f"--set {key}: expected at most {_MAXIMA[key]}, got {raw!r}.")
     return key, value
 
 

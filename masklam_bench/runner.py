@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from masklam_bench import metrics
 from masklam_bench.allocator import tune_allocator
+from masklam_bench.augment import random_shift
 from masklam_bench.baselines import get_method
 from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.policy import ActionDecoder, LatentPolicy
@@ -38,7 +39,13 @@ from masklam_bench.envs import env_id, get_task
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
-from masklam_bench.presets import DATA_FIELDS_OF_DATASET, Preset, apply_overrides, get_preset
+from masklam_bench.presets import (
+    DATA_FIELDS_OF_DATASET,
+    Preset,
+    apply_overrides,
+    get_preset,
+    preset_record,
+)
 from masklam_bench.provenance import (
     IDENTITY_FILE,
     check_identity,
@@ -516,10 +523,17 @@ def _stage_bc(run: _Run) -> LatentPolicy:
                 if run.cls.bc_on_labelled_only else run.train.transitions)
         z_all = torch.from_numpy(encode_all(run.method, run.train_s, pool)).to(run.device)
         t_fit = time.perf_counter()
+        # One generator draws the rows and then their shifts (none when off, so the rows are as
+        # they were), and is checkpointed with the fit.
+        rng = np.random.default_rng([config.seed, 3])
+        shift = run.preset.train.bc_random_shift
+
+        def inputs(index: np.ndarray) -> torch.Tensor:
+            return random_shift(run.train_s.policy_input(index), shift, rng)
+
         losses, fit_s = _fit_indexed(
-            policy, run.train_s.policy_input, z_all, pool, run.preset.train.bc_steps,
-            run.preset.train.bc_batch, BC_LR, np.random.default_rng([config.seed, 3]),
-            "stage 3/5 latent BC", run.progress, config.bf16, ckpt=ckpt)
+            policy, inputs, z_all, pool, run.preset.train.bc_steps, run.preset.train.bc_batch,
+            BC_LR, rng, "stage 3/5 latent BC", run.progress, config.bf16, ckpt=ckpt)
         # This process's encoding, and the fit's time across resumes (as stage 1 counts it).
         fit_seconds[0] = (t_fit - t_start) + fit_s
         with Curves(run.run_dir, "bc", config.tensorboard) as curves:
@@ -708,7 +722,7 @@ def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod
                 if k not in ("data_root", "runs_root", "results_dir", "threads", "compile",
                              "tensorboard")}
     files = meta.get("files", {})
-    return {"settings": settings, "preset": dataclasses.asdict(preset),
+    return {"settings": settings, "preset": preset_record(preset),
             "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
             "method_sha256": method_sha256(cls)}
 
@@ -771,7 +785,7 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
         "preset": config.preset,
         "overrides": dict(sorted(config.overrides.items())),
         "config": {"run": dataclasses.asdict(config), "lam": dataclasses.asdict(r.method.config),
-                   "preset": dataclasses.asdict(r.preset)},
+                   "preset": preset_record(r.preset)},
         "dataset": {"path": str(r.data_dir), "metadata": _small_meta(r.meta),
                     "sha256": identity["dataset_sha256"],
                     "train_transitions": len(r.train.transitions),

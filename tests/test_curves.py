@@ -59,6 +59,30 @@ def test_ceiling_curve_runs_bc_labels_at_each_size(ceiling_runs):
     assert curves.plot_ceiling(points, "t")[:4] == b"\x89PNG"
 
 
+def test_ceiling_curve_sweeps_random_shift_as_its_own_line(ceiling_runs, data_root):
+    root, plain = ceiling_runs
+    points = curves.ceiling_curve("cheetah-run", [3], [2], [0], "smoke", {}, str(data_root),
+                                  str(root / "runs"), str(root / "shift"), threads=1,
+                                  progress=False, shifts=(0, 2))
+    assert [p["bc_random_shift"] for p in points] == [0, 2]
+    # Shift 0 is the preset's own run (its stages reused); shift 2 trains another policy.
+    assert points[0]["episodes"] == plain[0]["episodes"]
+    files = {json.loads(f.read_text())["overrides"].get("train.bc_random_shift", 0): f
+             for f in (root / "shift").glob("*.json")}
+    shifted = json.loads(files[2].read_text())["config"]["preset"]["train"]
+    assert shifted["bc_random_shift"] == 2
+    assert "bc_random_shift" not in json.loads(files[0].read_text())["config"]["preset"]["train"]
+    read, _ = curves.ceiling_points_from_results([root / "results", root / "shift"],
+                                                 "cheetah-run", "smoke")
+    assert [(p["bc_random_shift"], p["bc_steps"]) for p in read] == [(0, 3), (0, 4), (2, 3)]
+    line = [dict(p, bc_steps=s, normalized_return_id=r)
+            for p, s, r in ((points[1], 3, 0.1), (points[1], 6, 0.2))]
+    fits = curves.fit_ceiling(read[:2] + line)
+    assert [(f["bc_random_shift"], f["runs"]) for f in fits] == [(0, 2), (2, 2)]
+    assert "shift 2" in curves.describe_fit(fits[1])
+    assert curves.plot_ceiling(read, "t", fits)[:4] == b"\x89PNG"
+
+
 def test_curve_command_rejects_bad_steps(capsys):
     assert cli.main(["curve", "probe", "--steps", "a,b"]) == 2
     assert "--steps must be" in capsys.readouterr().err

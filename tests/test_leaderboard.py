@@ -2,9 +2,9 @@
 
 import argparse
 import csv
-import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,9 +35,12 @@ def _nmse(task, method, dim, seed):
                  + 0.01 * seed, 6)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def _preset_dict(name="cpu"):
     """The resolved preset as the runner writes it into ``config.preset``."""
-    return dataclasses.asdict(presets.get_preset(name))
+    return presets.preset_record(presets.get_preset(name))
 
 
 def _result(task, method, dim, seed, preset="cpu", **metric_overrides):
@@ -248,6 +251,10 @@ def test_protocol_id_is_the_short_hash_of_the_sorted_preset():
     assert leaderboard.current_protocol("cpu") == leaderboard.protocol_id(
         {"config": {"preset": _preset_dict("cpu")}})
     assert leaderboard.current_protocol("no-such-preset") is None
+    # Fields added since (presets.LATE_FIELDS) leave the committed rows' protocol as it was.
+    committed = REPO / "leaderboards" / "results" / "cheetah-run__masklam__d64__s0__cpu.json"
+    assert leaderboard.current_protocol("cpu") == leaderboard.protocol_id(
+        json.loads(committed.read_text()))
     assert leaderboard.overrides_text({"train.lam_steps": 6000, "data.x": "a"}) == \
         "data.x=a, train.lam_steps=6000"
 

@@ -177,11 +177,15 @@ def test_resume_in_latent_bc_or_decoder_matches_an_uninterrupted_run(tmp_path, d
         assert resumed["metrics"][name] == full["metrics"][name]
 
 
-def test_resume_inside_latent_bc_matches_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("shift", [0, 2])
+def test_resume_inside_latent_bc_matches_an_uninterrupted_run(tmp_path, data_root, monkeypatch,
+                                                              shift):
     """Killed between two BC checkpoints: the fit resumes from the last one (weights, AdamW,
-    schedule, sampler) and ends on the weights of a fit never killed; the checkpoint then goes."""
+    schedule, sampler and its random shifts) and ends on the weights of a fit never killed; the
+    checkpoint then goes."""
     monkeypatch.setattr(runner, "BC_CHECKPOINT_EVERY", 1)
-    full = runner.run(_config(tmp_path / "a", data_root, "lapo"), progress=False)
+    sets = {"overrides": {"train.bc_random_shift": shift}} if shift else {}
+    full = runner.run(_config(tmp_path / "a", data_root, "lapo", **sets), progress=False)
     original = runner.LatentPolicy.forward
     calls = {"n": 0}
 
@@ -192,7 +196,7 @@ def test_resume_inside_latent_bc_matches_an_uninterrupted_run(tmp_path, data_roo
                 raise KeyboardInterrupt
         return original(self, x)
 
-    config = _config(tmp_path / "b", data_root, "lapo")
+    config = _config(tmp_path / "b", data_root, "lapo", **sets)
     run_dir = Path(config.runs_root) / config.run_name
     monkeypatch.setattr(runner.LatentPolicy, "forward", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
@@ -253,6 +257,9 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--set", "train.lam_stps=5"], "Did you mean 'train.lam_steps'"),
         (["run", "--method", "masklam", "--set", "train.lam_lr=fast"], "expected a number"),
         (["run", "--method", "masklam", "--set", "lam_steps"], "KEY=VALUE"),
+        (["run", "--method", "masklam", "--set", "train.bc_random_shift=40"], "at most 16"),
+        (["curve", "ceiling", "--shifts", "0,40"], "at most 16"),
+        (["curve", "ceiling", "--set", "train.bc_steps=9"], "the ceiling curve sweeps it"),
         (["run", "--method", "lapo", "--mask-source", "dilate-3"], "trains without agent masks"),
         (["run", "--method", "lapo", "--preset", "cpu", "--labels", "999999"], "label fewer"),
         (["run", "--method", "masklam", "--envs", "DistractingCheetahOOD-v1"], "name the task"),
