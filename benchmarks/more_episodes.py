@@ -14,7 +14,10 @@ file's, or the script stops, since this code or machine then does not reproduce 
 For ``bc-labels`` runs it also prints the ceiling curve's trend
 (:func:`masklam_bench.curves.fit_ceiling`) and, with ``--png``, draws the points as ``curve
 ceiling`` does. The output JSON holds one row per run; ``--refit JSON`` starts from such a file:
-only run folders not in it are rolled out, and every row is fitted and drawn again.
+only run folders not in it are rolled out, and every row is fitted and drawn again. A run that
+already rolled out at least ``--episodes`` episodes in its stage 5 (``--set
+train.eval_episodes=10``) needs no folder: ``--result FILE`` takes its first episodes from its
+result file.
 """
 
 from __future__ import annotations
@@ -64,7 +67,28 @@ def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> 
             "seed": config.seed, "latent_dim": config.latent_dim,
             "bc_steps": run.preset.train.bc_steps,
             "train_episodes": run.preset.data.train_episodes,
+            "bc_random_shift": run.preset.train.bc_random_shift,
             "episodes": normalised, "returns": returns, "reproduced_episodes": len(known),
+            "normalized_return_id": float(sum(normalised) / len(normalised))}
+
+
+def from_result(path: Path, episodes: int) -> dict:
+    """A row from a result file whose stage 5 rolled out at least ``episodes`` episodes."""
+    try:
+        record = json.loads(path.read_text())
+        run, returns = record["config"]["run"], record["metrics"]["return_id_episodes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path}: not a result file ({exc!r})") from None
+    if len(returns) < episodes:
+        raise BenchError(f"{path}: its run rolled out {len(returns)} episodes, fewer than "
+                         f"--episodes {episodes}; give its run folder instead")
+    point = curves.ceiling_point(record)
+    normalised = point["episodes"][:episodes]
+    return {"run": path.stem, "task": run["task"], "method": record["method"],
+            "seed": record["seed"], "latent_dim": run["latent_dim"], "bc_steps": point["bc_steps"],
+            "train_episodes": point["train_episodes"],
+            "bc_random_shift": point["bc_random_shift"], "episodes": normalised,
+            "returns": returns[:episodes], "reproduced_episodes": episodes,
             "normalized_return_id": float(sum(normalised) / len(normalised))}
 
 
@@ -91,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10, help="ID episodes per run")
     parser.add_argument("--results", type=Path, action="append", default=[],
                         help="folder of the runs' result files (repeatable)")
+    parser.add_argument("--result", type=Path, action="append", default=[], metavar="FILE",
+                        help="a result file with at least --episodes stage-5 episodes: its row "
+                             "without a run folder (repeatable)")
     parser.add_argument("--refit", type=Path, metavar="JSON",
                         help="start from the rows of an earlier --out file (with its episode "
                              "count): only runs not in it are rolled out, then all are fitted")
@@ -110,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"{args.refit}: not an output of this script ({exc!r})", file=sys.stderr)
             return 2
-    elif not args.run_dirs:
-        parser.error("give run folders (or --refit JSON)")
+    elif not args.run_dirs and not args.result:
+        parser.error("give run folders (or --refit JSON, or --result FILE)")
     if args.run_dirs:
         if not args.results:
             parser.error("--results is needed to check the runs' first episodes")
@@ -121,6 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         if more is None:
             return 2
         rows += more
+    done = {row["run"] for row in rows}
+    for path in args.result:
+        if path.stem in done:
+            continue
+        try:
+            rows.append(from_result(path, args.episodes))
+        except BenchError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"{path.stem}: {args.episodes} episodes from its result file, normalised return "
+              f"{rows[-1]['normalized_return_id']:.3f}", flush=True)
     ceiling = [r for r in rows if r["method"] == "bc-labels"]
     fits = curves.fit_ceiling(ceiling) if ceiling else []
     for fit in fits:

@@ -142,7 +142,7 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
             method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
             data_root=data_root, runs_root=runs_root, results_dir=results_dir,
             threads=threads, overrides=sets)
-        points.append(_ceiling_point(runner.run(config, progress)))
+        points.append(ceiling_point(runner.run(config, progress)))
     return points
 
 
@@ -177,7 +177,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             got = record["config"]["preset"]
             if (record["method"], record["task"], got["name"]) != ("bc-labels", task, preset):
                 continue
-            point = dict(_ceiling_point(record), file=str(f))
+            point = dict(ceiling_point(record), file=str(f))
             same_protocol = _without_swept(got) == want
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             skipped.append(f"{f}: not a readable result file ({exc!r})")
@@ -198,7 +198,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
     return [kept[k] for k in sorted(kept)], skipped
 
 
-def _ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
+def ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
     """One ceiling point from a ``bc-labels`` result (as ``runner.run`` returns and writes it):
     its sizes, seed, mean normalised ID return and every episode's normalised return."""
     preset, m = record["config"]["preset"], record["metrics"]
@@ -258,9 +258,10 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
             half = float(stats.t.ppf(0.975, len(mine) - 2) * line.stderr)
             ci, p_value = [slope - half, slope + half], float(line.pvalue)
             fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
-        fits.append({"train_episodes": series[0], "bc_random_shift": series[1], "runs": len(mine), "per_doubling": slope,
-                     "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept,
-                     "gate": gate, "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
+        fits.append({"train_episodes": series[0], "bc_random_shift": series[1],
+                     "runs": len(mine), "per_doubling": slope, "per_doubling_ci95": ci,
+                     "p_value": p_value, "intercept_log2": intercept, "gate": gate,
+                     "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
                      "steps_to_gate_fastest": fastest})
     return fits
 
@@ -508,5 +509,6 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
                          shifts=tuple(shifts))
 
 
-__all__ = ["ceiling_curve", "ceiling_points_from_results", "describe_fit", "fit_ceiling",
-           "merge_probe_curves", "plot_ceiling", "plot_probe", "probe_curve", "summarise_probe"]
+__all__ = ["ceiling_curve", "ceiling_point", "ceiling_points_from_results", "describe_fit",
+           "fit_ceiling", "merge_probe_curves", "plot_ceiling", "plot_probe", "probe_curve",
+           "summarise_probe"]

@@ -629,6 +629,17 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
     capsys.readouterr()
     assert module.main([str(run_dir), "--episodes", "1", "--results", str(wrong)]) == 2
     assert "does not reproduce the run" in capsys.readouterr().err
+    # A result file with enough stage-5 episodes is a row without its run folder.
+    result_file = root / "results" / f"{results['bc-labels']['run_name']}.json"
+    assert module.main(["--result", str(result_file), "--episodes", str(len(saved)), "--out",
+                        str(out)]) == 0
+    (from_file,) = json.loads(out.read_text())["rows"]
+    assert from_file["returns"] == saved and from_file["bc_random_shift"] == 0
+    assert {k: from_file[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim")} == {
+        k: row[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim")}
+    capsys.readouterr()
+    assert module.main(["--result", str(result_file), "--episodes", str(len(saved) + 1)]) == 2
+    assert "give its run folder instead" in capsys.readouterr().err
 
 
 def test_load_run_folder_names_what_is_wrong(tmp_path):
