@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from masklam_bench.baselines.laom import stack_input
 from masklam_bench.dataset import load_frames
 from masklam_bench.fileio import load_checkpoint
-from masklam_bench.runner import RunConfig, _build_method, dataset_path, method_batch_keys, resolve
+from masklam_bench.runner import RunConfig, build_method, dataset_path, method_batch_keys, resolve
 from masklam_bench.sampling import TransitionSampler
 
 TRANSITIONS = 2048
@@ -44,7 +44,7 @@ def latent_use(run_dir: Path, seed: int = 0) -> dict[str, float]:
     config = RunConfig(**json.loads((run_dir / "config.json").read_text()))
     config, preset = resolve(config)
     test = load_frames(dataset_path(config), "test", clean=False)
-    method = _build_method(config, preset, test.image_size, test.action_dim, config.seed)
+    method = build_method(config, preset, test.image_size, test.action_dim, config.seed)
     if not hasattr(method, "fdm_head"):
         raise SystemExit(f"{run_dir}: method {config.method!r} has no latent FDM (LAOM family only)")
     final = run_dir / "lam_final.pt"

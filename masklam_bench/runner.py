@@ -193,7 +193,7 @@ def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> 
 # ------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------
-def _build_method(config: RunConfig, preset: Preset, image_size: int, action_dim: int,
+def build_method(config: RunConfig, preset: Preset, image_size: int, action_dim: int,
                   seed: int) -> LatentActionMethod:
     """Instantiate the method with the preset's networks, seeded."""
     cls = get_method(config.method)
@@ -496,7 +496,7 @@ def _stage_probe(run: _Run) -> dict[str, Any]:
         res: dict[str, Any] = {}
         if run.cls.latent_is_action:  # the latent is the action: nothing to probe
             return {f"{name}{suffix}": None for name in targets for suffix in ("", "_untrained")}
-        untrained = _build_method(config, run.preset, train.image_size, train.action_dim,
+        untrained = build_method(config, run.preset, train.image_size, train.action_dim,
                                   config.seed)
         for suffix, model in (("", run.method), ("_untrained", untrained)):
             nmse = probe(model, run.train_s, run.test_s, fit_index, targets)
@@ -698,7 +698,7 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
     # Only the oracle reads the paired clean frames; the others leave them on disk.
     train = load_frames(data_dir, "train", clean=cls.uses_clean_data)
     test = load_frames(data_dir, "test", clean=cls.uses_clean_data)
-    method = _build_method(config, preset, train.image_size, train.action_dim, config.seed)
+    method = build_method(config, preset, train.image_size, train.action_dim, config.seed)
     lam_cfg = method.config
     mask_label = parse_mask_source(config.mask_source).label
     masks = {split: None if mask_label == "exact"

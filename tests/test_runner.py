@@ -433,7 +433,7 @@ def test_laom_labels_supervision_reads_only_the_labelled_subset(tmp_path, data_r
         actions = train.actions.copy()
         actions[poisoned] = np.nan
         data = dataclasses.replace(train, actions=actions)
-        method = runner._build_method(config, preset, train.image_size, train.action_dim, 0)
+        method = runner.build_method(config, preset, train.image_size, train.action_dim, 0)
         sampler = TransitionSampler(data, method.config.context_frames, method.config.max_future)
         (tmp_path / name).mkdir()
         log = runner.train_lam(method, sampler, 4, preset.train.lam_batch, tmp_path / name,
@@ -547,7 +547,7 @@ def test_batches_hold_only_the_keys_asked_for_and_draw_the_same_transitions(data
     preset = get_preset("smoke")
     for name in ("lapo", "masklam", "laom", "laom-masked", "laom-labels"):
         config = runner.RunConfig(method=name, preset="smoke", latent_dim=8)
-        method = runner._build_method(config, preset, train.image_size, train.action_dim, 0)
+        method = runner.build_method(config, preset, train.image_size, train.action_dim, 0)
         assert runner.method_batch_keys(method) == frozenset(method.batch_keys()) - {"labelled"}
         assert runner.method_batch_keys(method) < frozenset(BATCH_ORDER)
 
