@@ -50,7 +50,8 @@ def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> 
     trained = load_run_folder(run_dir, check_code=False)
     run = trained.run
     config = run.config
-    saved = _result_file(run.config.run_name, results)["metrics"]
+    record = _result_file(run.config.run_name, results)
+    saved = record["metrics"]
     split = "none" if run.cls.uses_clean_data else "id"
     returns = evaluate_policy(trained.policy, trained.decoder,
                               {"id": env_id(config.task, split)}, episodes,
@@ -61,34 +62,33 @@ def score(run_dir: Path, episodes: int, results: list[Path], progress: bool) -> 
     if returns[:len(known)] != known:
         raise BenchError(f"{run_dir}: episodes 0-{len(known) - 1} gave {returns[:len(known)]}, "
                          f"its result file says {known}; this code does not reproduce the run")
-    lo, hi = saved["ref_min_score"], saved["ref_max_score"]
-    normalised = [metrics.normalized_return(x, lo, hi) for x in returns]
-    return {"run": run_dir.name, "task": config.task, "method": run.cls.name or config.method,
-            "seed": config.seed, "latent_dim": config.latent_dim,
-            "bc_steps": run.preset.train.bc_steps,
-            "train_episodes": run.preset.data.train_episodes,
-            "bc_random_shift": run.preset.train.bc_random_shift,
-            "episodes": normalised, "returns": returns, "reproduced_episodes": len(known),
-            "normalized_return_id": float(sum(normalised) / len(normalised))}
+    return _row(run_dir.name, record, returns, len(known))
 
 
 def from_result(path: Path, episodes: int) -> dict:
     """A row from a result file whose stage 5 rolled out at least ``episodes`` episodes."""
     try:
         record = json.loads(path.read_text())
-        run, returns = record["config"]["run"], record["metrics"]["return_id_episodes"]
+        returns = record["metrics"]["return_id_episodes"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"{path}: not a result file ({exc!r})") from None
     if len(returns) < episodes:
         raise BenchError(f"{path}: its run rolled out {len(returns)} episodes, fewer than "
                          f"--episodes {episodes}; give its run folder instead")
-    point = curves.ceiling_point(record)
-    normalised = point["episodes"][:episodes]
-    return {"run": path.stem, "task": run["task"], "method": record["method"],
-            "seed": record["seed"], "latent_dim": run["latent_dim"], "bc_steps": point["bc_steps"],
-            "train_episodes": point["train_episodes"],
-            "bc_random_shift": point["bc_random_shift"], "episodes": normalised,
-            "returns": returns[:episodes], "reproduced_episodes": episodes,
+    return _row(path.stem, record, returns[:episodes], episodes)
+
+
+def _row(name: str, record: dict, returns: list[float], reproduced: int) -> dict:
+    """One output row: ``returns`` (raw ID returns) of the run whose result file is ``record``,
+    normalised with its reference scores, beside the run's sizes as a ceiling point has them."""
+    m = record["metrics"]
+    normalised = [metrics.normalized_return(x, m["ref_min_score"], m["ref_max_score"])
+                  for x in returns]
+    sizes = curves.ceiling_point(record)
+    return {"run": name, "task": record["task"], "method": record["method"],
+            "seed": record["seed"], "latent_dim": record["config"]["run"]["latent_dim"],
+            **{k: sizes[k] for k in ("bc_steps", "train_episodes", "bc_random_shift")},
+            "episodes": normalised, "returns": returns, "reproduced_episodes": reproduced,
             "normalized_return_id": float(sum(normalised) / len(normalised))}
 
 

@@ -194,7 +194,7 @@ def ensure_dataset(config: RunConfig, preset: Preset, progress: bool = True) -> 
 # Stages
 # ------------------------------------------------------------------------------------------------
 def build_method(config: RunConfig, preset: Preset, image_size: int, action_dim: int,
-                  seed: int) -> LatentActionMethod:
+                 seed: int) -> LatentActionMethod:
     """Instantiate the method with the preset's networks, seeded."""
     cls = get_method(config.method)
     lam = LamConfig(latent_dim=config.latent_dim or 1, encoder=preset.train.encoder,
@@ -497,7 +497,7 @@ def _stage_probe(run: _Run) -> dict[str, Any]:
         if run.cls.latent_is_action:  # the latent is the action: nothing to probe
             return {f"{name}{suffix}": None for name in targets for suffix in ("", "_untrained")}
         untrained = build_method(config, run.preset, train.image_size, train.action_dim,
-                                  config.seed)
+                                 config.seed)
         for suffix, model in (("", run.method), ("_untrained", untrained)):
             nmse = probe(model, run.train_s, run.test_s, fit_index, targets)
             res.update({f"{name}{suffix}": value for name, value in nmse.items()})

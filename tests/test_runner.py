@@ -635,8 +635,10 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
                         str(out)]) == 0
     (from_file,) = json.loads(out.read_text())["rows"]
     assert from_file["returns"] == saved and from_file["bc_random_shift"] == 0
-    assert {k: from_file[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim")} == {
-        k: row[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim")}
+    assert {k: from_file[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim",
+                                           "task", "method")} == {
+        k: row[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim", "task",
+                            "method")}
     capsys.readouterr()
     assert module.main(["--result", str(result_file), "--episodes", str(len(saved) + 1)]) == 2
     assert "give its run folder instead" in capsys.readouterr().err
