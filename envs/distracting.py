@@ -29,7 +29,7 @@ SHADOW_TEXELS_PER_PIXEL = 8
 """Default shadow map side per image pixel: 512 texels at 64 px (dm_control's models use 2048).
 
 ``masklam-bench bench-env`` measures both over the same seeded trajectory: at 64 px the 512 map
-changes 0.02-0.10% of the pixels and doubles the frame rate (BENCHMARK.md).
+changes 0.02-0.10% of the pixels and renders about 2-3x faster (1.9-3.4x measured; BENCHMARK.md).
 """
 _WORLD_BODY = 0
 _LLVMPIPE_THREAD = "llvmpipe-"

@@ -3,8 +3,8 @@
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (dynamic, at most 32 MiB by default) with
 fresh ``mmap`` pages and trims the heap above ``M_TRIM_THRESHOLD``. A dense 8192-d latent makes
 100 MB-scale weight, gradient and activation tensors, so every step mapped, faulted in and unmapped
-them again: 12 MaskLAM d8192 train steps (batch 64, one thread) spent 4.3 s in the kernel with 1.64M
-minor page faults; with the thresholds below, 0.4 s and 33k, and the same loss to the last bit
+them again: 12 MaskLAM d8192 train steps (batch 64, one thread) spent 4.2 s in the kernel with 1.66M
+minor page faults; with the thresholds below, 0.0 s and 2, and the same loss to the last bit
 (BENCHMARK.md, "Allocator"). Only the allocator's bookkeeping changes, never a number.
 """
 

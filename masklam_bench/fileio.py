@@ -1,7 +1,8 @@
 """Atomic file writes and safe checkpoint reads.
 
 Every result, checkpoint, dataset file, log and table the suite writes goes through
-:func:`atomic_path`: the content is written to a temporary name in the destination's folder and
+:func:`atomic_path` (TensorBoard's event files, which its ``SummaryWriter`` appends to, are the
+exception): the content is written to a temporary name in the destination's folder and
 renamed over the destination only once complete, so a reader (or a resumed run) sees the old file or
 the new one, never half of one. A failure (or Ctrl-C, or a kill) mid-write leaves the destination as
 it was.

@@ -1,6 +1,7 @@
 """The leaderboard: result files of single runs in, Markdown tables, CSVs and plots out.
 
-Each run writes one JSON file under ``leaderboards/results/``. This module validates them
+Each run writes one JSON file (to ``results/`` by default); the committed ones are copied by hand
+to ``leaderboards/results/``, which the leaderboard reads unless told otherwise. This module validates them
 (a malformed file is named and skipped, never merged), summarises seeds per task (probe columns: a
 mean with a Student-t interval over seeds; return columns: a mean with a Student-t interval over all
 episodes of all seeds), summarises tasks through rliable (``masklam_bench.aggregate``: IQM, mean

@@ -93,8 +93,8 @@ PRESETS: dict[str, Preset] = {
                    labelled_transitions=128_000, action_noise=0.3),
         # Latent BC at LAOM's full-label BC budget (about 100k steps at batch 512); the first
         # version's 15k x 512 was below both it and V-D4RL's DrQ+BC, and at `cpu` pixel BC on all
-        # labels stayed far below 0.5 up to 24k x 64 steps (0.04, 0.10, 0.23, 0.10 at 1.5k, 6k,
-        # 12k, 24k; BENCHMARK.md, "What the gpu preset is sized on").
+        # labels stayed far below 0.5 up to 24k x 64 steps (0.021, 0.117, 0.170, 0.167 at 1.5k,
+        # 6k, 12k, 24k with 10 evaluation episodes; BENCHMARK.md, "What the gpu preset is sized on").
         TrainPreset(encoder="impala", lam_steps=30_000, lam_batch=512, lam_lr=6e-4,
                     lam_warmup=500, bc_steps=100_000, bc_batch=512, decoder_steps=25_000,
                     probe_fit_transitions=100_000, eval_episodes=10, eval_episode_steps=1000),

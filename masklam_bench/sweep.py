@@ -49,7 +49,8 @@ _EXAMPLES = {
 SUBMITIT_POLL_S = 2.0
 """Seconds between two looks at the state of submitit jobs."""
 DEFAULT_TIMEOUT_MIN = 180
-"""Slurm time limit of one job, in minutes (a ``gpu``-preset run takes about an hour)."""
+"""Slurm time limit of one job, in minutes (a ``gpu``-preset run's time is unmeasured;
+``masklam-bench gpu-check`` estimates it)."""
 _SUBMITIT_LOG_VAR = "SUBMITIT_LOG_LEVEL"
 """submitit reads its log level from this variable; ``NOCONFIG`` leaves logging alone."""
 STATUSES = ("done", "skipped", "failed")
@@ -621,7 +622,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="data", help="dataset folder (shared on a cluster)")
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (shared on a cluster)")
     p.add_argument("--out", default="results", help="result folder (shared on a cluster)")
-    p.add_argument("--no-bf16", action="store_true", help="train the LAM in float32")
+    p.add_argument("--no-bf16", action="store_true", help="run the LAM, latent BC and decoder in float32 "
+                        "(no bf16 autocast)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard curves in the runs' folders")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
