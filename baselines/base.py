@@ -40,8 +40,9 @@ class LamConfig:
     mask_input: bool = False
     """Feed the agent mask as a 4th input channel to IDM and FDM (masklam-full)."""
     bf16: bool = False
-    """bf16 autocast. Off here for library use; the runner turns it on on every device (``--no-bf16``
-    turns it off), since CPUs with bf16 instructions train about twice as fast with it."""
+    """bf16 autocast. Off here for library use; the runner turns it on on every device
+    (``--no-bf16`` turns it off), since CPUs with bf16 instructions train about twice as fast
+    with it."""
 
 
 class LatentActionMethod(abc.ABC):
@@ -78,7 +79,8 @@ class LatentActionMethod(abc.ABC):
     skips_pretraining: ClassVar[bool] = False
     """Stage 1 is skipped: the IDM keeps its random weights (the ``untrained-idm`` floor row)."""
     bc_on_labelled_only: ClassVar[bool] = False
-    """Latent BC sees only the labelled subset, not all train data (the ``bc-labelled`` floor row)."""
+    """Latent BC sees only the labelled subset, not all train data (the ``bc-labelled`` floor
+    row)."""
     labelled_batch_size: ClassVar[int] = 0
     """Transitions of the labelled subset the runner adds to every pretraining batch under
     ``labelled`` (``laom-labels``); 0 = none, and then no labelled batch is drawn."""

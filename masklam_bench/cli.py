@@ -165,8 +165,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int_at_least(0), default=0,
                    help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
-    p.add_argument("--no-bf16", action="store_true", help="run the LAM, latent BC and decoder in float32 "
-                        "(no bf16 autocast)")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="run the LAM, latent BC and decoder in float32 (no bf16 autocast)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard curves (default: RUNS_ROOT/<run>/tb/, see "
                         "`tensorboard --logdir runs`)")
@@ -223,7 +223,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: 1)")
     p.add_argument("--stand-bonus", type=float, default=0.0,
                    help="dense standing term added to the training reward only (walker, hopper, "
-                        "humanoid; humanoid-walk and hopper-hop's first stage were trained with 0.1)")
+                        "humanoid; humanoid-walk and hopper-hop's first stage were trained with "
+                        "0.1)")
     p.add_argument("--stop-return", type=float, default=None,
                    help="stop once a training evaluation's mean return reaches this")
     p.add_argument("--init-from", default=None, metavar="RUN_DIR",

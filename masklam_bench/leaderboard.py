@@ -1,14 +1,14 @@
 """The leaderboard: result files of single runs in, Markdown tables, CSVs and plots out.
 
-Each run writes one JSON file (to ``results/`` by default); the committed ones are copied by hand
-to ``leaderboards/results/``, which the leaderboard reads unless told otherwise. This module validates them
-(a malformed file is named and skipped, never merged), summarises seeds per task (probe columns: a
-mean with a Student-t interval over seeds; return columns: a mean with a Student-t interval over all
-episodes of all seeds), summarises tasks through rliable (``masklam_bench.aggregate``: IQM, mean
-and optimality gap with stratified-bootstrap intervals, probability of improvement of every pair
-of rows, performance profiles of gated returns), and regenerates ``leaderboards/README.md``,
-``<task>.csv``, ``summary.csv``, ``improvement.csv``, ``<preset>_<task>_{nmse,return}.png`` and
-``<preset>_d<dim>_{poi_*,profile_*}.png``.
+Each run writes one JSON file (to ``results/`` by default); the committed ones are copied by hand to
+``leaderboards/results/``, which the leaderboard reads unless told otherwise. This module validates
+them (a malformed file is named and skipped, never merged), summarises seeds per task (probe
+columns: a mean with a Student-t interval over seeds; return columns: a mean with a Student-t
+interval over all episodes of all seeds), summarises tasks through rliable
+(``masklam_bench.aggregate``: IQM, mean and optimality gap with stratified-bootstrap intervals,
+probability of improvement of every pair of rows, performance profiles of gated returns), and
+regenerates ``leaderboards/README.md``, ``<task>.csv``, ``summary.csv``, ``improvement.csv``,
+``<preset>_<task>_{nmse,return}.png`` and ``<preset>_d<dim>_{poi_*,profile_*}.png``.
 
 Rules (issues 17 and 18):
 

@@ -622,8 +622,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="data", help="dataset folder (shared on a cluster)")
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (shared on a cluster)")
     p.add_argument("--out", default="results", help="result folder (shared on a cluster)")
-    p.add_argument("--no-bf16", action="store_true", help="run the LAM, latent BC and decoder in float32 "
-                        "(no bf16 autocast)")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="run the LAM, latent BC and decoder in float32 (no bf16 autocast)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard curves in the runs' folders")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")

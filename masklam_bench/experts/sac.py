@@ -52,8 +52,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 BEST_ACTOR_NAME = "best_actor.pt"
 EVAL_LOG_NAME = "eval.csv"
 CONFIG_NAME = "config.json"
-_RESUME_HINT = ("delete it, or train from scratch: --restart (masklam-bench train-expert), --no-resume "
-                "(python -m masklam_bench.experts.sac) or resume=False")
+_RESUME_HINT = ("delete it, or train from scratch: --restart (masklam-bench train-expert), "
+                "--no-resume (python -m masklam_bench.experts.sac) or resume=False")
 
 
 # The height a body part must reach for each domain's own reward to count the agent as standing
