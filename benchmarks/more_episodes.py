@@ -85,11 +85,30 @@ def _row(name: str, record: dict, returns: list[float], reproduced: int) -> dict
     normalised = [metrics.normalized_return(x, m["ref_min_score"], m["ref_max_score"])
                   for x in returns]
     sizes = curves.ceiling_point(record)
+    free = curves.CEILING_SWEPT + curves.CEILING_MEASUREMENT
     return {"run": name, "task": record["task"], "method": record["method"],
+            "preset": record["config"]["preset"]["name"],
+            "other_overrides": {k: v for k, v in (record.get("overrides") or {}).items()
+                                if k not in free},
             "seed": record["seed"], "latent_dim": record["config"]["run"]["latent_dim"],
             **{k: sizes[k] for k in ("bc_steps", "train_episodes", "bc_random_shift")},
             "episodes": normalised, "returns": returns, "reproduced_episodes": reproduced,
             "normalized_return_id": float(sum(normalised) / len(normalised))}
+
+
+def _mixed(ceiling: list[dict]) -> str | None:
+    """Why the ``bc-labels`` rows cannot be one curve (another task or preset, or overrides
+    outside the sizes a ceiling curve varies and the episode count), or None."""
+    keys = ("task", "preset", "other_overrides")
+    missing = [r["run"] for r in ceiling if any(k not in r for k in keys)]
+    if missing:
+        return (f"rows made before this script recorded preset and overrides: {missing}; "
+                "score them again")
+    kinds = {json.dumps([r[k] for k in keys], sort_keys=True) for r in ceiling}
+    if len(kinds) > 1:
+        return ("the bc-labels rows are not one curve: (task, preset, other overrides) differ: "
+                f"{sorted(kinds)}")
+    return None
 
 
 def _score_all(run_dirs: list[Path], episodes: int, results: list[Path]) -> list[dict] | None:
@@ -143,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.results:
             parser.error("--results is needed to check the runs' first episodes")
         done = {row["run"] for row in rows}
-        more = _score_all([d for d in args.run_dirs if d.name not in done], args.episodes,
-                          args.results)
+        todo = [d for d in dict.fromkeys(args.run_dirs) if d.name not in done]
+        if len({d.name for d in todo}) < len(todo):
+            parser.error("two run folders of the same name: one run counted twice")
+        more = _score_all(todo, args.episodes, args.results)
         if more is None:
             return 2
         rows += more
@@ -157,9 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             print(exc, file=sys.stderr)
             return 2
+        done.add(path.stem)
         print(f"{path.stem}: {args.episodes} episodes from its result file, normalised return "
               f"{rows[-1]['normalized_return_id']:.3f}", flush=True)
     ceiling = [r for r in rows if r["method"] == "bc-labels"]
+    problem = _mixed(ceiling)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     fits = curves.fit_ceiling(ceiling) if ceiling else []
     for fit in fits:
         print(f"bc-labels trend, {curves.describe_fit(fit)}")

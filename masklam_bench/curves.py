@@ -29,6 +29,9 @@ PROBE_STEPS = (1500, 6000, 24000)
 """Default LAM steps at which the probe curve is read (issue 17: 1.5k, 6k, 24k)."""
 CEILING_BC_STEPS = (1500, 6000, 24000)
 """Default BC steps of the ceiling curve."""
+POINT_FIELDS = ("method", "seed", "step", "probe_nmse", "probe_nmse_untrained", "lr", "warmup",
+                "schedule_steps")
+"""What every point of a probe curve records."""
 SHIFT_KEY = "train.bc_random_shift"
 """The preset field of latent BC's random-shift augmentation (0: off)."""
 
@@ -66,43 +69,55 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
 
 
 def merge_probe_curves(paths: list[Path], task: str, preset: str,
-                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
     """The points of several probe-curve JSON files (e.g. one per seed, made on other machines).
 
-    Every file must be a probe curve of ``task`` at ``preset`` with the same ``--set`` overrides,
-    and each method's points must share one LAM schedule (peak lr, warm-up, schedule length). A
-    (method, seed, step) point found twice must agree. Returns the points and the overrides.
+    Every file must be a probe curve of ``task`` at ``preset`` and one latent dim, with the same
+    ``--set`` overrides, and every point must come from one LAM schedule (peak lr, warm-up,
+    schedule length), so that methods are compared at the same training. A (method, seed, step)
+    point found twice must agree in every field. Returns the points, the overrides and the dim.
     """
     from masklam_bench.errors import UserError
 
     points: dict[tuple[str, int, int], dict[str, Any]] = {}
     overrides: dict[str, Any] | None = None
+    dim: int | None = None
     for path in paths:
         try:
             curve = json.loads(Path(path).read_text())
             found = (curve["task"], curve["preset"])
             new = curve["points"]
             keys = [(p["method"], p["seed"], p["step"]) for p in new]
+            missing = sorted({k for p in new for k in POINT_FIELDS if k not in p})
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a probe curve's JSON ({exc}).") from None
+            raise UserError(f"{path}: not a probe curve's JSON ({exc!r}).") from None
+        if missing:
+            raise UserError(f"{path}: its points lack {', '.join(missing)} (a file made before "
+                            "curves recorded them); make it again with this code.")
         if found != (task, preset):
             raise UserError(f"{path} is a curve of {found[0]} at {found[1]!r}, not of {task} at "
                             f"{preset!r}.")
+        if "dim" not in curve:
+            raise UserError(f"{path} records no latent dim (a file made before curves recorded "
+                            'it); add "dim": N to it, N as its --dim was (default 64).')
+        if dim is not None and curve["dim"] != dim:
+            raise UserError(f"{path} is a curve at latent dim {curve['dim']}, {paths[0]} at {dim}.")
+        dim = curve["dim"]
         if overrides is not None and curve.get("overrides", {}) != overrides:
             raise UserError(f"{path} was made with other --set overrides than {paths[0]}.")
         overrides = curve.get("overrides", {})
         for key, point in zip(keys, new):
-            if key in points and points[key]["probe_nmse"] != point["probe_nmse"]:
+            if key in points and points[key] != point:
+                differ = sorted(k for k in set(point) | set(points[key])
+                                if point.get(k) != points[key].get(k))
                 raise UserError(f"{path} and an earlier file disagree on {key[0]} seed {key[1]} "
-                                f"at step {key[2]}.")
+                                f"at step {key[2]} ({', '.join(differ)}).")
             points[key] = point
-    for method in sorted({k[0] for k in points}):
-        schedules = {(p["lr"], p["warmup"], p["schedule_steps"]) for k, p in points.items()
-                     if k[0] == method}
-        if len(schedules) > 1:
-            raise UserError(f"{method}'s points come from different LAM schedules "
-                            f"(lr, warm-up, steps): {sorted(schedules)}.")
-    return [points[k] for k in sorted(points)], overrides or {}
+    schedules = {(p["lr"], p["warmup"], p["schedule_steps"]) for p in points.values()}
+    if len(schedules) > 1:
+        raise UserError("the points come from different LAM schedules (lr, warm-up, steps): "
+                        f"{sorted(schedules)}; one curve compares methods at one schedule.")
+    return [points[k] for k in sorted(points)], overrides or {}, dim or 0
 
 
 def _probe_action(r: Any) -> float:
@@ -234,12 +249,13 @@ def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
 def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[str, Any]]:
     """Least-squares line of normalised return on log2(BC steps), per dataset size and shift.
 
-    Fitted on every seed's mean return (one value per run), so a size with more seeds weighs
-    more. ``per_doubling`` is the return gained per doubling of the BC steps, with its 95%
+    Fitted on every seed's mean return (one value per run), so a BC-step count with more seeds
+    weighs more. ``per_doubling`` is the return gained per doubling of the BC steps, with its 95%
     Student-t interval and the p-value of a zero slope (from ``scipy.stats.linregress``; both
     None below three runs); ``steps_to_gate`` is where the line reaches ``gate``, and
     ``steps_to_gate_fastest`` where a line through the points' mean at the interval's top slope
-    does (None when the line does not rise, or not below 2^64 steps). An extrapolation of a few
+    does (None when the line does not rise, or not below 2^64 steps; ``steps_to_gate_fastest``
+    also None when the points' mean is already at the gate: the runs reach it). An extrapolation of a few
     noisy points: a statement of the measured trend, not a prediction.
     """
     from scipy import stats
@@ -257,7 +273,8 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
             line = stats.linregress(x, y)
             half = float(stats.t.ppf(0.975, len(mine) - 2) * line.stderr)
             ci, p_value = [slope - half, slope + half], float(line.pvalue)
-            fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
+            if float(y.mean()) < gate:  # above it, a steeper line would reach it later
+                fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
         fits.append({"train_episodes": series[0], "bc_random_shift": series[1],
                      "runs": len(mine), "per_doubling": slope, "per_doubling_ci95": ci,
                      "p_value": p_value, "intercept_log2": intercept, "gate": gate,
@@ -291,7 +308,9 @@ def describe_fit(fit: dict[str, Any]) -> str:
 
 
 def summarise_probe(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and Student-t 95% interval over seeds per (method, step)."""
+    """Mean and Student-t 95% interval over seeds per (method, step), beside the mean of the same
+    seeds' untrained controls; ``ratio_to_control`` is the ratio of the two means (no interval).
+    Snapshots of one run at several steps are not independent of each other."""
     rows = []
     keys = sorted({(p["method"], p["step"]) for p in points}, key=lambda k: (k[0], k[1]))
     for method, step in keys:
@@ -323,11 +342,23 @@ def plot_probe(rows: list[dict[str, Any]], title: str) -> bytes:
                            for r in mine],
                           [(r["hi"] if r["hi"] is not None else r["mean"]) - r["mean"]
                            for r in mine]],
-                    marker="o", color=color, label=f"{method} (n={mine[0]['n']})", capsize=3)
-        ax.axhline(mine[0]["control"], color=color, linestyle="--", linewidth=1)
+                    marker="o", color=color, label=f"{method} (n={_n_label(mine)})", capsize=3)
+        ax.axhline(_control_line(rows, method), color=color, linestyle="--", linewidth=1)
     ax.set_xlabel("LAM steps (snapshots of one run)")
     ax.set_ylabel("probe NMSE (lower is better)")
     return _finish(fig, ax, title, sorted({r["step"] for r in rows}))
+
+
+def _n_label(rows: list[dict[str, Any]]) -> str:
+    """Seeds per point of one method: ``3``, or ``2-3`` when the steps have different counts."""
+    low, high = min(r["n"] for r in rows), max(r["n"] for r in rows)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _control_line(rows: list[dict[str, Any]], method: str) -> float:
+    """The dashed control of ``method``: its row with the most seeds (every seed's control is the
+    same at each step, so this is the mean over the most seeds)."""
+    return max((r for r in rows if r["method"] == method), key=lambda r: r["n"])["control"]
 
 
 def plot_ceiling(points: list[dict[str, Any]], title: str,
@@ -405,8 +436,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-root", default="runs/curves")
     p.add_argument("--merge", action="append", default=[], metavar="JSON",
                    help="probe: draw the curve from these probe-curve JSON files (repeatable; "
-                        "e.g. one per seed) instead of running; --methods/--steps/--seeds are "
-                        "ignored")
+                        "e.g. one per seed) instead of running; --methods/--steps/--seeds/--dim "
+                        "are ignored")
     p.add_argument("--from-results", action="append", default=[], metavar="PATH",
                    help="ceiling: draw the curve from these bc-labels result files or folders "
                         "(repeatable) instead of running; --steps/--episodes/--shifts/--seeds are "
@@ -434,20 +465,21 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         if args.merge:
             if overrides:
                 raise UserError("--merge takes each curve's overrides as they are; drop --set.")
-            points, overrides = merge_probe_curves([Path(p) for p in args.merge], task,
-                                                   args.preset)
+            points, overrides, dim = merge_probe_curves([Path(p) for p in args.merge], task,
+                                                        args.preset)
         else:
             for method in args.methods.split(","):
                 method_class(method)
             steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
-            points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, args.dim,
+            dim = args.dim
+            points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, dim,
                                  args.preset, overrides, args.data_root, args.runs_root,
                                  args.threads)
         rows = summarise_probe(points)
         seed_list = ",".join(str(x) for x in sorted({p["seed"] for p in points}))
-        title = f"{task}, d{args.dim}, {args.preset} preset, seeds {seed_list}"
+        title = f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}"
         png = plot_probe(rows, title)
-        payload = {"task": task, "preset": args.preset, "overrides": overrides,
+        payload = {"task": task, "preset": args.preset, "dim": dim, "overrides": overrides,
                    "points": points, "summary": rows}
         for row in rows:
             ci = (f"[{row['lo']:.3f}, {row['hi']:.3f}]" if row["lo"] is not None

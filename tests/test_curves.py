@@ -153,7 +153,7 @@ def test_curve_from_results_without_matches_says_so(tmp_path, capsys):
 def _curve(seed: int, value: float, **extra) -> dict:
     point = {"method": "masklam", "seed": seed, "step": 10, "probe_nmse": value,
              "probe_nmse_untrained": 0.7, "lr": 2e-3, "warmup": 100, "schedule_steps": 10}
-    return {"task": "cheetah-run", "preset": "cpu", "overrides": {},
+    return {"task": "cheetah-run", "preset": "cpu", "dim": 64, "overrides": {},
             "points": [dict(point, **extra)], "summary": []}
 
 
@@ -162,22 +162,41 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
     for seed, value in [(0, 0.2), (1, 0.3), (0, 0.2)]:  # the third repeats the first
         files.append(tmp_path / f"c{len(files)}.json")
         files[-1].write_text(json.dumps(_curve(seed, value)))
-    points, overrides = curves.merge_probe_curves(files, "cheetah-run", "cpu")
+    points, overrides, dim = curves.merge_probe_curves(files, "cheetah-run", "cpu")
     assert [(p["seed"], p["probe_nmse"]) for p in points] == [(0, 0.2), (1, 0.3)]
-    assert overrides == {}
+    assert overrides == {} and dim == 64
     (row,) = curves.summarise_probe(points)
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.25) and row["lo"] is not None
     out = tmp_path / "out"
     args = ["curve", "probe", "--out", str(out)] + [f"--merge={f}" for f in files]
     assert cli.main(args) == 0
-    assert len(json.loads((out / "probe_curve_cheetah-run.json").read_text())["points"]) == 2
+    merged = json.loads((out / "probe_curve_cheetah-run.json").read_text())
+    assert len(merged["points"]) == 2 and merged["dim"] == 64
 
+    lapo = _curve(1, 0.3, warmup=0)
+    lapo["points"][0]["method"] = "lapo"
+    old = _curve(2, 0.3)
+    del old["points"][0]["lr"]
     bad = {"disagree": _curve(0, 0.25), "schedule": _curve(1, 0.3, lr=6e-4),
-           "task": dict(_curve(2, 0.3), task="walker-run")}
+           "task": dict(_curve(2, 0.3), task="walker-run"),
+           "control": _curve(0, 0.2, probe_nmse_untrained=0.3),  # same probe, other control
+           "dim": dict(_curve(2, 0.3), dim=8192), "nodim": {**_curve(2, 0.3), "dim": None},
+           "method_schedule": lapo, "old": old}
+    del bad["nodim"]["dim"]
     for name, curve in bad.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(curve))
         assert cli.main(["curve", "probe", "--merge", str(files[0]),
                          "--merge", str(tmp_path / f"{name}.json")]) == 2
     err = capsys.readouterr().err
-    assert "disagree on masklam seed 0 at step 10" in err
-    assert "different LAM schedules" in err and "is a curve of walker-run" in err
+    assert "disagree on masklam seed 0 at step 10 (probe_nmse)" in err
+    assert "disagree on masklam seed 0 at step 10 (probe_nmse_untrained)" in err
+    assert err.count("different LAM schedules") == 2 and "is a curve of walker-run" in err
+    assert "at latent dim 8192" in err and "records no latent dim" in err
+    assert "its points lack lr" in err and "Traceback" not in err
+
+
+def test_fit_ceiling_above_the_gate_has_no_fastest_line():
+    points = [{"bc_steps": s, "train_episodes": 24, "normalized_return_id": r}
+              for s, r in [(1000, 0.6), (2000, 0.75), (4000, 0.8)]]
+    (fit,) = curves.fit_ceiling(points, gate=0.5)
+    assert fit["steps_to_gate"] < 1000 and fit["steps_to_gate_fastest"] is None

@@ -639,7 +639,20 @@ def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tm
                                            "task", "method")} == {
         k: row[k] for k in ("run", "bc_steps", "train_episodes", "seed", "latent_dim", "task",
                             "method")}
+    assert from_file["preset"] == "smoke" and from_file["other_overrides"] == {}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / result_file.name).write_bytes(result_file.read_bytes())
+    assert module.main(["--result", str(result_file), "--result", str(copy / result_file.name),
+                        "--episodes", "1", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["rows"]) == 1  # one run, counted once
+    other = dict(record, run_name="other", overrides={"train.lam_lr": 1e-3},
+                 metrics=results["bc-labels"]["metrics"])
+    (copy / "other.json").write_text(json.dumps(other))
     capsys.readouterr()
+    assert module.main(["--result", str(result_file), "--result", str(copy / "other.json"),
+                        "--episodes", "1"]) == 2
+    assert "not one curve" in capsys.readouterr().err
     assert module.main(["--result", str(result_file), "--episodes", str(len(saved) + 1)]) == 2
     assert "give its run folder instead" in capsys.readouterr().err
 
