@@ -549,13 +549,43 @@ def _aggregates(rows: dict[_Key, _Row], ceilings: dict[tuple[_TableId, str], _Ce
     for table, dim in sorted(by_group):
         per_label = by_group[(table, dim)]
         compared = _compared_tasks(frozenset(t) for t in per_label.values())
+        group = []
         for label in sorted(per_label):
             own = per_label[label]
             inside = compared <= own.keys()
             tasks = sorted(compared if inside else own)
             informative = [t for t in tasks if ceilings[(table, t)].informative]
-            out.append(_aggregate([own[t] for t in tasks],
-                                  [own[t] for t in informative], inside, reps))
+            group.append(_aggregate([own[t] for t in tasks],
+                                    [own[t] for t in informative], inside, reps))
+        out += _align_metrics(group, reps)
+    return out
+
+
+def _align_metrics(group: list[_Aggregate], reps: int) -> list[_Aggregate]:
+    """The compared rows of one (table, dim), each metric aggregated over the same tasks.
+
+    A compared row covers every compared task, but a run may lack a metric on one of them (no
+    OOD return, no rollout). Per metric, the rows with values keep only the tasks on which all of
+    them have values, so that no row is ranked over fewer (or easier) tasks than its neighbours.
+    """
+    compared = [a for a in group if a.compared]
+    changed: dict[int, dict[str, dict[str, list[float]]]] = {}
+    for m in _PROBE_METRICS + _RETURN_METRICS:
+        having = [a for a in compared if a.values[m]]
+        common = set.intersection(*(set(a.values[m]) for a in having)) if having else set()
+        for a in having:
+            if set(a.values[m]) != common:
+                changed.setdefault(id(a), dict(a.values))[m] = {
+                    t: v for t, v in a.values[m].items() if t in common}
+    out = []
+    for a in group:
+        values = changed.get(id(a), a.values)
+        stats = a.stats if values is a.values else {
+            m: _task_stats(list(per_task.values()), reps) for m, per_task in values.items()}
+        returned = values["normalized_return_id"]
+        return_tasks = (tuple(t for t in a.return_tasks if t in returned)
+                        if a.compared and returned else a.return_tasks)
+        out.append(dataclasses.replace(a, values=values, stats=stats, return_tasks=return_tasks))
     return out
 
 
@@ -768,7 +798,8 @@ _CSV_HEADER = (["preset", "protocol", "current_protocol", "overrides", "task", "
                   for s in ("", "_low", "_high", "_n")])
 """Per-task rows: seed statistics (mean, Student-t interval, runs) of every metric, then episode
 statistics (mean, Student-t interval over all episodes of all seeds, episodes) of returns.
-Aggregate rows: IQM with a stratified-bootstrap interval; episode columns empty."""
+Aggregate rows: IQM, mean or optimality gap with a stratified-bootstrap interval; episode columns
+empty, and the optimality gap of probe NMSEs too (it is defined on returns)."""
 
 
 def _csv_head(table: _TableId, task: str, label: str, method: str, dim: int) -> list[str]:
@@ -797,9 +828,16 @@ def _csv_aggregate_row(agg: _Aggregate, statistic: str) -> list[str]:
     head = _csv_head(agg.table, "all", agg.label, agg.method, agg.dim) + [
         statistic, "1" if agg.compared else "0", str(len(agg.tasks)), " ".join(agg.tasks),
         " ".join(agg.return_tasks), str(n_runs), "", "", "", "1" if agg.same_env else "0"]
-    return (head + _stat_cells(agg.stat(m, statistic) if m in agg.stats else None
-                               for m in _SEED_METRICS)
+    return (head + _stat_cells(agg.stat(m, statistic) if _has_statistic(agg, m, statistic)
+                               else None for m in _SEED_METRICS)
             + _stat_cells(None for _ in _RETURN_METRICS))
+
+
+def _has_statistic(agg: _Aggregate, metric: str, statistic: str) -> bool:
+    """Whether ``agg`` has ``statistic`` of ``metric``. The optimality gap is a distance below a
+    return of 1, meaningless for a probe NMSE (it would read 1 - NMSE): blank there."""
+    return metric in agg.stats and not (statistic == "optimality_gap"
+                                        and metric in _PROBE_METRICS)
 
 
 _IMPROVEMENT_HEADER = (["preset", "protocol", "current_protocol", "overrides", "latent_dim",
@@ -994,7 +1032,10 @@ def _summary_caption(reps: int) -> str:
         "the rows' own task sets, the one that puts the most (row, task) results into the "
         "comparison (ties: more rows, then more tasks); a row with more tasks is aggregated over "
         "those tasks only, and a row missing one of them is shown apart. Returns are aggregated "
-        f"only over the tasks whose bc-labels ceiling is ≥ {RETURN_GATE} (column *Return tasks*).")
+        f"only over the tasks whose bc-labels ceiling is ≥ {RETURN_GATE} (column *Return tasks*). "
+        "Each metric is aggregated over the tasks on which every compared row with that metric "
+        "has values, so a run without one (no OOD return, say) takes its task out of that "
+        "column for all of them.")
 
 
 def _summary_tables(aggs: list[_Aggregate], suffix: str, reps: int) -> list[str]:

@@ -325,6 +325,27 @@ def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(
     assert per_task["hopper-hop"]["bc_labels_ceiling"] == ""
 
 
+def test_every_compared_row_aggregates_a_metric_over_the_same_tasks(tmp_path):
+    """A run without returns on one task takes that task out of every compared row's return
+    aggregate, so no row is ranked over fewer tasks than its neighbours."""
+    tasks = ("cheetah-run", "walker-walk")
+    records = [_bc(t, 0, norm=0.9, raw=630.0) for t in tasks]
+    no_return = {"normalized_return_id": None, "return_id": None, "return_id_episodes": None}
+    for t in tasks:
+        records += [_result(t, "lapo", 8, s, normalized_return_id=0.2 + 0.1 * s) for s in SEEDS]
+        records += [_result(t, "masklam", 8, s, **(no_return if t == "walker-walk" else
+                                                   {"normalized_return_id": 0.6 + 0.1 * s}))
+                    for s in SEEDS]
+    readme, summary = _board(tmp_path, records)
+    lapo, masklam = _iqm_row(summary, "lapo"), _iqm_row(summary, "masklam")
+    assert lapo["return_tasks"] == masklam["return_tasks"] == "cheetah-run"
+    assert float(lapo["normalized_return_id"]) == pytest.approx(_iqm([0.2, 0.3, 0.4]))
+    assert float(masklam["normalized_return_id"]) == pytest.approx(_iqm([0.6, 0.7, 0.8]))
+    assert lapo["n_tasks"] == "2" and lapo["probe_nmse"] != ""  # the probe keeps both tasks
+    assert _line(readme, "lapo")[0].startswith("| `lapo` | 8 | 2 | 1 |")
+    assert "takes its task out of that column for all of them" in readme
+
+
 def test_a_row_without_returns_passing_the_gate_has_no_return_aggregate(tmp_path):
     records = [_bc("cheetah-run", 0, 0.1, 70.0)] + [_result("cheetah-run", "lapo", 8, s)
                                                     for s in SEEDS]
@@ -484,6 +505,7 @@ def test_probability_of_improvement_and_performance_profiles_come_from_rliable(t
     assert float(gap["normalized_return_id"]) == pytest.approx(
         aggregate_optimality_gap(scores("lapo", False)))
     assert "### All tasks (mean and optimality gap)" in readme
+    assert gap["probe_nmse"] == "" and gap["probe_nmse_low"] == ""  # a return statistic only
 
 
 def test_no_performance_profile_without_returns_past_the_gate(tmp_path):
