@@ -884,7 +884,8 @@ def _num(x: float | None) -> str:
 _TASK_INTERVALS = (
     f"Intervals: probe columns, mean ± half-width of the {CONFIDENCE:.0%} Student-t interval "
     f"over seeds; return columns, mean ± half-width of the {CONFIDENCE:.0%} Student-t interval "
-    "over all evaluation episodes of all seeds.")
+    "over all evaluation episodes of all seeds, pooled (so a one-seed row has one too; the "
+    "episodes of one seed share its policy, so it is narrower than an interval over seeds).")
 """The caption under every per-task table."""
 
 
@@ -940,7 +941,8 @@ def _header(n_runs: int, reps: int) -> list[str]:
          "expert's actions plus Gaussian noise), not the expert's greedy return; R_random is a "
          "random policy's. **Return / bc-labels**: the row's raw ID return divided by the "
          "`bc-labels` row's mean raw ID return at the same task and protocol (LAOM's "
-         "normalisation)."),
+         "normalisation; \"–\" where that return is not positive, and noise where it is near "
+         "a random policy's, as on an ungated task)."),
         (f"- **Return gate**: pixel BC on all true actions (`bc-labels`) is the ceiling of every "
          f"LAM row. Where its mean normalised ID return (the **bc-labels ceiling**) is below "
          f"{RETURN_GATE} or was not measured, a return cannot separate methods: return cells are "
