@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from masklam_bench import interrupts
 from masklam_bench.checks import (
     check_device,
     int_at_least,
@@ -18,6 +19,7 @@ from masklam_bench.checks import (
     parse_overrides,
 )
 from masklam_bench.errors import BenchError, UserError
+from masklam_bench.interrupts import Terminated
 from masklam_bench.plan import check_experts, run_jobs
 
 
@@ -269,10 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from masklam_bench.allocator import tune_allocator
 
     tune_allocator()  # every sub-command trains or renders large buffers
-    # SIGTERM (kill, a scheduler's pre-emption) gets Ctrl-C's clean-up; only the main thread may
-    # set a handler, so main() called from another thread keeps the default.
+    # SIGTERM (kill, a scheduler's pre-emption) gets Ctrl-C's clean-up, and neither is lost when
+    # it lands where Python swallows exceptions (masklam_bench.interrupts); only the main thread
+    # may set a handler, so main() called from another thread keeps the defaults.
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    previous = interrupts.install() if in_main else {}
     try:
         args.func(args)
     except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
@@ -283,17 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.clear()
+        interrupts.restore(previous)
     return 0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's pre-emption), handled like Ctrl-C: the same clean-up runs."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 
 from masklam_bench import dataset as ds
+from masklam_bench import interrupts
 from masklam_bench.envs import EPISODE_STEPS, parse_env_id
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_path, atomic_write_json, atomic_write_text
@@ -322,11 +323,15 @@ def _run_episodes(config: CollectConfig, todo: list[int], episodes_dir: Path, wo
     total = config.episodes * config.episode_steps
     bar = tqdm(total=total, initial=done_steps, unit="step", disable=not progress,
                desc=f"collect {config.env_id}", smoothing=0.05)
+    def report(steps: int) -> None:
+        interrupts.raise_pending()  # a swallowed Ctrl-C or SIGTERM, raised again here
+        bar.update(steps)
+
     try:
         if workers == 1 or len(todo) == 1:
-            _run_in_process(config, todo, episodes_dir, bar.update)
+            _run_in_process(config, todo, episodes_dir, report)
         else:
-            _run_in_workers(config, todo, episodes_dir, min(workers, len(todo)), bar.update)
+            _run_in_workers(config, todo, episodes_dir, min(workers, len(todo)), report)
     finally:
         bar.close()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from masklam_bench import metrics
+from masklam_bench import interrupts, metrics
 from masklam_bench.allocator import tune_allocator
 from masklam_bench.augment import random_shift
 from masklam_bench.baselines import get_method
@@ -250,6 +250,7 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
     warm = min(THROUGHPUT_WARMUP_STEPS, max(0, (steps - start) // 2))
     t_warm = None
     for step in bar:
+        interrupts.raise_pending()
         if step == start + warm:
             t_warm = time.perf_counter()
         batch_dict = sampler.sample(rng, batch, keys=keys)
@@ -350,6 +351,7 @@ def evaluate_policy(policy: LatentPolicy, decoder: ActionDecoder, env_names: dic
         policy.eval()
         decoder.eval()
         for _ in tqdm(range(episode_steps), desc=desc, disable=not progress):
+            interrupts.raise_pending()
             stacks = torch.from_numpy(np.stack(history[-context_frames:], axis=1))
             stacks = stacks.permute(0, 1, 4, 2, 3).contiguous().to(device)  # (B, c, 3, H, W)
             action = np.clip(_policy_act(policy, decoder, stacks), -1.0, 1.0)
@@ -842,6 +844,7 @@ def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: n
     losses = []
     for step in tqdm(range(start, steps), desc=desc, disable=not progress, initial=start,
                      total=steps):
+        interrupts.raise_pending()
         rows = rng.integers(len(pool), size=batch)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             pred = module(inputs(pool[rows]))

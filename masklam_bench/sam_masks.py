@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from masklam_bench import dataset as ds
+from masklam_bench import interrupts
 from masklam_bench.checks import check_device, int_at_least
 from masklam_bench.errors import BenchError
 from masklam_bench.fileio import atomic_path, atomic_write_json
@@ -591,6 +592,7 @@ def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
             seconds += time.perf_counter() - start
             frames_done += len(frames)
             _write_episode(work, i, masks)
+            interrupts.raise_pending()
             bar.update(len(frames))
     finally:
         bar.close()

@@ -218,3 +218,35 @@ def test_main_restores_sigterm_and_runs_from_another_thread(monkeypatch, tmp_pat
     thread.start()
     thread.join()
     assert codes == [2]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the __del__
+def test_an_interrupt_swallowed_where_python_ignores_exceptions_is_raised_again(monkeypatch,
+                                                                                 tmp_path):
+    """A SIGTERM whose handler ran inside a __del__ (Python prints "Exception ignored" and goes
+    on) is raised again by the next step of a long loop: here the first progress report of a
+    run's data collection. main() then reports it as interrupted, forgets it and puts back the
+    SIGINT and SIGTERM handlers it replaced."""
+    import gc
+    import signal
+
+    from masklam_bench import interrupts
+
+    class Finalised:
+        def __del__(self):
+            interrupts.on_signal(signal.SIGTERM, None)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    obj = Finalised()
+    del obj  # the handler's Terminated is swallowed (a warning), the interrupt is remembered
+    gc.collect()
+    with pytest.raises(interrupts.Terminated):
+        interrupts.raise_pending()
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["run", "--method", "lapo", "--preset", "smoke", "--threads", "1",
+                     "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+                     "--out", str(tmp_path / "results"), "--no-tensorboard"])
+    assert code == 128 + signal.SIGTERM
+    assert not list((tmp_path / "results").glob("*.json"))  # stopped before any result
+    interrupts.raise_pending()  # forgotten: raises nothing
+    assert {s: signal.getsignal(s) for s in before} == before
