@@ -19,6 +19,8 @@ from masklam_bench.fileio import atomic_write_json
 
 IDENTITY_FILE = "identity.json"
 """The file in a run folder that records what the run is made with."""
+LATE_ENTRIES = ("cpu_threads", "compiled", "sam_masks_sha256")
+"""Identity entries added on 2026-12-04: run folders recorded before them are checked without."""
 
 _SHARED_MODULES = ("masklam_bench.baselines.networks", "masklam_bench.baselines.policy")
 """Modules every method's result depends on besides its own class hierarchy."""
@@ -84,6 +86,8 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     else:
         atomic_write_json(path, identity)
         return
+    # Entries recorded since a later version: a folder that predates one is not refused for it.
+    identity = {k: v for k, v in identity.items() if k in old or k not in LATE_ENTRIES}
     if old == identity:
         return
     diffs = [f"{key}: {_short(old.get(key))} then, {_short(identity.get(key))} now"

@@ -31,6 +31,7 @@ from masklam_bench.baselines.base import LamConfig, LatentActionMethod
 from masklam_bench.baselines.policy import ActionDecoder, LatentPolicy
 from masklam_bench.dataset import (
     dataset_metadata,
+    file_sha256,
     labelled_subset,
     load_background_motion,
     load_frames,
@@ -53,6 +54,7 @@ from masklam_bench.provenance import (
     method_sha256,
     method_source_files,
 )
+from masklam_bench.sam_masks import SIDECAR_FILE as SAM_SIDECAR_FILE
 from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
 from masklam_bench.tblog import LAM_EVERY, Curves
 
@@ -398,6 +400,15 @@ class _Run:
 T = TypeVar("T")
 
 
+_DOWNSTREAM = {
+    "lam_final.pt": ("curve.json", "probe.json", "bc_ckpt.pt", "bc.pt", "decoder.pt", "eval.json"),
+    "bc.pt": ("decoder.pt", "eval.json"),
+    "decoder.pt": ("eval.json",),
+}
+"""Artefacts made from a stage's artefact: removed when that stage is computed again (its file
+deleted, say), so that a later stage is never loaded from the old one."""
+
+
 def _stage(run: _Run, key: str, path: Path, compute: Callable[[], T],
            save: Callable[[T, Path], None], load: Callable[[Path], T],
            seconds: Callable[[T], float] | None = None) -> T:
@@ -408,6 +419,8 @@ def _stage(run: _Run, key: str, path: Path, compute: Callable[[], T],
     """
     if path.exists():
         return load(path)
+    for name in _DOWNSTREAM.get(path.name, ()):  # made from the artefact about to be redone
+        (run.run_dir / name).unlink(missing_ok=True)
     t0 = time.perf_counter()
     value = compute()
     save(value, path)
@@ -693,8 +706,9 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
     # Read once: the source files hashed here are the ones this process imported.
     identity = run_identity(config, preset, cls, meta)
     recorded = run_dir / IDENTITY_FILE
-    if not check_code and recorded.exists():
-        identity["method_sha256"] = json.loads(recorded.read_text()).get("method_sha256")
+    if not check_code and recorded.exists():  # an analysis: other code and threads are fine
+        old = json.loads(recorded.read_text())
+        identity.update({k: old[k] for k in ("method_sha256", "cpu_threads") if k in old})
     check_identity(run_dir, identity)
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     # Only the oracle reads the paired clean frames; the others leave them on disk.
@@ -719,14 +733,23 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
 
 def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod],
                  meta: dict[str, Any]) -> dict[str, Any]:
-    """Everything that changes a run's result: settings, the resolved preset, data and code."""
+    """Everything that changes a run's result: settings, the resolved preset, data and code,
+    the torch CPU threads (on the CPU another count rounds differently), whether the networks
+    are compiled (CUDA), and the SAM 2 masks a ``sam2`` mask source trains on."""
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in ("data_root", "runs_root", "results_dir", "threads", "compile",
                              "tensorboard")}
     files = meta.get("files", {})
-    return {"settings": settings, "preset": preset_record(preset),
-            "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
-            "method_sha256": method_sha256(cls)}
+    cuda = torch.device(config.device).type == "cuda"
+    identity = {"settings": settings, "preset": preset_record(preset),
+                "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
+                "method_sha256": method_sha256(cls),
+                "cpu_threads": None if cuda else torch.get_num_threads(),
+                "compiled": bool(config.compile and cuda)}
+    if parse_mask_source(config.mask_source).kind == "sam2":
+        sidecar = Path(meta.get("path", ".")) / SAM_SIDECAR_FILE
+        identity["sam_masks_sha256"] = file_sha256(sidecar) if sidecar.exists() else None
+    return identity
 
 
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -139,8 +140,25 @@ def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_
         runner.run(_config(tmp_path / "b", data_root, "lapo"), progress=False)
     monkeypatch.setattr(LAPO, "train_step", original)
     resumed = runner.run(_config(tmp_path / "b", data_root, "lapo"), progress=False)
-    assert resumed["metrics"]["probe_nmse"] == pytest.approx(full["metrics"]["probe_nmse"],
-                                                             rel=1e-5)
+    assert resumed["metrics"]["probe_nmse"] == full["metrics"]["probe_nmse"]  # bit for bit
+    name = full["run_name"]
+    weights = [load_checkpoint(tmp_path / d / "runs" / name / "lam_final.pt")["method"]
+               for d in ("a", "b")]
+    tensors = [dict(_tensors(w)) for w in weights]  # networks and AdamW state
+    assert tensors[0].keys() == tensors[1].keys() and len(tensors[0]) > 10
+    assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+
+
+def _tensors(tree, prefix=""):
+    """(path, tensor) for every tensor in nested dicts and lists."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _tensors(v, f"{prefix}/{i}")
 
 
 @pytest.mark.parametrize("stage", [3, 4])
@@ -345,10 +363,40 @@ def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
     run_dir.mkdir(parents=True)
     runner.run(config, progress=False)
     identity = json.loads((run_dir / "identity.json").read_text())
-    identity["method_sha256"] = "0" * 64  # as if lapo.py had been edited since
-    (run_dir / "identity.json").write_text(json.dumps(identity))
-    with pytest.raises(ValueError, match="method_sha256"):
+    assert identity["cpu_threads"] == 1 and identity["compiled"] is False
+    assert "sam_masks_sha256" not in identity  # exact masks: no SAM 2 file to follow
+    (run_dir / "identity.json").write_text(json.dumps({**identity, "method_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="method_sha256"):  # as if lapo.py had been edited
         runner.run(config, progress=False)
+    # Another thread count rounds differently on the CPU: refused, naming both counts ...
+    (run_dir / "identity.json").write_text(json.dumps(identity))
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="cpu_threads: 1 then, 2 now"):
+            runner.run(dataclasses.replace(config, threads=2), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    # ... except in a folder recorded before thread counts were: it is checked without them.
+    del identity["cpu_threads"]
+    (run_dir / "identity.json").write_text(json.dumps(identity))
+    assert runner.run(config, progress=False)["metrics"]["probe_nmse"] is not None
+
+
+def test_a_redone_stage_redoes_the_stages_made_from_it(tmp_path, data_root):
+    """Deleting lam_final.pt (as the advice for a damaged checkpoint says) retrains the LAM, and
+    the probe, latent BC, decoder and rollouts are made again from it, not loaded."""
+    config = _config(tmp_path, data_root, "lapo")
+    first = runner.run(config, progress=False)["metrics"]
+    run_dir = tmp_path / "runs" / config.run_name
+    probe = json.loads((run_dir / "probe.json").read_text())
+    (run_dir / "probe.json").write_text(json.dumps({**probe, "probe_nmse": 123.0}))
+    eval_json = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "eval.json").write_text(json.dumps({k: [0.0] * len(v)
+                                                   for k, v in eval_json.items()}))
+    (run_dir / "lam_final.pt").unlink()
+    again = runner.run(config, progress=False)["metrics"]
+    assert {k: v for k, v in again.items() if k not in TIME_DEPENDENT_METRICS} == {
+        k: v for k, v in first.items() if k not in TIME_DEPENDENT_METRICS}
 
 
 def test_settings_that_change_a_result_give_the_run_its_own_name(tmp_path, data_root):
