@@ -35,6 +35,7 @@ from masklam_bench.dataset import (
     labelled_subset,
     load_background_motion,
     load_frames,
+    validate_dataset,
 )
 from masklam_bench.envs import env_id, get_task
 from masklam_bench.errors import UserError
@@ -701,6 +702,7 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
     run_dir = Path(config.runs_root) / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_dir = ensure_dataset(config, preset, progress)
+    validate_dataset(data_dir)  # every byte against the collection's sha256: about 1 s per GB
     meta = dataset_metadata(data_dir)
     cls = get_method(config.method)
     # Read once: the source files hashed here are the ones this process imported.

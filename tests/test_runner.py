@@ -382,6 +382,25 @@ def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
     assert runner.run(config, progress=False)["metrics"]["probe_nmse"] is not None
 
 
+def test_a_dataset_corrupted_in_place_is_refused_before_training(tmp_path, data_root):
+    """A byte changed in the dataset file (same size, so the cheap checks pass) is caught by
+    its sha256 when the run opens, with one sentence that says what to do."""
+    import shutil
+
+    from masklam_bench import dataset as ds
+    from masklam_bench.dataset import DatasetError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "smoke", root / "smoke")
+    (main,) = (root / "smoke" / "cheetah-run").rglob(ds.MAIN_FILE)
+    raw = bytearray(main.read_bytes())
+    raw[-100] ^= 0xFF
+    main.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="is corrupted .* collect it again"):
+        runner.run(_config(tmp_path, root, "lapo"), progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
 def test_a_redone_stage_redoes_the_stages_made_from_it(tmp_path, data_root):
     """Deleting lam_final.pt (as the advice for a damaged checkpoint says) retrains the LAM, and
     the probe, latent BC, decoder and rollouts are made again from it, not loaded."""
