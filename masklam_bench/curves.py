@@ -50,22 +50,35 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
                 data_root=data_root, runs_root=runs_root, threads=threads,
                 overrides={**overrides, "train.lam_steps": max(steps)})
             r = runner._open_run(config, progress)
-            runner._stage_lam(r, snapshot_steps=tuple(steps))
-            base = runner._stage_probe(r)  # the final snapshot and the untrained control
-            cache = r.run_dir / "curve.json"
-            done = json.loads(cache.read_text()) if cache.exists() else {}
+            try:
+                done, base = _probed_snapshots(r, steps)
+            finally:
+                runner.unlock_run_folder(r.run_dir)
             for step in steps:
-                if str(step) not in done:
-                    state = load_checkpoint(r.run_dir / f"lam_step{step}.pt")
-                    r.method.load_state_dict(state["method"])
-                    done[str(step)] = _probe_action(r)
-                    atomic_write_json(cache, done)
                 points.append({"method": method, "seed": seed, "step": step,
                                "probe_nmse": done[str(step)],
                                "probe_nmse_untrained": base["probe_nmse_untrained"],
                                "lr": r.preset.train.lam_lr, "warmup": r.preset.train.lam_warmup,
                                "schedule_steps": max(steps)})
     return points
+
+
+def _probed_snapshots(r: Any, steps: list[int]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train (or resume) the run to ``max(steps)`` keeping snapshots, probe each once (cached in
+    ``curve.json``); the probe NMSE per step and stage 2's result (with the untrained control)."""
+    from masklam_bench import runner
+
+    runner._stage_lam(r, snapshot_steps=tuple(steps))
+    base = runner._stage_probe(r)  # the final snapshot and the untrained control
+    cache = r.run_dir / "curve.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    for step in steps:
+        if str(step) not in done:
+            state = load_checkpoint(r.run_dir / f"lam_step{step}.pt")
+            r.method.load_state_dict(state["method"])
+            done[str(step)] = _probe_action(r)
+            atomic_write_json(cache, done)
+    return done, base
 
 
 def merge_probe_curves(paths: list[Path], task: str, preset: str,

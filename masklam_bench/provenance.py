@@ -7,6 +7,7 @@ ones. The result file repeats the identity together with the suite's git commit.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
@@ -19,6 +20,8 @@ from masklam_bench.fileio import atomic_write_json
 
 IDENTITY_FILE = "identity.json"
 """The file in a run folder that records what the run is made with."""
+RUN_LOCK_FILE = ".run.lock"
+"""The file a process holding a run folder keeps locked (``flock``)."""
 LATE_ENTRIES = ("cpu_threads", "compiled", "sam_masks_sha256")
 """Identity entries added on 2026-12-04: run folders recorded before them are checked without."""
 
@@ -78,7 +81,8 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """
     identity = flatten(identity)
     path = run_dir / IDENTITY_FILE
-    stages = [p for p in run_dir.glob("*") if p.name not in (IDENTITY_FILE, "config.json")]
+    stages = [p for p in run_dir.glob("*")
+              if p.name not in (IDENTITY_FILE, "config.json", RUN_LOCK_FILE)]
     if path.exists():
         old = json.loads(path.read_text())
     elif stages:
@@ -95,6 +99,38 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     raise UserError(
         f"{run_dir} holds stages made with other inputs ({'; '.join(diffs)}). Delete that folder "
         "to redo the run, or pass another --runs-root.")
+
+
+_held: dict[str, Any] = {}
+"""Run folders this process holds: resolved path -> the open, locked lock file."""
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Hold ``run_dir`` for this process, or refuse: two processes on one run folder (a sweep
+    started again while its jobs still run) would build stages on each other's half-made ones.
+
+    Holding a folder this process already holds is a no-op; :func:`unlock_run_folder` releases
+    it, and so does the end of the process. ``flock`` locks: on a network file system they hold
+    only where it supports them (NFSv4 does).
+    """
+    key = str(Path(run_dir).resolve())
+    if key in _held:
+        return
+    lock = open(Path(run_dir) / RUN_LOCK_FILE, "a")  # noqa: SIM115 - held open until released
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"{run_dir} is in use by another process (a run or sweep job of the same "
+                        "run, still going); wait for it to end or stop it, then run again.") from None
+    _held[key] = lock
+
+
+def unlock_run_folder(run_dir: Path) -> None:
+    """Release a folder :func:`lock_run_folder` holds (nothing if it holds none)."""
+    lock = _held.pop(str(Path(run_dir).resolve()), None)
+    if lock is not None:
+        lock.close()
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -52,8 +52,10 @@ from masklam_bench.provenance import (
     IDENTITY_FILE,
     check_identity,
     git_state,
+    lock_run_folder,
     method_sha256,
     method_source_files,
+    unlock_run_folder,
 )
 from masklam_bench.sam_masks import SIDECAR_FILE as SAM_SIDECAR_FILE
 from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
@@ -640,9 +642,12 @@ def load_trained(config: RunConfig, check_code: bool = True) -> TrainedRun:
         raise UserError(f"Run folder {run_dir} has not finished stage 4 (missing "
                         f"{', '.join(missing)}); run it first.")
     run = _open_run(config, progress=False, check_code=check_code)
-    _stage_lam(run)
-    policy = _stage_bc(run)
-    return TrainedRun(run, policy, _stage_decoder(run, policy))
+    try:
+        _stage_lam(run)
+        policy = _stage_bc(run)
+        return TrainedRun(run, policy, _stage_decoder(run, policy))
+    finally:
+        unlock_run_folder(run.run_dir)  # read only from here on
 
 
 def load_run_folder(run_dir: str | os.PathLike, check_code: bool = True) -> TrainedRun:
@@ -698,9 +703,20 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
     config, preset = resolve(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
     run_dir = Path(config.runs_root) / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_folder(run_dir)  # one process per run folder (a sweep launched twice, say)
+    try:
+        return _load_run(config, preset, run_dir, progress, check_code)
+    except BaseException:
+        unlock_run_folder(run_dir)
+        raise
+
+
+def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
+              check_code: bool) -> _Run:
+    """:func:`_open_run` once the run folder is locked: data, identity, method and samplers."""
+    device = torch.device(config.device)
     data_dir = ensure_dataset(config, preset, progress)
     validate_dataset(data_dir)  # every byte against the collection's sha256: about 1 s per GB
     meta = dataset_metadata(data_dir)
@@ -757,11 +773,14 @@ def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every stage of one benchmark run and write its result file."""
     r = _open_run(config, progress)
-    lam_log = _stage_lam(r)
-    probe_res = _stage_probe(r)
-    policy = _stage_bc(r)
-    decoder = _stage_decoder(r, policy)
-    returns = _stage_eval(r, policy, decoder)
+    try:
+        lam_log = _stage_lam(r)
+        probe_res = _stage_probe(r)
+        policy = _stage_bc(r)
+        decoder = _stage_decoder(r, policy)
+        returns = _stage_eval(r, policy, decoder)
+    finally:
+        unlock_run_folder(r.run_dir)
     r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
     result = _result(r, lam_log, probe_res, returns)
     atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)

@@ -401,6 +401,24 @@ def test_a_dataset_corrupted_in_place_is_refused_before_training(tmp_path, data_
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
 
 
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path, data_root):
+    """Two processes on one run folder (a sweep launched again while its jobs run) would build
+    stages on each other's: the second is refused while the first holds the folder's lock."""
+    import fcntl
+
+    from masklam_bench.provenance import RUN_LOCK_FILE
+
+    config = _config(tmp_path, data_root, "lapo")
+    run_dir = tmp_path / "runs" / config.run_name
+    run_dir.mkdir(parents=True)
+    with open(run_dir / RUN_LOCK_FILE, "a") as other:  # another open file: as another process
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="in use by another process"):
+            runner.run(config, progress=False)
+    assert runner.run(config, progress=False)["metrics"]["probe_nmse"] is not None
+    assert runner.run(config, progress=False)  # released at the end of each run
+
+
 def test_a_redone_stage_redoes_the_stages_made_from_it(tmp_path, data_root):
     """Deleting lam_final.pt (as the advice for a damaged checkpoint says) retrains the LAM, and
     the probe, latent BC, decoder and rollouts are made again from it, not loaded."""
