@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import re
 import time
@@ -53,7 +54,7 @@ DEFAULT_TIMEOUT_MIN = 180
 ``masklam-bench gpu-check`` estimates it)."""
 _SUBMITIT_LOG_VAR = "SUBMITIT_LOG_LEVEL"
 """submitit reads its log level from this variable; ``NOCONFIG`` leaves logging alone."""
-STATUSES = ("done", "skipped", "failed")
+STATUSES = ("done", "skipped", "stale", "failed")
 """What can become of a run, in the order of the final table."""
 
 
@@ -131,6 +132,8 @@ def read_grid_file(path: str | os.PathLike) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"--grid {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--grid {path} cannot be read as a TOML text file ({err}).") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"--grid {path} is not valid TOML ({err}).") from None
     values: dict[str, Any] = {}
@@ -205,10 +208,9 @@ def grid_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _default_preset(options: SweepOptions) -> str:
-    """``gpu`` when runs get GPUs, else what ``run`` picks on this machine."""
-    from masklam_bench.presets import default_preset_name
-
-    return "gpu" if options.gpus_per_run > 0 else default_preset_name()
+    """``gpu`` when runs get GPUs, else ``cpu``: what the runs get, not what the machine that
+    starts the sweep has (a login node with or without CUDA names the runs the same)."""
+    return "gpu" if options.gpus_per_run > 0 else "cpu"
 
 
 def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig]:
@@ -288,6 +290,27 @@ def result_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / f"{config.run_name}.json"
 
 
+def stale_reason(config: RunConfig) -> str:
+    """Why a finished run's result file was not made by this code and preset ("" when it was):
+    its method's source hash or its resolved preset differ. Such a run is not run again (its run
+    folder would refuse a resume); the table names it with what to do."""
+    from masklam_bench.baselines import get_method
+    from masklam_bench.presets import preset_record
+    from masklam_bench.provenance import method_sha256
+    from masklam_bench.runner import resolve
+
+    try:
+        record = json.loads(result_path(config).read_text())
+        made_with = (record["code"]["method_sha256"], record["config"]["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its result file is unreadable or incomplete"
+    _, preset = resolve(config)
+    differ = [name for name, old, now in (
+        ("method source", made_with[0], method_sha256(get_method(config.method))),
+        ("preset", made_with[1], preset_record(preset))) if old != now]
+    return f"made with another {' and '.join(differ)}" if differ else ""
+
+
 def datasets_of(configs: Iterable[RunConfig]) -> dict[str, list[RunConfig]]:
     """The runs grouped by the dataset they train on (each is collected once)."""
     from masklam_bench.runner import dataset_path
@@ -310,7 +333,10 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
               f"finished (skipped), {len(pending)} to run on {where}; results -> {options.out}/"),
              (f"each run asks for {options.cpus_per_run} CPU(s) (torch threads, "
               f"OMP_NUM_THREADS) and {options.gpus_per_run:g} GPU(s), device {options.device}")]
-    lines += [f"  {'skip' if result_path(c).exists() else 'run '} {c.run_name}" for c in runs]
+    for c in runs:
+        why = stale_reason(c) if result_path(c).exists() else None
+        lines.append(f"  run  {c.run_name}" if why is None else f"  skip {c.run_name}" if not why
+                     else f"  stale {c.run_name} ({why}: not run again)")
     groups = datasets_of(pending)
     lines.append(f"{len(groups)} dataset job(s) first, {options.cpus_per_run} CPU(s) each:")
     lines += [f"  {path} (for {len(group)} run(s))" for path, group in groups.items()]
@@ -356,9 +382,13 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
 
 
 def _last_error_line(text: str) -> str:
-    """The last line of a traceback in ``text`` that names an exception, else its first line."""
+    """The last line of a traceback in ``text`` that names an exception (``XError: ...``), else
+    the last ``word: text`` line, else the whole text on one line (up to 300 characters: e.g.
+    submitit's "Job ... has not produced any output (state: CANCELLED)")."""
     lines = [line for line in text.splitlines() if _EXCEPTION_LINE.match(line)]
-    return lines[-1] if lines else text.strip().split("\n")[0]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    found = errors or lines
+    return found[-1] if found else " ".join(text.split())[:300]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,8 +499,15 @@ def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Out
     slurm = options.launcher == "slurm"
     cpus, outcomes, jobs = options.cpus_per_run, [], {}
     for path, configs in datasets_of(pending).items():
-        executor.update_parameters(name=f"masklam-data-{Path(path).name}")
-        data_job = executor.submit(collect_task, dataclasses.asdict(configs[0]), cpus)
+        # Collection renders on the CPU: its job asks for no GPU.
+        executor.update_parameters(name=f"masklam-data-{Path(path).name}", gpus_per_node=0)
+        try:
+            data_job = executor.submit(collect_task, dataclasses.asdict(configs[0]), cpus)
+        except Exception as err:  # noqa: BLE001 - a refused submission fails its runs only
+            outcomes += [Outcome(c.run_name, "failed", f"dataset job not submitted: "
+                                 f"{one_line(err)}") for c in configs]
+            continue
+        executor.update_parameters(gpus_per_node=int(options.gpus_per_run))
         if slurm:  # the runs wait in Slurm's queue; a failed dataset job cancels them
             executor.update_parameters(slurm_additional_parameters={
                 "dependency": f"afterok:{data_job.job_id}", "kill-on-invalid-dep": "yes"})
@@ -481,7 +518,11 @@ def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Out
                 continue
         for config in configs:
             executor.update_parameters(name=f"masklam-{config.run_name}")
-            jobs[config.run_name] = executor.submit(run_task, dataclasses.asdict(config), cpus)
+            try:
+                jobs[config.run_name] = executor.submit(run_task, dataclasses.asdict(config), cpus)
+            except Exception as err:  # noqa: BLE001 - e.g. Slurm's per-user job limit
+                outcomes.append(Outcome(config.run_name, "failed",
+                                        f"job not submitted: {one_line(err)}"))
         if slurm:
             executor.update_parameters(slurm_additional_parameters={})
     print(f"{len(jobs)} job(s) submitted; logs in {options.log_dir}/")
@@ -518,8 +559,10 @@ def _wait_jobs(jobs: dict[str, Any]) -> list[Outcome]:
 # ------------------------------------------------------------------------------------------------
 def sweep(runs: list[RunConfig], options: SweepOptions) -> list[Outcome]:
     """Run every unfinished run of the grid on the chosen launcher; outcomes in grid order."""
-    skipped = [Outcome(c.run_name, "skipped") for c in runs if result_path(c).exists()]
-    pending = [c for c in runs if not result_path(c).exists()]
+    finished = {c.run_name: stale_reason(c) for c in runs if result_path(c).exists()}
+    skipped = [Outcome(name, "stale" if why else "skipped", why)
+               for name, why in finished.items()]
+    pending = [c for c in runs if c.run_name not in finished]
     outcomes: list[Outcome] = []
     if pending:
         launch = launch_ray if options.launcher == "ray" else launch_submitit
@@ -529,10 +572,12 @@ def sweep(runs: list[RunConfig], options: SweepOptions) -> list[Outcome]:
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    """Counts of done, skipped and failed runs, then each failure with its error."""
+    """Counts of done, skipped, stale and failed runs, then each failure and stale result."""
     lines = ["| status | runs |", "|---|---:|"]
     lines += [f"| {s} | {sum(o.status == s for o in outcomes)} |" for s in STATUSES]
     lines += [f"failed: {o.name}: {o.error}" for o in outcomes if o.status == "failed"]
+    lines += [f"stale: {o.name}: {o.error}; not run again: move its result file and run folder "
+              "away to redo it" for o in outcomes if o.status == "stale"]
     return "\n".join(lines)
 
 
@@ -607,7 +652,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="mask sources, comma-separated (default: exact); methods without masks "
                         "run with exact only")
     p.add_argument("--preset", default=None, help="smoke, cpu or gpu (default: gpu when runs get "
-                                                  "GPUs or CUDA is available, else cpu)")
+                                                  "GPUs (--gpus-per-run), else cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field for every run (repeatable)")
     p.add_argument("--launcher", default="ray", choices=LAUNCHERS)

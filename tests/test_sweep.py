@@ -181,7 +181,9 @@ def test_dry_run_prints_the_grid_and_its_resources(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "6 run(s) at preset smoke, 1 finished (skipped), 5 to run" in out
-    assert "each run asks for 2 CPU(s)" in out and "skip cheetah-run__lapo__d8__s0__smoke" in out
+    assert "each run asks for 2 CPU(s)" in out
+    assert ("stale cheetah-run__lapo__d8__s0__smoke (its result file is unreadable or "
+            "incomplete: not run again)") in out
     assert "1 dataset job(s) first" in out and not (tmp_path / "data").exists()
 
 
@@ -211,6 +213,8 @@ def test_slurm_runs_wait_for_their_dataset_job(tmp_path, monkeypatch):
             self.params = {**self.params, **kwargs}
 
         def submit(self, fn, config, cpus):
+            if fn is sweep.run_task and config["seed"] == 2:  # as sbatch at a job-count limit
+                raise RuntimeError("sbatch: error: QOSMaxSubmitJobPerUserLimit\nmore")
             submitted.append((fn.__name__, config.get("seed"), dict(self.params)))
             fail = fn is sweep.run_task and config["seed"] == 1
             return _FakeJob(str(len(submitted)), "ValueError: bad seed" if fail else "")
@@ -219,15 +223,17 @@ def test_slurm_runs_wait_for_their_dataset_job(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "SUBMITIT_POLL_S", 0.0)
     options = sweep.SweepOptions(launcher="slurm", data_root=str(tmp_path), out=str(tmp_path),
                                  runs_root=str(tmp_path))
-    runs = _grid(["sweep", "--methods", "lapo", "--seeds", "0,1", "--preset", "smoke"])
+    runs = _grid(["sweep", "--methods", "lapo", "--seeds", "0,1,2", "--preset", "smoke"])
     runs = [dataclasses.replace(c, data_root=str(tmp_path), results_dir=str(tmp_path))
             for c in runs]
     outcomes = sweep.sweep(runs, options)
     assert [s[0] for s in submitted] == ["collect_task", "run_task", "run_task"]
     assert all(s[2]["slurm_additional_parameters"]["dependency"] == "afterok:1"
                for s in submitted[1:])
-    assert [(o.status, o.error) for o in outcomes] == [("done", ""),
-                                                       ("failed", "ValueError: bad seed")]
+    assert submitted[0][2]["gpus_per_node"] == 0  # collection renders on the CPU
+    assert [(o.status, o.error) for o in outcomes] == [
+        ("done", ""), ("failed", "ValueError: bad seed"),
+        ("failed", "job not submitted: RuntimeError: sbatch: error: QOSMaxSubmitJobPerUserLimit")]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,6 +293,20 @@ def test_a_finished_sweep_is_skipped_without_starting_ray(ray_sweep, capsys, mon
     assert "| skipped | 2 |" in capsys.readouterr().out and not ray.is_initialized()
     assert before == {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.json")}
     assert written == [(str(root / "out"), root / "out" / "leaderboard")]
+    # A result made by other method source is not taken for this code's: stale, named, not rerun.
+    lapo = root / "out" / "cheetah-run__lapo__d8__s0__smoke.json"
+    saved = lapo.read_text()
+    record = json.loads(saved)
+    record["code"]["method_sha256"] = "0" * 64
+    lapo.write_text(json.dumps(record))
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        lapo.write_text(saved)
+    out = capsys.readouterr().out
+    assert "| skipped | 1 |" in out and "| stale | 1 |" in out
+    assert ("stale: cheetah-run__lapo__d8__s0__smoke: made with another method source; not run "
+            "again") in out
 
 
 @needs_ray
@@ -306,3 +326,17 @@ def test_submitit_local_executor_runs_a_grid(ray_sweep, tmp_path, capsys):
     name = "cheetah-run__lapo__d8__s0__smoke.json"
     assert _metrics(tmp_path / "out" / name) == _metrics(root / "out" / name)
     assert list((tmp_path / "runs" / "submitit").glob("*_log.out"))
+
+
+def test_the_default_preset_follows_what_the_runs_get_not_the_machine(monkeypatch):
+    """Without --gpus-per-run the runs are CPU runs, named and sized ``cpu`` even where the
+    machine that starts the sweep sees CUDA; with GPUs they are ``gpu`` runs wherever it starts."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu = sweep.SweepOptions(launcher="slurm")
+    gpu = sweep.SweepOptions(launcher="slurm", gpus_per_run=1)
+    values = sweep.grid_values(_args(["sweep", "--methods", "lapo"]))
+    assert {c.preset for c in sweep.expand_grid(values, cpu)} == {"cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert {c.preset for c in sweep.expand_grid(values, gpu)} == {"gpu"}
