@@ -268,8 +268,8 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
     None below three runs); ``steps_to_gate`` is where the line reaches ``gate``, and
     ``steps_to_gate_fastest`` where a line through the points' mean at the interval's top slope
     does (None when the line does not rise, or not below 2^64 steps; ``steps_to_gate_fastest``
-    also None when the points' mean is already at the gate: the runs reach it). An extrapolation of a few
-    noisy points: a statement of the measured trend, not a prediction.
+    also None when the points' mean is already at the gate: the runs reach it). An extrapolation
+    of a few noisy points: a statement of the measured trend, not a prediction.
     """
     from scipy import stats
 

@@ -18,7 +18,7 @@ from types import FrameType
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's pre-emption), handled like Ctrl-C: the same clean-up runs."""
+    """SIGTERM (``kill``, a scheduler's pre-emption), handled like Ctrl-C: the same clean-up."""
 
 
 _pending: list[type[KeyboardInterrupt]] = []
@@ -33,7 +33,7 @@ def on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def raise_pending() -> None:
-    """Raise the interrupt received since the last :func:`clear`, if any. Cheap: call it per step."""
+    """Raise the interrupt received since the last :func:`clear`, if any (cheap: once a step)."""
     if _pending:
         raise _pending[0]
 

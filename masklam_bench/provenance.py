@@ -122,7 +122,8 @@ def lock_run_folder(run_dir: Path) -> None:
     except BlockingIOError:
         lock.close()
         raise UserError(f"{run_dir} is in use by another process (a run or sweep job of the same "
-                        "run, still going); wait for it to end or stop it, then run again.") from None
+                        "run, still going); wait for it to end or stop it, then run again."
+                        ) from None
     _held[key] = lock
 
 
