@@ -659,7 +659,7 @@ def collect(
     Returns:
         The dataset folder (``out_dir/masklam/<env id>/<policy>-v0``).
     """
-    env_kwargs = dict(env_kwargs or {})
+    env_kwargs = _with_davis_dir(dict(env_kwargs or {}))
     if test_episodes is None:
         test_episodes = max(1, round(episodes * ds.DEFAULT_TEST_FRACTION)) if episodes > 1 else 0
     _check_args(env_name, episodes, test_episodes, episode_steps, action_noise, seed, workers,
@@ -681,6 +681,19 @@ def collect(
             return _existing(final, config)
         _collect_into(final, config, workers, progress, expert_meta)
     return final
+
+
+def _with_davis_dir(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` naming the DAVIS folder the envs will read, absolute, when there is one:
+    given, or from ``$MASKLAM_DAVIS_DIR``, which the env reads by itself. Recorded so, a dataset
+    of other videos is neither reused nor resumed, and Minari rebuilds the env it was made in
+    (the folder is compared by path, not by its contents)."""
+    from masklam_bench.envs.backgrounds import DAVIS_ENV_VAR
+
+    davis = env_kwargs.get("davis_dir") or os.environ.get(DAVIS_ENV_VAR)
+    if davis:
+        env_kwargs["davis_dir"] = str(Path(davis).resolve())
+    return env_kwargs
 
 
 def _check_expert(task: str, policy: str, expert_path: str | os.PathLike | None

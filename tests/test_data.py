@@ -19,6 +19,7 @@ import pytest
 
 import masklam_bench  # noqa: F401  (registers the ids)
 from masklam_bench import collect as collect_module
+from masklam_bench import dataset as ds
 from masklam_bench.collect import add_cli, collect
 from masklam_bench.dataset import (
     DatasetError,
@@ -318,6 +319,28 @@ def test_existing_dataset_is_reused_or_refused(dataset, fake_expert, no_recollec
         _collect(dataset.parents[2], fake_expert, workers=2, action_noise=0.1)
 
 
+def test_a_davis_folder_from_the_environment_is_recorded(dataset, fake_expert, no_recollection,
+                                                         monkeypatch, tmp_path):
+    """$MASKLAM_DAVIS_DIR changes the envs' videos: a dataset of the procedural videos is not
+    reused under it (nor one of DAVIS videos without it), and a new one records the folder."""
+    from PIL import Image
+
+    from masklam_bench.envs.backgrounds import DAVIS_ENV_VAR
+
+    (tmp_path / "davis" / "ImageSets" / "2017").mkdir(parents=True)
+    (tmp_path / "davis" / "ImageSets" / "2017" / "train.txt").write_text("v\n")
+    (tmp_path / "davis" / "JPEGImages" / "480p" / "v").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "davis" / "JPEGImages" / "480p" /
+                                                 "v" / "0.jpg")
+    monkeypatch.setenv(DAVIS_ENV_VAR, str(tmp_path / "davis"))
+    with pytest.raises(ValueError, match=r"other settings \(env_kwargs\)"):
+        _collect(dataset.parents[2], fake_expert, workers=2)
+    kwargs = collect_module._with_davis_dir({})
+    assert kwargs == {"davis_dir": str((tmp_path / "davis").resolve())}
+    monkeypatch.delenv(DAVIS_ENV_VAR)
+    assert collect_module._with_davis_dir({"size": 64}) == {"size": 64}
+
+
 def test_second_process_waits_for_the_lock(dataset, fake_expert, no_recollection, capsys):
     """Two runs of one task started together: the second waits instead of failing."""
     result = {}
@@ -486,3 +509,15 @@ def test_a_killed_collection_leaves_no_worker_running(tmp_path, sig):
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(map(_alive, workers)), f"workers {workers} outlived their main process"
+
+
+def test_background_motion_of_distracting_and_clean_datasets(dataset, copy):
+    """Per-frame exogenous motion aligned with the frames of a Distracting dataset; None for a
+    Clean one, whose env records the motion of a background it never shows."""
+    motion = ds.load_background_motion(dataset)
+    assert motion.shape == (len(ds.load_frames(dataset, clean=False).frames), 2)
+    assert np.abs(motion).sum() > 0
+    meta_path = copy / ds.DATA_DIR / ds.METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "env_id": "CleanCheetah-v0"}))
+    assert ds.load_background_motion(copy) is None
