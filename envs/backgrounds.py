@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,11 @@ def render_video(spec: VideoSpec, canvas: int, frames: int = VIDEO_FRAMES) -> np
 # --------------------------------------------------------------------------------------------
 DAVIS_ENV_VAR = "MASKLAM_DAVIS_DIR"
 """Environment variable pointing at a DAVIS-2017 folder, used when no ``davis_dir`` is given."""
+
+
+def davis_dir_from(given: str | os.PathLike | None) -> str | None:
+    """The DAVIS folder an env reads: ``given``, else ``$MASKLAM_DAVIS_DIR``, else None."""
+    return os.fspath(given) if given else os.environ.get(DAVIS_ENV_VAR) or None
 
 
 def davis_pool(root: str | Path, split: str) -> tuple[Path, ...]:

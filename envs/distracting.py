@@ -189,7 +189,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         """The background video pool, its action-coupled motion and the hard level's dynamics."""
         model = self._physics.model
         self._canvas = 2 * size
-        self._davis_dir = davis_dir or os.environ.get(backgrounds.DAVIS_ENV_VAR)
+        self._davis_dir = backgrounds.davis_dir_from(davis_dir)
         self._pool: tuple[Any, ...] = ()
         if distractors != "none":
             if self._davis_dir:

@@ -19,7 +19,6 @@ from masklam_bench.checks import (
     parse_overrides,
 )
 from masklam_bench.errors import BenchError, UserError
-from masklam_bench.interrupts import Terminated
 from masklam_bench.plan import check_experts, run_jobs
 
 
@@ -284,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"masklam-bench {args.command}: interrupted; finished work is kept on disk.",
               file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+        return 128 + signal.SIGTERM if isinstance(stop, interrupts.Terminated) else 130
     finally:
         interrupts.clear()
         interrupts.restore(previous)

@@ -688,9 +688,9 @@ def _with_davis_dir(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     given, or from ``$MASKLAM_DAVIS_DIR``, which the env reads by itself. Recorded so, a dataset
     of other videos is neither reused nor resumed, and Minari rebuilds the env it was made in
     (the folder is compared by path, not by its contents)."""
-    from masklam_bench.envs.backgrounds import DAVIS_ENV_VAR
+    from masklam_bench.envs.backgrounds import davis_dir_from
 
-    davis = env_kwargs.get("davis_dir") or os.environ.get(DAVIS_ENV_VAR)
+    davis = davis_dir_from(env_kwargs.get("davis_dir"))
     if davis:
         env_kwargs["davis_dir"] = str(Path(davis).resolve())
     return env_kwargs

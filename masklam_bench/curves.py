@@ -24,6 +24,7 @@ import numpy as np
 
 from masklam_bench import metrics
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
+from masklam_bench.provenance import unlock_run_folder
 
 PROBE_STEPS = (1500, 6000, 24000)
 """Default LAM steps at which the probe curve is read (issue 17: 1.5k, 6k, 24k)."""
@@ -53,7 +54,7 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
             try:
                 done, base = _probed_snapshots(r, steps)
             finally:
-                runner.unlock_run_folder(r.run_dir)
+                unlock_run_folder(r.run_dir)
             for step in steps:
                 points.append({"method": method, "seed": seed, "step": step,
                                "probe_nmse": done[str(step)],

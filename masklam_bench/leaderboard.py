@@ -569,22 +569,22 @@ def _align_metrics(group: list[_Aggregate], reps: int) -> list[_Aggregate]:
     them have values, so that no row is ranked over fewer (or easier) tasks than its neighbours.
     """
     compared = [a for a in group if a.compared]
-    changed: dict[int, dict[str, dict[str, list[float]]]] = {}
+    common: dict[str, set[str]] = {}
     for m in _PROBE_METRICS + _RETURN_METRICS:
-        having = [a for a in compared if a.values[m]]
-        common = set.intersection(*(set(a.values[m]) for a in having)) if having else set()
-        for a in having:
-            if set(a.values[m]) != common:
-                changed.setdefault(id(a), dict(a.values))[m] = {
-                    t: v for t, v in a.values[m].items() if t in common}
+        having = [set(a.values[m]) for a in compared if a.values[m]]
+        common[m] = set.intersection(*having) if having else set()
     out = []
     for a in group:
-        values = changed.get(id(a), a.values)
-        stats = a.stats if values is a.values else {
-            m: _task_stats(list(per_task.values()), reps) for m, per_task in values.items()}
+        if not a.compared:
+            out.append(a)
+            continue
+        values = {m: {t: v for t, v in per.items() if t in common[m]}
+                  for m, per in a.values.items()}
+        stats = {m: a.stats[m] if values[m] == a.values[m]
+                 else _task_stats(list(values[m].values()), reps) for m in values}
         returned = values["normalized_return_id"]
-        return_tasks = (tuple(t for t in a.return_tasks if t in returned)
-                        if a.compared and returned else a.return_tasks)
+        return_tasks = (tuple(t for t in a.return_tasks if t in returned) if returned
+                        else a.return_tasks)
         out.append(dataclasses.replace(a, values=values, stats=stats, return_tasks=return_tasks))
     return out
 
