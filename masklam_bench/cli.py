@@ -48,10 +48,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
     """Run the benchmark pipeline for every (env, latent dim, seed) of one method."""
     import torch
 
-    from masklam_bench.presets import default_preset_name
+    from masklam_bench.presets import default_preset_name, get_preset, split_overrides
 
     args.preset = args.preset or default_preset_name()
-    args.overrides = parse_overrides(args.set, args.labels)
+    args.overrides, same = split_overrides(get_preset(args.preset),
+                                           parse_overrides(args.set, args.labels))
+    if same:
+        print(f"note: {', '.join(same)} already {'is' if len(same) == 1 else 'are'} the "
+              f"{args.preset} preset's value; the run is the preset's own, not a variant.")
     jobs = run_jobs(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)

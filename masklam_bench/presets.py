@@ -193,6 +193,24 @@ def apply_overrides(preset: Preset, overrides: dict[str, int | float | str]) -> 
     return Preset(preset.name, data, train)
 
 
+def split_overrides(preset: Preset, overrides: dict[str, int | float | str]
+                    ) -> tuple[dict[str, int | float | str], list[str]]:
+    """``overrides`` without those that set a field to ``preset``'s own value, and the dropped
+    keys. A run with ``--set train.lam_steps=3000`` at ``cpu`` (whose value it is) is the preset's
+    run: it keeps the preset's name, folder and result file instead of making a variant of itself.
+    """
+    record = dataclasses.asdict(preset)
+    changed: dict[str, int | float | str] = {}
+    same: list[str] = []
+    for key, value in sorted(overrides.items()):
+        section, name = key.split(".")
+        if record[section][name] == value:
+            same.append(key)
+        else:
+            changed[key] = value
+    return changed, same
+
+
 def default_preset_name() -> str:
     """``gpu`` when CUDA is available, else ``cpu``."""
     import torch

@@ -215,14 +215,15 @@ def _default_preset(options: SweepOptions) -> str:
 
 def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig]:
     """Every run of the grid, checked with ``run``'s errors before anything starts."""
-    from masklam_bench.presets import PRESETS
+    from masklam_bench.presets import PRESETS, split_overrides
     from masklam_bench.runner import RunConfig
 
     preset = values["preset"] or _default_preset(options)
     if preset not in PRESETS:
         raise UserError(f"--preset {preset!r} is not a preset; choose one of: "
                         f"{', '.join(PRESETS)}.")
-    overrides = parse_overrides(values["set"], None)
+    # --set at the preset's own value is the preset's run (its name and result file), not a variant
+    overrides, _ = split_overrides(PRESETS[preset], parse_overrides(values["set"], None))
     methods = [m.strip() for m in values["methods"].split(",")]
     sources = [s.strip() for s in values["mask-sources"].split(",")]
     runs: dict[str, RunConfig] = {}

@@ -250,3 +250,21 @@ def test_an_interrupt_swallowed_where_python_ignores_exceptions_is_raised_again(
     assert not list((tmp_path / "results").glob("*.json"))  # stopped before any result
     interrupts.raise_pending()  # forgotten: raises nothing
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_run_with_set_at_the_presets_value_is_the_presets_run(monkeypatch, tmp_path, capsys):
+    """``run --set`` to the preset's own value says so and runs under the preset's own name."""
+    from masklam_bench import runner
+
+    seen = []
+
+    def fake_run(config):
+        seen.append(config)
+        return {"metrics": {}, "timings": {"total_s": 0.0}}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    code = cli.main([*_RUN, "--dims", "8", "--set", "train.lam_steps=3", "--set",
+                     "train.bc_steps=4", "--out", str(tmp_path / "results")])
+    assert code == 0
+    assert seen[0].overrides == {"train.bc_steps": 4}
+    assert "train.lam_steps already is the smoke preset's value" in capsys.readouterr().out

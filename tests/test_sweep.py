@@ -100,6 +100,18 @@ def test_grid_from_flags_and_from_a_file_agree(tmp_path, capsys):
     assert len(_grid(["sweep", "--grid", str(tmp_path / "grid.toml"), "--methods", "lapo"])) == 8
 
 
+def test_set_at_the_presets_own_value_is_the_presets_run():
+    """``--set`` to the value the preset already has changes nothing, so it names no variant."""
+    base = ["sweep", "--methods", "lapo", "--envs", "cheetah", "--dims", "8", "--preset", "smoke"]
+    plain = [c.run_name for c in _grid(base)]
+    assert plain == ["cheetah-run__lapo__d8__s0__smoke"]
+    assert [c.run_name for c in _grid(base + ["--set", "train.lam_steps=3",
+                                              "--set", "train.lam_lr=0.0006"])] == plain
+    changed = _grid(base + ["--set", "train.lam_steps=3", "--set", "train.lam_steps=4"])
+    assert changed[0].overrides == {"train.lam_steps": 4}
+    assert changed[0].run_name.startswith("cheetah-run__lapo__d8__s0__smoke+set-")
+
+
 @pytest.mark.parametrize("grid", sorted((Path(__file__).parents[1] / "sweeps").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_shipped_grid_files_expand(grid):
