@@ -7,6 +7,7 @@ ones. The result file repeats the identity together with the suite's git commit.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import inspect
@@ -22,11 +23,18 @@ IDENTITY_FILE = "identity.json"
 """The file in a run folder that records what the run is made with."""
 RUN_LOCK_FILE = ".run.lock"
 """The file a process holding a run folder keeps locked (``flock``)."""
-LATE_ENTRIES = ("cpu_threads", "compiled", "sam_masks_sha256")
+LATE_ENTRIES = ("cpu_threads", "compiled", "sam_masks_sha256", "harness_sha256")
 """Identity entries added on 2026-12-04: run folders recorded before them are checked without."""
 
 _SHARED_MODULES = ("masklam_bench.baselines.networks", "masklam_bench.baselines.policy")
 """Modules every method's result depends on besides its own class hierarchy."""
+
+HARNESS_MODULES = ("masklam_bench.runner", "masklam_bench.sampling", "masklam_bench.metrics",
+                   "masklam_bench.augment", "masklam_bench.dataset", "masklam_bench.mask_sources",
+                   "masklam_bench.envs")
+"""The suite's code that a run's numbers pass through besides the method's (stages, batches,
+probe, augmentation, data loading, mask corruption, and the environments of the rollouts); a
+package stands for every module file in it."""
 
 
 def _sha256_of_files(paths: list[Path]) -> str:
@@ -58,6 +66,44 @@ def _has_source(klass: type) -> bool:
 def method_sha256(cls: type) -> str:
     """sha256 over :func:`method_source_files`: it changes whenever the method's code does."""
     return _sha256_of_files(method_source_files(cls))
+
+
+def harness_files() -> list[Path]:
+    """Source files of :data:`HARNESS_MODULES`, sorted."""
+    import importlib
+
+    files: set[Path] = set()
+    for name in HARNESS_MODULES:
+        path = Path(inspect.getsourcefile(importlib.import_module(name))).resolve()
+        files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
+    return sorted(files)
+
+
+def harness_sha256() -> str:
+    """sha256 over the code of :func:`harness_files`, without comments, docstrings or layout.
+
+    A run folder records it, so that a run never resumes on stages made by other stage, sampling,
+    probe or environment code; the code is hashed as its syntax tree (``ast.dump``), so editing a
+    comment or a docstring, or reflowing a line, keeps runs resumable. The tree's printed form can
+    differ between Python versions, like the other entries that tie a run to its machine.
+    """
+    digest = hashlib.sha256()
+    for path in harness_files():
+        digest.update(path.name.encode())
+        digest.update(ast.dump(_without_docstrings(ast.parse(path.read_bytes()))).encode())
+    return digest.hexdigest()
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` without its bare string statements: the docstrings of modules, classes and
+    functions, and those written under constants and fields (they do nothing when run)."""
+
+    class Strip(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
+            text = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            return None if text else node
+
+    return Strip().visit(tree)
 
 
 def git_state() -> dict[str, Any]:

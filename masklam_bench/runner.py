@@ -52,6 +52,7 @@ from masklam_bench.provenance import (
     IDENTITY_FILE,
     check_identity,
     git_state,
+    harness_sha256,
     lock_run_folder,
     method_sha256,
     method_source_files,
@@ -726,7 +727,8 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
     recorded = run_dir / IDENTITY_FILE
     if not check_code and recorded.exists():  # an analysis: other code and threads are fine
         old = json.loads(recorded.read_text())
-        identity.update({k: old[k] for k in ("method_sha256", "cpu_threads") if k in old})
+        identity.update({k: old[k] for k in ("method_sha256", "harness_sha256", "cpu_threads")
+                         if k in old})
     check_identity(run_dir, identity)
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     # Only the oracle reads the paired clean frames; the others leave them on disk.
@@ -751,9 +753,10 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
 
 def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod],
                  meta: dict[str, Any]) -> dict[str, Any]:
-    """Everything that changes a run's result: settings, the resolved preset, data and code,
-    the torch CPU threads (on the CPU another count rounds differently), whether the networks
-    are compiled (CUDA), and the SAM 2 masks a ``sam2`` mask source trains on."""
+    """Everything that changes a run's result: settings, the resolved preset, data, the method's
+    code and the suite's (:func:`provenance.harness_sha256`), the torch CPU threads (on the CPU
+    another count rounds differently), whether the networks are compiled (CUDA), and the SAM 2
+    masks a ``sam2`` mask source trains on."""
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in ("data_root", "runs_root", "results_dir", "threads", "compile",
                              "tensorboard")}
@@ -761,7 +764,7 @@ def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod
     cuda = torch.device(config.device).type == "cuda"
     identity = {"settings": settings, "preset": preset_record(preset),
                 "dataset_sha256": {name: f.get("sha256") for name, f in sorted(files.items())},
-                "method_sha256": method_sha256(cls),
+                "method_sha256": method_sha256(cls), "harness_sha256": harness_sha256(),
                 "cpu_threads": None if cuda else torch.get_num_threads(),
                 "compiled": bool(config.compile and cuda)}
     if parse_mask_source(config.mask_source).kind == "sam2":
@@ -837,7 +840,8 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
                     "train_transitions": len(r.train.transitions),
                     "test_transitions": len(r.test.transitions)},
         "code": {**git_state(), "method_sha256": identity["method_sha256"],
-                 "method_files": [p.name for p in method_source_files(cls)]},
+                 "method_files": [p.name for p in method_source_files(cls)],
+                 "harness_sha256": identity["harness_sha256"]},
         "versions": package_versions(),
         "env_versions": {"id": env_id(task, "id"), "ood": env_id(task, "ood"),
                          "clean": env_id(task, "none")},

@@ -368,6 +368,9 @@ def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
     (run_dir / "identity.json").write_text(json.dumps({**identity, "method_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="method_sha256"):  # as if lapo.py had been edited
         runner.run(config, progress=False)
+    (run_dir / "identity.json").write_text(json.dumps({**identity, "harness_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="harness_sha256"):  # as if sampling.py had been edited
+        runner.run(config, progress=False)
     # Another thread count rounds differently on the CPU: refused, naming both counts ...
     (run_dir / "identity.json").write_text(json.dumps(identity))
     threads = torch.get_num_threads()
@@ -376,8 +379,9 @@ def test_a_resume_with_other_inputs_is_refused(tmp_path, data_root):
             runner.run(dataclasses.replace(config, threads=2), progress=False)
     finally:
         torch.set_num_threads(threads)
-    # ... except in a folder recorded before thread counts were: it is checked without them.
-    del identity["cpu_threads"]
+    # ... except in a folder recorded before thread counts (and the harness's code) were: it is
+    # checked without them.
+    del identity["cpu_threads"], identity["harness_sha256"]
     (run_dir / "identity.json").write_text(json.dumps(identity))
     assert runner.run(config, progress=False)["metrics"]["probe_nmse"] is not None
 
@@ -748,3 +752,30 @@ def test_load_run_folder_names_what_is_wrong(tmp_path):
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(UserError, match="config.json is unreadable"):
         runner.load_run_folder(tmp_path)
+
+
+def test_the_harness_hash_follows_code_not_comments_or_docstrings(tmp_path, monkeypatch):
+    """A run's identity covers the suite's stage, sampling, probe and env code: an edit that
+    changes what runs changes the hash; a comment, a docstring or a reflowed line does not."""
+    from masklam_bench import provenance
+
+    package = tmp_path / "harness_probe_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "stage.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(provenance, "HARNESS_MODULES", ("harness_probe_pkg.stage",))
+    versions = {
+        "base": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n    return a + X\n',
+        "comments": '# new comment\nX = 1\n\n\ndef f(a):  # why\n    """Other doc."""\n'
+                    '    return (a\n            + X)\n',
+        "code": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n    return a - X\n',
+    }
+    hashes = {}
+    for name, text in versions.items():
+        module.write_text(text)
+        hashes[name] = provenance.harness_sha256()
+    assert hashes["base"] == hashes["comments"] != hashes["code"]
+    monkeypatch.undo()
+    names = {p.name for p in provenance.harness_files()}
+    assert {"runner.py", "sampling.py", "metrics.py", "rendering.py", "distracting.py"} <= names
