@@ -24,8 +24,9 @@ from masklam_bench.plan import check_experts, run_jobs
 
 def _cmd_show(args: argparse.Namespace) -> None:
     """Write a grid of frames, masks, and ID vs OOD vs clean for one id."""
-    from masklam_bench.show import rollout_frames, save_strip
+    from masklam_bench.show import image_format, rollout_frames, save_strip
 
+    image_format(args.out)  # before rolling out: a bad --out loses no minutes
     kwargs = {"level": args.level, "floor": args.floor}
     rows = rollout_frames(args.env, frames=args.frames, every=args.every, seed=args.seed, **kwargs)
     out = save_strip(rows, args.out, f"{args.env} (seed {args.seed}, every {args.every} steps, "

@@ -278,6 +278,11 @@ def _validate(data: Any) -> dict[str, Any]:
         raise _Malformed(f"task name {data['task']!r} is reserved by the leaderboard")
     if data["latent_dim"] < 1:
         raise _Malformed(f"latent_dim must be positive, got {data['latent_dim']}")
+    sam = data.get("sam_masks")
+    if isinstance(sam, dict) and sam.get("random_weights"):
+        raise _Malformed("trained on SAM 2 masks of random weights (`masks --checkpoint random`, "
+                         "a test of the plumbing, not a result); make the masks with a real "
+                         "checkpoint and run again")
     record = dict(data)
     record["method_label"] = data.get("method_label") or data["method"]
     record["metrics"] = _validate_metrics(data["metrics"])

@@ -20,6 +20,7 @@ which split it was loaded with or on the other episodes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable
@@ -86,6 +87,8 @@ def parse_mask_source(text: str) -> MaskSource:
         value = float(raw)
     except ValueError:
         raise _form_error(text, f"has an unreadable value {raw!r}") from None
+    if not math.isfinite(value):
+        raise _form_error(text, f"needs a finite value, not {raw!r}")
     if kind in _RADIUS_KINDS and (value != int(value) or not 1 <= value <= _DISK_RADIUS_MAX):
         raise _form_error(text, f"needs a whole radius from 1 to {_DISK_RADIUS_MAX}")
     if kind in _PROBABILITY_KINDS and not 0.0 <= value <= 1.0:

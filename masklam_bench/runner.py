@@ -58,7 +58,7 @@ from masklam_bench.provenance import (
     method_source_files,
     unlock_run_folder,
 )
-from masklam_bench.sam_masks import SIDECAR_FILE as SAM_SIDECAR_FILE
+from masklam_bench.sam_masks import sam_masks_file, sidecar_settings
 from masklam_bench.sampling import BATCH_KEYS, TransitionSampler
 from masklam_bench.tblog import LAM_EVERY, Curves
 
@@ -768,8 +768,9 @@ def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod
                 "cpu_threads": None if cuda else torch.get_num_threads(),
                 "compiled": bool(config.compile and cuda)}
     if parse_mask_source(config.mask_source).kind == "sam2":
-        sidecar = Path(meta.get("path", ".")) / SAM_SIDECAR_FILE
-        identity["sam_masks_sha256"] = file_sha256(sidecar) if sidecar.exists() else None
+        # Checked before the identity is recorded: a run started before its masks were made
+        # must not record "no masks" and then refuse to resume once they exist.
+        identity["sam_masks_sha256"] = file_sha256(sam_masks_file(meta["path"]))
     return identity
 
 
@@ -839,6 +840,7 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
                     "sha256": identity["dataset_sha256"],
                     "train_transitions": len(r.train.transitions),
                     "test_transitions": len(r.test.transitions)},
+        "sam_masks": _sam_masks_record(r) if mask_label == "sam2" else None,
         "code": {**git_state(), "method_sha256": identity["method_sha256"],
                  "method_files": [p.name for p in method_source_files(cls)],
                  "harness_sha256": identity["harness_sha256"]},
@@ -852,6 +854,16 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
         "metrics": _result_metrics(r, lam_log, probe_res, returns),
         "timings": r.timings,
     }
+
+
+def _sam_masks_record(r: _Run) -> dict[str, Any]:
+    """What made the SAM 2 masks a ``sam2`` run trained on: their file's sha256, the checkpoint
+    (``random`` for random weights, which the leaderboard refuses), config and tracking settings."""
+    settings = sidecar_settings(r.data_dir) or {}
+    keep = ("checkpoint", "weights", "config", "image_size", "random_weights", "box", "chunk",
+            "sam2_version")
+    return {"sha256": r.identity["sam_masks_sha256"],
+            **{k: settings[k] for k in keep if k in settings}}
 
 
 def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:

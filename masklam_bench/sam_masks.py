@@ -22,6 +22,7 @@ import functools
 import importlib.util
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -264,6 +265,11 @@ def build_predictor(checkpoint: str | None, config: str = DEFAULT_CONFIG, device
             raise SamMaskError(
                 f"SAM 2 checkpoint {checkpoint} does not load into config {config} ({err!r}); "
                 f"pass the config that matches it with --config.") from err
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            # A truncated download, or an HTML error page saved under the checkpoint's name.
+            raise SamMaskError(
+                f"{checkpoint} is not a SAM 2 checkpoint (torch.load: {type(err).__name__}); "
+                f"{download} again.") from err
     elif _is_hub_id(checkpoint):
         known = build_sam.HF_MODEL_ID_TO_FILENAMES
         if checkpoint not in known:
@@ -398,6 +404,7 @@ def _track_chunk(predictor: Any, video_module: Any, frames: np.ndarray,
                                         box=np.asarray(box, np.float32))
         for index, _, logits in predictor.propagate_in_video(state):
             masks[index] = (logits[0, 0] > _MASK_THRESHOLD).cpu().numpy()
+            interrupts.raise_pending()  # a frame takes seconds: a swallowed Ctrl-C waits no longer
     return masks
 
 
@@ -623,22 +630,32 @@ def _missing_masks_error(folder: Path, why: str) -> SamMaskError:
         f"--checkpoint <sam2.1_hiera_tiny.pt>` first.")
 
 
-def read_sam_masks(dataset_path: str | os.PathLike, episode_ids: np.ndarray) -> np.ndarray:
-    """Bool SAM 2 masks ``(N, H, W)`` of the given episodes, concatenated in the given order."""
+def sam_masks_file(dataset_path: str | os.PathLike) -> Path:
+    """The dataset's finished SAM 2 mask file, made for its frames in this format; otherwise a
+    SamMaskError naming the command that makes it."""
     folder, meta = _dataset_folder(dataset_path)
     file = folder / SIDECAR_FILE
     if not file.exists():
         why = ("has an unfinished SAM 2 mask run" if (folder / PARTIAL_DIR).exists()
                else "has no SAM 2 masks")
         raise _missing_masks_error(folder, why)
+    with h5py.File(file, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+        complete = bool(f.attrs.get("complete"))
+    if not complete or settings.get("format_version") != FORMAT_VERSION:
+        raise _missing_masks_error(folder, f"has an incomplete or outdated {SIDECAR_FILE}")
+    if settings.get("dataset_sha256") != _dataset_fingerprint(meta):
+        raise _missing_masks_error(folder, f"has a {SIDECAR_FILE} made for other frames")
+    return file
+
+
+def read_sam_masks(dataset_path: str | os.PathLike, episode_ids: np.ndarray) -> np.ndarray:
+    """Bool SAM 2 masks ``(N, H, W)`` of the given episodes, concatenated in the given order."""
+    file = sam_masks_file(dataset_path)
+    folder = file.parent
     with h5py.File(folder / ds.DATA_DIR / ds.MAIN_FILE, "r") as f:
         lengths = {int(i): int(f[f"episode_{i}"].attrs["total_steps"]) + 1 for i in episode_ids}
     with h5py.File(file, "r") as f:
-        settings = json.loads(f.attrs["settings"])
-        if not f.attrs.get("complete") or settings.get("format_version") != FORMAT_VERSION:
-            raise _missing_masks_error(folder, f"has an incomplete or outdated {SIDECAR_FILE}")
-        if settings.get("dataset_sha256") != _dataset_fingerprint(meta):
-            raise _missing_masks_error(folder, f"has a {SIDECAR_FILE} made for other frames")
         width = int(f.attrs["width"])
         parts = []
         for i in episode_ids:
@@ -729,6 +746,7 @@ __all__ = [
     "load_sam_masks",
     "mask_box",
     "read_sam_masks",
+    "sam_masks_file",
     "sidecar_settings",
     "track_episode",
 ]

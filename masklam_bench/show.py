@@ -8,7 +8,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from masklam_bench.envs import env_id, parse_env_id
+from masklam_bench.envs import EPISODE_STEPS, env_id, parse_env_id
+from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_write_bytes
 
 ROWS = ("in-distribution", "agent mask", "OOD", "clean")
@@ -23,7 +24,11 @@ def rollout_frames(env_name: str, frames: int, every: int, seed: int,
     backgrounds. Returns arrays of shape ``(frames, H, W, 3)`` per row.
     """
     task, _ = parse_env_id(env_name)
-    steps = frames * every
+    last = (frames - 1) * every  # the step of the last column
+    if last > EPISODE_STEPS:
+        raise UserError(f"--frames {frames} every {every} steps reaches step {last}, past the "
+                        f"episode's {EPISODE_STEPS}; use fewer frames or a smaller --every.")
+    steps = last + 1
     actions_rng = np.random.default_rng(seed)
     rows: dict[str, list[np.ndarray]] = {name: [] for name in ROWS}
     actions = None
@@ -39,13 +44,29 @@ def rollout_frames(env_name: str, frames: int, every: int, seed: int,
                 if split == "id":
                     rows["agent mask"].append(
                         np.repeat(info["agent_mask"][..., None], 3, axis=-1).astype(np.uint8) * 255)
-            obs, _, _, _, info = env.step(actions[t].astype(np.float32))
+            if t < last:  # no step after the last column (past the episode's end it would reset)
+                obs, _, _, _, info = env.step(actions[t].astype(np.float32))
         env.close()
     return {name: np.stack(images) for name, images in rows.items()}
 
 
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+"""Files :func:`save_strip` writes, by suffix (matplotlib's format of the same name)."""
+
+
+def image_format(out: str | Path) -> str:
+    """matplotlib's format for the picture file ``out``, or a UserError if it names none."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise UserError(f"--out {out}: expected a picture file ending in "
+                        f"{', '.join(IMAGE_SUFFIXES)}, e.g. strip.png.")
+    return suffix.lstrip(".")
+
+
 def save_strip(rows: dict[str, np.ndarray], out: str | Path, title: str) -> Path:
-    """Write the rows as a labelled PNG grid (one row per variant, one column per time)."""
+    """Write the rows as a labelled PNG grid (one row per variant, one column per time); another
+    suffix of :data:`IMAGE_SUFFIXES` picks that format."""
+    kind = image_format(out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +85,7 @@ def save_strip(rows: dict[str, np.ndarray], out: str | Path, title: str) -> Path
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(out).suffix.lstrip(".") or "png", dpi=100)
+    fig.savefig(buf, format=kind, dpi=100)
     plt.close(fig)
     atomic_write_bytes(out, buf.getvalue())
     return Path(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from masklam_bench import cli, errors
@@ -173,6 +174,8 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
     (["curve", "probe", "--methods", "lapp"], "Unknown method 'lapp'"),
     (["bench-train", "--methods", "lapp"], "Unknown method 'lapp'"),
     (["mask-quality", "--dataset", "nowhere"], "nowhere"),
+    (["show", "DistractingCheetah-v0", "--frames", "2", "--every", "1001"], "step 1001, past"),
+    (["show", "DistractingCheetah-v0", "--out", "strip.txt"], "expected a picture file"),
 ])
 def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
@@ -268,3 +271,18 @@ def test_run_with_set_at_the_presets_value_is_the_presets_run(monkeypatch, tmp_p
     assert code == 0
     assert seen[0].overrides == {"train.bc_steps": 4}
     assert "train.lam_steps already is the smoke preset's value" in capsys.readouterr().out
+
+
+def test_show_writes_a_strip_of_every_row(monkeypatch, tmp_path, capsys):
+    """``show``: ID, mask, OOD and clean rows of one seeded trajectory, one column per frame."""
+    from masklam_bench import show
+
+    rows = show.rollout_frames("DistractingCheetah-v0", frames=3, every=2, seed=0)
+    assert list(rows) == list(show.ROWS)
+    assert {name: images.shape[0] for name, images in rows.items()} == dict.fromkeys(show.ROWS, 3)
+    assert not np.array_equal(rows["in-distribution"], rows["OOD"])
+    assert set(np.unique(rows["agent mask"])) == {0, 255}
+    out = tmp_path / "strip.png"
+    assert cli.main(["show", "DistractingCheetah-v0", "--frames", "2", "--every", "1",
+                     "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and f"wrote {out}" in capsys.readouterr().out

@@ -54,6 +54,7 @@ def test_parse_accepts_every_form_and_gives_canonical_labels():
     ("flip-1.5", "probability"),
     ("drop-x", "not a known form"),
     ("exact-1", "takes no value"),
+    ("dilate-1e400", "finite value"),
 ])
 def test_parse_rejects_bad_labels_with_the_list_of_forms(text, why):
     with pytest.raises(ValueError, match=why) as err:

@@ -779,3 +779,34 @@ def test_the_harness_hash_follows_code_not_comments_or_docstrings(tmp_path, monk
     monkeypatch.undo()
     names = {p.name for p in provenance.harness_files()}
     assert {"runner.py", "sampling.py", "metrics.py", "rendering.py", "distracting.py"} <= names
+
+
+def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, monkeypatch):
+    """Started before its SAM 2 masks exist, a ``sam2`` run stops with the command that makes
+    them and records nothing, so it runs once they exist; its result file says which masks it
+    trained on, and the leaderboard refuses a result made on random-weight masks."""
+    pytest.importorskip("sam2")
+    import shutil
+
+    from masklam_bench import leaderboard, sam_masks
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "smoke", root / "smoke")
+    config = _config(tmp_path, root, "masklam", mask_source="sam2")
+    with pytest.raises(sam_masks.SamMaskError, match="masklam-bench masks --dataset"):
+        runner.run(config, progress=False)
+    assert not (tmp_path / "runs" / config.run_name / "identity.json").exists()
+    # The plumbing of storage is real; tracking (tested in test_sam_masks) is replaced by the
+    # whole frame, so that no SAM 2 forward pass is paid for here.
+    monkeypatch.setattr(sam_masks, "track_episode",
+                        lambda predictor, frames, box, chunk: np.ones(frames.shape[:3], bool))
+    file = sam_masks.add_sam_masks(runner.dataset_path(config), "random", image_size=64,
+                                   chunk=8, progress=False)
+    result = runner.run(config, progress=False)
+    from masklam_bench.dataset import file_sha256
+
+    assert result["sam_masks"]["sha256"] == file_sha256(file)
+    assert result["sam_masks"]["random_weights"] is True
+    assert result["method_label"] == "masklam[sam2]"
+    records, problems = leaderboard.read_records(tmp_path / "results")
+    assert records == [] and "SAM 2 masks of random weights" in problems[0]

@@ -160,6 +160,16 @@ def test_missing_checkpoint_says_what_to_download_and_which_flag():
         build_predictor("random", image_size=100)
 
 
+@pytest.mark.parametrize("content", [b"<html>Not found</html>", b""])
+def test_a_file_that_is_no_checkpoint_says_so_and_how_to_get_one(tmp_path, content):
+    """A failed download saved under the checkpoint's name: one sentence, no traceback."""
+    pytest.importorskip("sam2")
+    bad = tmp_path / "sam2.1_hiera_tiny.pt"
+    bad.write_bytes(content)
+    with pytest.raises(SamMaskError, match=r"is not a SAM 2 checkpoint .*download sam2\.1_hiera"):
+        build_predictor(str(bad))
+
+
 def test_cli_reports_a_missing_checkpoint_in_one_line(dataset, tmp_path, capsys):
     pytest.importorskip("sam2")
     code = cli.main(["masks", "--dataset", str(dataset), "--source", "sam2",
