@@ -4,12 +4,18 @@ What it does, in order, writing everything to one JSON file:
 
 1. the machine: torch, CUDA, the device and the versions of the packages the suite needs (it
    installs nothing; a missing package is reported with how to bring it as a wheel);
-2. a small dataset collected with many workers: frames/s;
-3. LAM ``train_step`` of LAPO and MaskLAM at each latent dim with the preset's encoder and batch,
-   bf16, with and without ``torch.compile``: samples/s and peak device memory;
-4. latent BC and the action decoder steps at the preset's batch, and one probe fit of the preset's
-   size: seconds;
+2. LAM ``train_step`` of LAPO and MaskLAM at each latent dim with the preset's encoder and batch,
+   bf16, without and then with ``torch.compile``: samples/s and peak device memory;
+3. latent BC and the action decoder steps at the preset's batch, and one probe fit of the preset's
+   size: seconds and peak device memory;
+4. collection with many workers: frames/s, from the difference of two episode lengths, so that
+   process start-up does not count;
 5. the preset's end-to-end time per run extrapolated from those rates.
+
+The file is rewritten (atomically) after every measurement, and a measurement that fails is
+recorded with its error while the others go on, so a check stopped by a time limit or a missing
+piece (EGL, Triton) keeps everything measured before. ``--max-minutes`` skips what would start
+after that time.
 
 On the CPU, at the ``smoke`` preset, it runs in the tests, so it cannot rot. On a GPU:
 ``MUJOCO_GL=egl masklam-bench gpu-check --out gpu_check.json`` (BENCHMARK.md, "GPU check").
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +37,13 @@ import numpy as np
 
 from masklam_bench.fileio import atomic_write_json
 
-PACKAGES = ("torch", "mujoco", "dm_control", "gymnasium", "shimmy", "minari", "h5py", "numpy")
+PACKAGES = ("torch", "mujoco", "dm_control", "gymnasium", "shimmy", "minari", "h5py", "numpy",
+            "scipy", "tqdm")
 """Packages the check needs; their versions are recorded, a missing one is named."""
 COLLECT_STEPS = 200
-"""Steps per collected episode (frames/s settles within a few hundred)."""
+"""Steps per episode of the shorter collection; the longer one has three times as many."""
+MAX_WORKERS = 16
+"""Collection workers by default: the cores this process may use, at most this many."""
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -46,7 +57,9 @@ def machine_info(device: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
     info: dict[str, Any] = {"versions": versions, "missing": missing, "device": device,
-                            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+                            "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
+                            "cuda": torch.cuda.is_available(),
+                            "triton": importlib.util.find_spec("triton") is not None}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
@@ -54,38 +67,62 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-def collect_rate(task: str, workers: int, episodes: int, steps: int) -> dict[str, Any]:
-    """Frames/s of ``collect`` with ``workers`` processes (expert policy, into a temp folder)."""
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def collect_rate(task: str, workers: int, steps: int) -> dict[str, Any]:
+    """Frames/s of ``collect`` with ``workers`` processes (expert policy, into a temp folder).
+
+    Each worker collects one episode of ``steps`` and, in a second collection, one of
+    ``3 * steps``; the rate is the extra frames over the extra seconds, so the workers' start-up
+    (spawn, imports, EGL, the expert) and the final merge, paid once per collection, cancel.
+    """
     from masklam_bench.collect import collect
     from masklam_bench.envs import env_id
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        collect(env_id(task, "id"), Path(tmp) / "d", episodes=episodes, episode_steps=steps,
-                workers=workers, progress=False, test_episodes=1, preset="gpu-check")
-        seconds = time.perf_counter() - t0
-    return {"workers": workers, "frames": episodes * steps, "seconds": seconds,
-            "frames_per_s": episodes * steps / seconds}
+    episodes = max(2, workers)
+    seconds = {}
+    for length in (steps, 3 * steps):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            collect(env_id(task, "id"), Path(tmp) / "d", episodes=episodes, episode_steps=length,
+                    workers=workers, progress=False, test_episodes=1, preset="gpu-check")
+            seconds[length] = time.perf_counter() - t0
+    with_startup = episodes * 3 * steps / seconds[3 * steps]
+    extra_s = seconds[3 * steps] - seconds[steps]
+    # Timing noise can swamp a short difference: then the rate with start-up (a lower bound).
+    steady = extra_s > 0.2 * seconds[3 * steps]
+    return {"workers": workers, "episodes": episodes, "seconds": seconds,
+            "frames_per_s": episodes * 2 * steps / extra_s if steady else with_startup,
+            "frames_per_s_with_startup": with_startup,
+            "rate_from": "difference of the two lengths" if steady else "longer one, start-up in"}
 
 
 def _sync(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
 def _peak_gib(device: str) -> float | None:
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    if not device.startswith("cuda"):
+        return None
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30
 
 
 def _reset_peak(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
 
 
 def _timed(step, n: int, device: str) -> float:
@@ -113,6 +150,7 @@ def lam_rate(method: str, dim: int, encoder: str, batch: int, steps: int, device
     config = LamConfig(latent_dim=dim, encoder=encoder, total_steps=1000, bf16=True)
     model = get_method(method)(config, 64, 6, device)
     if compile_ and hasattr(model, "compile"):
+        torch._dynamo.reset()  # else a row reuses the graphs of an earlier one: no compile cost
         model.compile()
     data = random_batch(config, 64, 6, batch, device=device)
     _reset_peak(device)
@@ -155,8 +193,10 @@ def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows:
         loss.backward()
         opts[module].step()
 
+    _reset_peak(device)
     bc_s = _timed(lambda: step(policy, frames, z), steps, device)
     dec_s = _timed(lambda: step(decoder, z_dec, a), steps, device)
+    peak = _peak_gib(device)
     rng = np.random.default_rng(0)
     zs = rng.standard_normal((probe_rows, dim)).astype(np.float32)
     acts = rng.standard_normal((probe_rows, 6)).astype(np.float32)
@@ -164,65 +204,149 @@ def downstream_rates(dim: int, encoder: str, batch: int, steps: int, probe_rows:
     metrics.linear_probe_nmses(zs, zs[: max(1, probe_rows // 10)],
                                {"a": (acts, acts[: max(1, probe_rows // 10)])})
     return {"dim": dim, "bc_step_s": bc_s, "decoder_step_s": dec_s,
-            "decoder_batch": decoder_batch,
+            "decoder_batch": decoder_batch, "peak_gib": peak,
             "probe_fit_s": time.perf_counter() - t0, "probe_rows": probe_rows}
 
 
-def extrapolate(preset: Any, lam: dict[str, Any], down: dict[str, Any],
-                frames_per_s: float) -> dict[str, float]:
-    """Seconds per stage of one run of ``preset`` from the measured rates."""
-    t = preset.train
-    episodes = preset.data.train_episodes + preset.data.test_episodes
-    stages = {
-        "collect_s": episodes * preset.data.episode_steps / frames_per_s,
+def extrapolate(preset: Any, lam: dict[str, Any], down: dict[str, Any] | None,
+                collect: dict[str, Any] | None) -> dict[str, float | None]:
+    """Seconds per stage of one run of ``preset`` from the measured rates (None where a
+    measurement is missing), and the device memory the run's resident data take."""
+    t, data = preset.train, preset.data
+    frames = (data.train_episodes + data.test_episodes) * data.episode_steps
+    fps = collect["frames_per_s"] if collect else None
+    # `run` collects with collect()'s default of 2 workers; `collect --workers N` with N.
+    per_worker = fps / collect["workers"] if collect else None
+    stages: dict[str, float | None] = {
+        "collect_s": frames / fps if fps else None,
+        "collect_s_in_run": frames / (2 * per_worker) if per_worker else None,
         "lam_s": t.lam_steps * t.lam_batch / lam["samples_per_s"],
-        "probe_s": 2 * down["probe_fit_s"] * t.probe_fit_transitions / down["probe_rows"],
-        "bc_s": t.bc_steps * down["bc_step_s"],
-        "decoder_s": t.decoder_steps * down["decoder_step_s"],
+        "probe_s": (2 * down["probe_fit_s"] * t.probe_fit_transitions / down["probe_rows"]
+                    if down else None),
+        "bc_s": t.bc_steps * down["bc_step_s"] if down else None,
+        "decoder_s": t.decoder_steps * down["decoder_step_s"] if down else None,
         # Rollouts step all evaluation envs together: about as fast as collecting.
-        "eval_s": 2 * t.eval_episodes * t.eval_episode_steps / frames_per_s,
+        "eval_s": 2 * t.eval_episodes * t.eval_episode_steps / fps if fps else None,
     }
-    stages["run_s_without_collect"] = sum(v for k, v in stages.items() if k != "collect_s")
+    parts = [v for k, v in stages.items() if not k.startswith("collect")]
+    stages["run_s_without_collect"] = None if None in parts else sum(parts)
+    # Held on the device for the whole run besides the networks: the train frames (uint8) and
+    # masks (bool) of the sampler, and latent BC's latents of every train transition (float32).
+    pixels = 64 * 64
+    train_frames = data.train_episodes * (data.episode_steps + 1)
+    stages["resident_data_gib"] = train_frames * pixels * 4 / 2**30
+    stages["bc_latents_gib"] = data.train_episodes * data.episode_steps * lam["dim"] * 4 / 2**30
     return stages
+
+
+class _Report:
+    """The check's JSON, rewritten atomically after every measurement; a measurement that
+    raises is recorded under ``errors`` and the check goes on."""
+
+    def __init__(self, path: str | None, max_minutes: float | None):
+        self.path, self.data = path, {}
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+
+    def save(self) -> None:
+        if self.path:
+            atomic_write_json(self.path, self.data)
+
+    def measure(self, name: str, fn) -> Any:
+        """``fn()``, or None if it raised or the time is up (both recorded)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.data.setdefault("skipped", []).append(name)
+            print(f"{name}: skipped (--max-minutes reached)", flush=True)
+            self.save()
+            return None
+        try:
+            value = fn()
+        except Exception as err:  # noqa: BLE001 - recorded; the other measurements go on
+            self.data.setdefault("errors", []).append(
+                {"measurement": name, "error": f"{type(err).__name__}: {err}",
+                 "traceback": traceback.format_exc(limit=6)})
+            print(f"{name}: FAILED ({type(err).__name__}: {err})", flush=True)
+            self.save()
+            return None
+        return value
 
 
 def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, workers: int,
               task: str = "cheetah-run", compile_modes: tuple[bool, ...] = (False, True),
-              collect_steps: int = COLLECT_STEPS) -> dict[str, Any]:
-    """Every measurement of the module docstring, as one dict."""
+              collect_steps: int = COLLECT_STEPS, out: str | None = None,
+              max_minutes: float | None = None) -> dict[str, Any]:
+    """Every measurement of the module docstring, as one dict (also written to ``out`` after
+    each measurement when given)."""
     from masklam_bench.presets import get_preset, preset_record
-    from masklam_bench.runner import DECODER_BATCH_PER_BC_BATCH
 
     preset = get_preset(preset_name)
-    t = preset.train
-    out: dict[str, Any] = {"preset": preset_record(preset), "machine": machine_info(device)}
-    out["collect"] = collect_rate(task, workers, max(2, workers), collect_steps)
-    out["lam"] = [lam_rate(m, d, t.encoder, t.lam_batch, steps, device, c)
-                  for m in ("lapo", "masklam") for d in dims for c in compile_modes]
-    decoder_batch = min(DECODER_BATCH_PER_BC_BATCH * t.bc_batch, preset.data.labelled_transitions)
-    out["downstream"] = [downstream_rates(d, t.encoder, t.bc_batch, steps,
-                                          min(t.probe_fit_transitions, 20_000), device,
-                                          decoder_batch)
-                         for d in dims]
-    fps = out["collect"]["frames_per_s"]
-    out["extrapolated"] = {
+    report = _Report(out, max_minutes)
+    report.data.update(preset=preset_record(preset), machine=machine_info(device),
+                       lam=[], downstream=[], collect=None, extrapolated={})
+    report.save()
+    if any(compile_modes) and device.startswith("cuda") and not report.data["machine"]["triton"]:
+        compile_modes = tuple(c for c in compile_modes if not c)
+        report.data["skipped"] = ["torch.compile rows: Triton is not installed"]
+    _measure_training(report, preset, device, dims, steps, compile_modes)
+    report.data["collect"] = report.measure(
+        f"collect ({workers} workers)", lambda: collect_rate(task, workers, collect_steps))
+    if report.data["collect"]:
+        print(f"collect: {report.data['collect']['frames_per_s']:.0f} frames/s with {workers} "
+              "workers", flush=True)
+    down = {d["dim"]: d for d in report.data["downstream"]}
+    report.data["extrapolated"] = {
         f"{row['method']}_d{row['dim']}{'_compiled' if row['compile'] else ''}": extrapolate(
-            preset, row, next(d for d in out["downstream"] if d["dim"] == row["dim"]), fps)
-        for row in out["lam"]}
-    return out
+            preset, row, down.get(row["dim"]), report.data["collect"])
+        for row in report.data["lam"]}
+    report.save()
+    return report.data
+
+
+def _measure_training(report: _Report, preset: Any, device: str, dims: list[int], steps: int,
+                      compile_modes: tuple[bool, ...]) -> None:
+    """The LAM rows (every uncompiled one first), then latent BC, decoder and probe per dim."""
+    from masklam_bench.runner import DECODER_BATCH_PER_BC_BATCH
+
+    t = preset.train
+    for compile_ in compile_modes:
+        for method in ("lapo", "masklam"):
+            for dim in dims:
+                name = f"LAM {method} d{dim} compile={compile_}"
+                row = report.measure(name, lambda m=method, d=dim, c=compile_: lam_rate(
+                    m, d, t.encoder, t.lam_batch, steps, device, c))
+                if row:
+                    report.data["lam"].append(row)
+                    report.save()
+                    peak = "" if row["peak_gib"] is None else f", peak {row['peak_gib']:.1f} GiB"
+                    print(f"{name}: {row['samples_per_s']:.0f} samples/s, first step "
+                          f"{row['first_step_s']:.1f} s{peak}", flush=True)
+    decoder_batch = min(DECODER_BATCH_PER_BC_BATCH * t.bc_batch, preset.data.labelled_transitions)
+    for dim in dims:
+        row = report.measure(f"latent BC, decoder and probe d{dim}", lambda d=dim: downstream_rates(
+            d, t.encoder, t.bc_batch, steps, min(t.probe_fit_transitions, 20_000), device,
+            decoder_batch))
+        if row:
+            report.data["downstream"].append(row)
+            report.save()
+            print(f"d{dim}: BC step {row['bc_step_s'] * 1e3:.1f} ms, decoder step "
+                  f"{row['decoder_step_s'] * 1e3:.1f} ms, probe fit {row['probe_fit_s']:.1f} s",
+                  flush=True)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``masklam-bench gpu-check``."""
     p = subparsers.add_parser("gpu-check",
                               help="measure the gpu preset's stages on this device (minutes)")
-    p.add_argument("--out", default="gpu_check.json", help="JSON file to write")
+    p.add_argument("--out", default="gpu_check.json",
+                   help="JSON file to write, rewritten after every measurement")
     p.add_argument("--preset", default="gpu", choices=["smoke", "cpu", "gpu"])
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dims", default="64,8192", help="latent dims (default: 64,8192)")
     p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
-    p.add_argument("--workers", type=int, default=0, help="collection workers (0: all cores)")
+    p.add_argument("--workers", type=int, default=0,
+                   help=f"collection workers (0: the usable cores, at most {MAX_WORKERS})")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no measurement after this many minutes (the file keeps the rest)")
     p.set_defaults(func=_cmd_gpu_check)
 
 
@@ -233,17 +357,17 @@ def _cmd_gpu_check(args: argparse.Namespace) -> None:
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = parse_int_list(args.dims, "--dims", minimum=1)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or min(usable_cpus(), MAX_WORKERS)
     # On the CPU torch.compile builds C++ kernels for minutes; the check is about the GPU.
     modes = (False,) if args.no_compile or device == "cpu" else (False, True)
-    result = gpu_check(args.preset, device, dims, args.steps, workers, compile_modes=modes)
-    atomic_write_json(args.out, result)
-    print(f"collect: {result['collect']['frames_per_s']:.0f} frames/s with {workers} workers")
-    for row in result["lam"]:
-        peak = "" if row["peak_gib"] is None else f", peak {row['peak_gib']:.1f} GiB"
-        print(f"LAM {row['method']} d{row['dim']} compile={row['compile']}: "
-              f"{row['samples_per_s']:.0f} samples/s{peak}")
+    result = gpu_check(args.preset, device, dims, args.steps, workers, compile_modes=modes,
+                       out=args.out, max_minutes=args.max_minutes)
     for name, stages in result["extrapolated"].items():
-        print(f"{args.preset} run, {name}: {stages['run_s_without_collect'] / 3600:.2f} h "
-              f"(+ {stages['collect_s'] / 3600:.2f} h to collect the task's data once)")
+        run_s, collect_s = stages["run_s_without_collect"], stages["collect_s"]
+        if run_s is not None:
+            collect = ("" if collect_s is None else f" (+ {collect_s / 3600:.2f} h to collect the "
+                       f"task's data once with {workers} workers)")
+            print(f"{args.preset} run, {name}: {run_s / 3600:.2f} h{collect}")
+    for error in result.get("errors", []):
+        print(f"failed: {error['measurement']}: {error['error']}")
     print(f"wrote {args.out}")

@@ -5,20 +5,65 @@ from __future__ import annotations
 import json
 
 from masklam_bench import cli
+from masklam_bench import gpu_check as check
 from masklam_bench.gpu_check import gpu_check
+from masklam_bench.presets import get_preset
 
 
-def test_gpu_check_measures_every_stage_and_extrapolates_a_run():
+def test_gpu_check_measures_every_stage_and_extrapolates_a_run(tmp_path):
+    path = tmp_path / "gpu_check.json"
     out = gpu_check("smoke", "cpu", dims=[8], steps=1, workers=1, compile_modes=(False,),
-                    collect_steps=10)
+                    collect_steps=10, out=str(path))
     assert out["machine"]["versions"]["torch"] and not out["machine"]["missing"]
-    assert out["collect"]["frames_per_s"] > 0
+    assert out["collect"]["frames_per_s"] > 0 and set(out["collect"]["seconds"]) == {10, 30}
     assert {(r["method"], r["dim"]) for r in out["lam"]} == {("lapo", 8), ("masklam", 8)}
     assert all(r["samples_per_s"] > 0 for r in out["lam"])
     stages = out["extrapolated"]["masklam_d8"]
     assert stages["run_s_without_collect"] == sum(
-        v for k, v in stages.items() if k not in ("collect_s", "run_s_without_collect"))
-    json.dumps(out)  # the CLI writes it as JSON
+        stages[k] for k in ("lam_s", "probe_s", "bc_s", "decoder_s", "eval_s"))
+    assert "errors" not in out and json.loads(path.read_text()) == json.loads(json.dumps(out))
+
+
+def test_a_failed_or_late_measurement_keeps_the_others_on_disk(tmp_path, monkeypatch):
+    """One measurement raising (a compile error, EGL) is recorded and the rest still run; past
+    --max-minutes nothing starts, and what was measured is already in the file."""
+    real = check.lam_rate
+
+    def lam_rate(method, *args):
+        if method == "masklam":
+            raise RuntimeError("no kernel image is available")
+        return real(method, *args)
+
+    monkeypatch.setattr(check, "lam_rate", lam_rate)
+    path = tmp_path / "gpu_check.json"
+    out = gpu_check("smoke", "cpu", dims=[8], steps=1, workers=1, compile_modes=(False,),
+                    collect_steps=10, out=str(path))
+    assert [r["method"] for r in out["lam"]] == ["lapo"] and out["downstream"]
+    (error,) = out["errors"]
+    assert error["measurement"] == "LAM masklam d8 compile=False"
+    assert "no kernel image" in error["error"] and "masklam_d8" not in out["extrapolated"]
+    late = gpu_check("smoke", "cpu", dims=[8], steps=1, workers=1, compile_modes=(False,),
+                     out=str(path), max_minutes=0)
+    assert late["lam"] == [] and late["collect"] is None and len(late["skipped"]) == 4
+    assert json.loads(path.read_text())["machine"]["versions"]["torch"]
+
+
+def test_the_extrapolation_follows_the_gpu_preset():
+    """Stage times are the preset's sizes over the measured rates."""
+    preset = get_preset("gpu")
+    t, data = preset.train, preset.data
+    lam = {"samples_per_s": 1000.0, "dim": 8192}
+    down = {"probe_fit_s": 10.0, "probe_rows": 20_000, "bc_step_s": 0.01, "decoder_step_s": 0.002}
+    stages = check.extrapolate(preset, lam, down, {"frames_per_s": 800.0, "workers": 16})
+    frames = (data.train_episodes + data.test_episodes) * data.episode_steps
+    assert stages["lam_s"] == t.lam_steps * t.lam_batch / 1000.0
+    assert stages["probe_s"] == 2 * 10.0 * t.probe_fit_transitions / 20_000
+    assert stages["bc_s"] == t.bc_steps * 0.01 and stages["decoder_s"] == t.decoder_steps * 0.002
+    assert stages["collect_s"] == frames / 800.0 and stages["collect_s_in_run"] == frames / 100.0
+    assert stages["eval_s"] == 2 * t.eval_episodes * t.eval_episode_steps / 800.0
+    assert stages["bc_latents_gib"] == data.train_episodes * data.episode_steps * 8192 * 4 / 2**30
+    no_collect = check.extrapolate(preset, lam, down, None)
+    assert no_collect["collect_s"] is None and no_collect["run_s_without_collect"] is None
 
 
 def test_gpu_check_rejects_a_missing_device(capsys):
