@@ -148,7 +148,7 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
 
 
 _held: dict[str, Any] = {}
-"""Run folders this process holds: resolved path -> the open, locked lock file."""
+"""Folders this process holds: resolved path of the lock file -> the open, locked file."""
 
 
 def lock_run_folder(run_dir: Path) -> None:
@@ -156,26 +156,37 @@ def lock_run_folder(run_dir: Path) -> None:
     started again while its jobs still run) would build stages on each other's half-made ones.
 
     Holding a folder this process already holds is a no-op; :func:`unlock_run_folder` releases
-    it, and so does the end of the process. ``flock`` locks: on a network file system they hold
-    only where it supports them (NFSv4 does).
+    it, and so does the end of the process.
     """
-    key = str(Path(run_dir).resolve())
-    if key in _held:
-        return
-    lock = open(Path(run_dir) / RUN_LOCK_FILE, "a")  # noqa: SIM115 - held open until released
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise UserError(f"{run_dir} is in use by another process (a run or sweep job of the same "
-                        "run, still going); wait for it to end or stop it, then run again."
-                        ) from None
-    _held[key] = lock
+    lock_folder(run_dir, RUN_LOCK_FILE,
+                f"{run_dir} is in use by another process (a run or sweep job of the same run, "
+                "still going); wait for it to end or stop it, then run again.")
 
 
 def unlock_run_folder(run_dir: Path) -> None:
     """Release a folder :func:`lock_run_folder` holds (nothing if it holds none)."""
-    lock = _held.pop(str(Path(run_dir).resolve()), None)
+    unlock_folder(run_dir, RUN_LOCK_FILE)
+
+
+def lock_folder(folder: Path, lock_name: str, busy: str) -> None:
+    """Hold ``folder`` for this process through an ``flock`` on ``folder/lock_name``, or raise a
+    UserError saying ``busy``. A no-op if this process holds it already. ``flock`` locks: on a
+    network file system they hold only where it supports them (NFSv4 does)."""
+    key = str((Path(folder) / lock_name).resolve())
+    if key in _held:
+        return
+    lock = open(key, "a")  # noqa: SIM115 - held open until released
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(busy) from None
+    _held[key] = lock
+
+
+def unlock_folder(folder: Path, lock_name: str) -> None:
+    """Release a folder :func:`lock_folder` holds under ``lock_name`` (nothing if it holds none)."""
+    lock = _held.pop(str((Path(folder) / lock_name).resolve()), None)
     if lock is not None:
         lock.close()
 

@@ -39,6 +39,7 @@ from masklam_bench import interrupts
 from masklam_bench.checks import check_device, int_at_least
 from masklam_bench.errors import BenchError
 from masklam_bench.fileio import atomic_path, atomic_write_json
+from masklam_bench.provenance import lock_folder, unlock_folder
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,8 @@ SIDECAR_FILE = "sam_masks.hdf5"
 """Name of the sidecar file of SAM 2 masks inside a dataset folder."""
 PARTIAL_DIR = ".sam_masks.partial"
 """Folder inside the dataset folder holding finished episodes of an unfinished run."""
+LOCK_FILE = ".sam_masks.lock"
+"""File inside the dataset folder that the process making its masks holds (``flock``)."""
 MASK_KEY = "sam_mask"
 """Name of the bit-packed mask array inside each ``episode_{i}`` group of the sidecar."""
 FORMAT_VERSION = 1
@@ -557,14 +560,28 @@ def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
     Returns:
         The sidecar file ``<dataset>/sam_masks.hdf5``.
     """
-    import torch
-
     folder, meta = _dataset_folder(dataset_path)
     user_box = _parse_box(box)
     if chunk < 2:
         raise SamMaskError(f"chunk must be at least 2 frames (chunks overlap by one); got {chunk}.")
-    predictor, info = build_predictor(checkpoint, config, device, image_size,
-                                      allow_random_weights=allow_random_weights)
+    # One process per dataset: another one's final merge would remove the unfinished episodes.
+    lock_folder(folder, LOCK_FILE, f"SAM 2 masks of {folder} are being made by another process; "
+                                   "wait for it to end (or stop it), then run again.")
+    try:
+        predictor, info = build_predictor(checkpoint, config, device, image_size,
+                                          allow_random_weights=allow_random_weights)
+        return _make_masks(folder, meta, predictor, info, user_box, chunk, device, progress,
+                           overwrite)
+    finally:
+        unlock_folder(folder, LOCK_FILE)
+
+
+def _make_masks(folder: Path, meta: dict[str, Any], predictor: Any, info: dict[str, Any],
+                user_box: tuple[float, float, float, float] | None, chunk: int, device: str,
+                progress: bool, overwrite: bool) -> Path:
+    """:func:`add_sam_masks` once the dataset is held and the model built."""
+    import torch
+
     settings = _settings(info, user_box, chunk, meta)
     final, work = folder / SIDECAR_FILE, folder / PARTIAL_DIR
     if final.exists():

@@ -267,3 +267,18 @@ def test_cli_masks_and_mask_quality(reference, tmp_path, capsys):
     code = cli.main(["mask-quality", "--dataset", str(path), "--out", str(tmp_path / "q")])
     assert code == 0 and "| DistractingCheetah-v0 |" in capsys.readouterr().out
     assert (tmp_path / "q" / "mask_quality.png").exists()
+
+
+def test_a_second_process_on_the_same_dataset_is_refused(dataset, tmp_path):
+    """Two ``masks`` commands on one dataset would merge and delete each other's episodes: the
+    second is refused with one sentence while the first holds the dataset."""
+    import fcntl
+
+    from masklam_bench.errors import UserError
+
+    path = _copy(dataset, tmp_path)
+    with open(path / sam_masks.LOCK_FILE, "a") as other:  # another process's hold
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="being made by another process"):
+            _add(path)
+    assert not (path / SIDECAR_FILE).exists() and not (path / PARTIAL_DIR).exists()
