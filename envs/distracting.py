@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,6 +120,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         """
         self.task_spec: Task = get_task(task)
         self._check_arguments(distractors, size, level, coupling, floor, render_mode)
+        size = int(size)
         self.split, self.size, self.level, self.floor = distractors, size, level, floor
         self.coupling, self.camera_id, self.render_mode = float(coupling), camera_id, render_mode
 
@@ -151,7 +153,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         _check_choice("level", level, LEVELS)
         _check_choice("floor", floor, FLOOR_MODES)
         _check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
-        if not isinstance(size, int) or not 16 <= size <= 1024:
+        if not _is_int(size) or not 16 <= size <= 1024:
             raise UserError(f"size must be an int between 16 and 1024 pixels, got {size!r}.")
         if (isinstance(coupling, bool) or not isinstance(coupling, (int, float, np.number))
                 or not np.isfinite(coupling) or coupling < 0):
@@ -161,14 +163,17 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
                          distractors: str, floor: str) -> None:
         """Rendering settings of the model, and the per-geom labels the masks are made from."""
         model = self._physics.model
-        if not 0 <= camera_id < model.ncam:
+        if not _is_int(camera_id) or not 0 <= camera_id < model.ncam:
             raise UserError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
         # Exact masks need unblended edges: no multisampling in the offscreen buffer. This, and the
         # shadow map's size, must be set before the first render creates the rendering context.
         model.vis.quality.offsamples = 0
+        # The offscreen buffer must hold the image (the models ship 640 x 480).
+        model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), size)
+        model.vis.global_.offheight = max(int(model.vis.global_.offheight), size)
         if shadow_size is None:
             shadow_size = min(SHADOW_TEXELS_PER_PIXEL * size, int(model.vis.quality.shadowsize))
-        if not isinstance(shadow_size, int) or not 16 <= shadow_size <= 8192:
+        if not _is_int(shadow_size) or not 16 <= shadow_size <= 8192:
             raise UserError(f"shadow_size must be an int between 16 and 8192 texels, "
                              f"got {shadow_size!r}.")
         model.vis.quality.shadowsize = shadow_size
@@ -213,6 +218,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode; the seed fixes the physics' initial state and every distractor draw."""
+        self._check_open()
         super().reset(seed=seed)
         # The physics gets its own seed derived from ours, so both streams are fixed by one number.
         state_obs, _ = self._dm.reset(seed=int(self.np_random.integers(2**31 - 1)))
@@ -233,6 +239,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray):
         """Apply an action for one control step and render the next frame."""
+        self._check_open()
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
             raise ValueError(f"Expected an action of shape {self.action_space.shape}, got "
@@ -257,20 +264,29 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         return None
 
     def close(self) -> None:
-        """Free the renderer and the physics."""
-        if getattr(self, "_renderer", None) is not None:
-            self._renderer = None
+        """Free the renderer, its OpenGL context and the physics; the env cannot be used after."""
+        self._renderer = None
         if getattr(self, "_dm", None) is not None:
             self._dm._env.close()
             self._dm = None
+            self._physics.free()  # dm_control's close() frees neither the contexts nor the data
+
+    def _check_open(self) -> None:
+        if getattr(self, "_dm", None) is None:
+            raise RuntimeError(f"This {self.task_spec.name} env is closed; make a new one with "
+                               "gym.make to go on.")
 
     # ------------------------------------------------------------------------------------------
     # Rendering
     # ------------------------------------------------------------------------------------------
     def render_layers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render the scene as dm_control shows it, its agent mask, and its floor mask."""
+        self._check_open()
         if self._shake is not None:
             data = self._physics.data
+            # The camera's pose from the physics again (as the last step left it), so that a
+            # second render of one step shakes that pose once, not the shaken one again.
+            mujoco.mj_camlight(self._physics.model.ptr, data.ptr)
             target = np.array(data.subtree_com[self._physics.model.cam_bodyid[self.camera_id]])
             self._shake.apply(data, self.camera_id, target)
         if self._renderer is None:
@@ -352,6 +368,11 @@ def _make_motion(task_name: str, split: str, action_dim: int, coupling: float,
         coupling=coupling,
         pixel_scale=size / dyn.REFERENCE_SIZE,
     )
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -85,6 +85,36 @@ def test_hard_level_is_deterministic_and_moves_camera():
     assert not np.array_equal(infos_a[-1]["agent_mask"], infos_c[-1]["agent_mask"])  # moved camera
 
 
+def test_a_second_render_of_a_hard_step_is_the_first():
+    """The shake moves the camera from the physics' pose once per render, not from the pose the
+    last render shook, so rendering a step again (as tests and users do) gives the same image."""
+    env = gym.make("CleanWalker-v0", level="hard").unwrapped
+    obs, info = env.reset(seed=0)
+    for _ in range(2):
+        scene, agent, _ = env.render_layers()
+        np.testing.assert_array_equal(scene, obs)
+        np.testing.assert_array_equal(agent, info["agent_mask"])
+    env.close()
+
+
+def test_close_frees_the_env_and_later_use_says_so():
+    env = gym.make("DistractingCheetah-v0").unwrapped
+    env.reset(seed=0)
+    env.close()
+    assert env._physics._contexts is None  # OpenGL and MuJoCo rendering contexts freed
+    with pytest.raises(RuntimeError, match="closed; make a new one"):
+        env.reset(seed=0)
+    env.close()  # twice is harmless
+
+
+def test_numpy_sizes_and_images_past_the_models_buffer_render():
+    env = gym.make("DistractingHopper-v0", size=np.int64(40))
+    assert env.reset(seed=0)[0].shape == (40, 40, 3)
+    big = gym.make("CleanHopper-v0", size=512)  # the model's offscreen buffer is 640 x 480
+    obs, info = big.reset(seed=0)
+    assert obs.shape == (512, 512, 3) and info["agent_mask"].any()
+
+
 def test_same_trajectory_under_id_ood_and_clean():
     states = []
     for name in ("DistractingWalker-v0", "DistractingWalkerOOD-v1", "CleanWalker-v0"):
@@ -297,6 +327,7 @@ def test_episode_ends_truncated_after_1000_steps():
         ({"coupling": -1.0}, "coupling must be"),
         ({"coupling": "a"}, "coupling must be"),
         ({"shadow_size": 4}, "shadow_size must be"),
+        ({"camera_id": "0"}, "camera_id must be"),
         ({"task": "ant-walk"}, "Unknown task"),
     ],
 )

@@ -278,11 +278,12 @@ def test_train_expert_never_replaces_the_shipped_weights_unless_asked(tmp_path, 
 
     written = []
     monkeypatch.setattr(sac, "train", lambda cfg, out, resume, progress: {"step": 1})
-    monkeypatch.setattr(sac, "export",
-                        lambda out, name, dest=None: written.append(dest) or Path(dest or "pkg"))
-    experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path)
+    monkeypatch.setattr(sac, "export", lambda out, name, replace_shipped=False: written.append(
+        replace_shipped) or Path("pkg" if replace_shipped else out / experts.CANDIDATE_NAME))
+    assert experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path)["weights"] == str(
+        tmp_path / experts.CANDIDATE_NAME)
     experts.train_expert("cheetah-run", steps=1, out_dir=tmp_path, replace_shipped=True)
-    assert written == [tmp_path / experts.CANDIDATE_NAME, None]  # None: the package default
+    assert written == [False, True]  # export's own default is the run's candidate.pt (below)
 
 
 def test_a_kill_while_writing_the_eval_log_keeps_it_and_the_run_resumes(tmp_path, fresh_python,
@@ -325,3 +326,36 @@ def test_an_eval_log_written_by_the_old_appending_code_is_kept_and_extended(tmp_
     assert "alpha" not in rows[0] and rows[2]["alpha"] == 0.5
     _truncate_eval_log(tmp_path, 240)
     assert [r["step"] for r in read_eval_log(tmp_path)] == [120, 240]
+
+
+def test_a_run_saved_without_its_buffer_refills_it_before_updating(tmp_path):
+    """``save_buffer=False`` then a resume: the empty buffer is refilled for learning_starts
+    steps (with a warning) instead of sampling nothing."""
+    cfg = {**TINY, "total_steps": 240, "save_buffer": False}
+    first = train(SACConfig(**cfg), tmp_path, resume=False, progress=False)
+    with pytest.warns(UserWarning, match="without its replay buffer"):
+        resumed = train(SACConfig(**{**cfg, "total_steps": 480}), tmp_path, resume=True,
+                        progress=False)
+    # Refilled from step 240 to 360 (learning_starts = 120), then updating to 480: as many
+    # updates as the first run made from its learning_starts (120) to 240.
+    assert resumed["step"] == 480
+    assert resumed["updates"] - first["updates"] == first["updates"] > 0
+
+
+def test_export_defaults_to_the_runs_candidate_not_the_shipped_expert(tiny_runs, monkeypatch):
+    _, _, _, whole, _ = tiny_runs
+    shipped = {p: p.stat().st_mtime_ns for p in experts.WEIGHTS_DIR.glob("*.pt")}
+    dest = export(whole, "cheetah", eval_episodes=1, source="last")
+    assert dest == whole / experts.CANDIDATE_NAME
+    assert {p: p.stat().st_mtime_ns for p in experts.WEIGHTS_DIR.glob("*.pt")} == shipped
+    with pytest.raises(ValueError, match="source must be 'auto', 'last' or 'best'"):
+        export(whole, "cheetah", source="bestt")
+
+
+def test_an_expert_file_without_its_keys_is_one_sentence(tmp_path):
+    bad = tmp_path / "cheetah-run.pt"
+    torch.save({"task": "cheetah-run", "actor": {}}, bad)
+    with pytest.raises(ValueError, match="is not an exported expert .*obs_dim"):
+        experts.load_expert("cheetah-run", path=bad)
+    with pytest.raises(ValueError, match="unknown setting.*bogus"):
+        experts.train_expert("cheetah", steps=10, out_dir=tmp_path / "x", bogus=1)

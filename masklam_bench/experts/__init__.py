@@ -10,6 +10,7 @@ The shipped experts are SAC actors (see :mod:`masklam_bench.experts.sac`) stored
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,23 @@ def load_expert(task: str, path: str | os.PathLike | None = None) -> Expert:
         raise MissingFileError(
             f"No expert weights for {name} at {p}; train one with "
             f"`masklam-bench train-expert --task {name}` (or "
-            f"`python -m masklam_bench.experts.sac --task {name}`, then `--export`)."
+            f"`python -m masklam_bench.experts.sac --task {name}`, then `--export "
+            f"--replace-shipped`), or pass an exported candidate.pt as the expert file."
         )
     payload = load_checkpoint(p, hint="pass an expert file exported by train-expert")
     if not isinstance(payload, dict) or payload.get("task") != name:
         task = payload.get("task") if isinstance(payload, dict) else None
         raise UserError(f"{p} holds an expert for {task!r}, not {name!r}.")
+    missing = [k for k in _EXPERT_KEYS if k not in payload]
+    if missing:
+        raise UserError(f"{p} is not an exported expert (no {', '.join(missing)}); export one "
+                        "with `masklam-bench train-expert` or `python -m masklam_bench.experts.sac "
+                        "--export`.")
     return Expert(payload)
+
+
+_EXPERT_KEYS = ("task", "obs_dim", "act_dim", "hidden", "actor")
+"""What an exported expert file holds besides its metadata."""
 
 
 def shortfall_note(expert: Expert) -> str | None:
@@ -223,10 +234,14 @@ def train_expert(
 
     name = get_task(task).name
     out = Path(out_dir) if out_dir is not None else Path("runs") / "experts" / name
+    fields = {f.name for f in dataclasses.fields(SACConfig)} - {"task", "total_steps", "seed"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"train_expert: unknown setting(s) {', '.join(unknown)}; SACConfig has "
+                        f"{', '.join(sorted(fields))}.")
     cfg = SACConfig(task=name, total_steps=steps, seed=seed, **overrides)
     summary = train(cfg, out, resume=resume, progress=progress)
     summary.pop("agent", None)
     if export_weights:
-        dest = None if replace_shipped else out / CANDIDATE_NAME
-        summary["weights"] = str(export(out, name, dest=dest))
+        summary["weights"] = str(export(out, name, replace_shipped=replace_shipped))
     return summary

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -600,6 +601,9 @@ class _Run:
     buffer: ReplayBuffer
     venv: VectorEnv
     np_rng: np.random.Generator
+    refill_until: int = 0
+    """No updates before this step: a run resumed from a checkpoint saved without its replay
+    buffer (``save_buffer=False``) first refills it for ``learning_starts`` steps."""
 
 
 @dataclass
@@ -658,11 +662,21 @@ def _check_resumable(saved: SACConfig, cfg: SACConfig, ckpt_path: Path) -> None:
 def _restore(run: _Run, ckpt_path: Path) -> _Progress:
     """Load every state of ``ckpt_path`` into ``run`` and drop the evaluations logged after it."""
     ck = load_checkpoint(ckpt_path, hint=_RESUME_HINT)
-    saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
+    try:
+        saved = SACConfig(**{**ck["config"], "hidden": tuple(ck["config"]["hidden"])})
+    except TypeError as err:  # written by a version with other settings
+        raise UserError(f"{ckpt_path} was written by another version of the expert trainer "
+                        f"({err}); {_RESUME_HINT}.") from None
     _check_resumable(saved, run.cfg, ckpt_path)
     run.agent.load_state_dict(ck["agent"])
     if ck.get("buffer") is not None:
         run.buffer.load_state_dict(ck["buffer"])
+    elif int(ck["step"]) > 0:
+        run.refill_until = int(ck["step"]) + run.cfg.learning_starts
+        warnings.warn(f"{ckpt_path} was saved without its replay buffer (save_buffer=False): the "
+                      f"agent acts for {run.cfg.learning_starts} steps to refill it before it "
+                      "updates again, so this run no longer matches an uninterrupted one.",
+                      stacklevel=2)
     run.venv.set_random_states(ck["env_random"])
     run.np_rng.bit_generator.state = ck["np_rng"]
     state = _Progress(
@@ -774,7 +788,7 @@ def _run_episode(
             run.buffer.add(np.stack(rows))
         obs = next_obs
         state.step += cfg.num_envs
-        if state.step >= cfg.learning_starts:
+        if state.step >= max(cfg.learning_starts, run.refill_until):
             state.updates_owed += cfg.num_envs * cfg.updates_per_step
             while state.updates_owed >= 1.0:
                 info.update(agent.update(run.buffer))
@@ -940,15 +954,20 @@ def export(
     dest: str | os.PathLike | None = None,
     eval_episodes: int = 10,
     source: str = "auto",
+    replace_shipped: bool = False,
 ) -> Path:
     """Write a trained actor of ``out_dir`` as a small ``weights_only`` file.
 
     ``source`` is ``"last"`` (the checkpoint's actor), ``"best"`` (the actor of the best
     periodic evaluation, ``best_actor.pt``) or ``"auto"``: both are evaluated here on
     ``eval_episodes`` fresh episodes and the better one is shipped. The default destination
-    is ``masklam_bench/experts/weights/{task}.pt``. The file is a plain dict: the actor's
-    tensors under ``"actor"`` plus metadata, including the return measured here.
+    is ``out_dir/candidate.pt``; ``replace_shipped`` writes over the package's shipped
+    ``masklam_bench/experts/weights/{task}.pt`` instead, which every dataset and result file of
+    the task is tied to. The file is a plain dict: the actor's tensors under ``"actor"`` plus
+    metadata, including the return measured here.
     """
+    if source not in ("auto", "last", "best"):
+        raise UserError(f"source must be 'auto', 'last' or 'best'; got {source!r}.")
     out = Path(out_dir)
     if not (out / CHECKPOINT_NAME).is_file():
         raise MissingFileError(f"No {CHECKPOINT_NAME} in {out_dir} to export; train there first "
@@ -1004,7 +1023,10 @@ def export(
         "torch_version": str(torch.__version__),
     }
     if dest is None:
-        dest = Path(__file__).parent / "weights" / f"{name}.pt"
+        from masklam_bench.experts import CANDIDATE_NAME
+
+        dest = (Path(__file__).parent / "weights" / f"{name}.pt" if replace_shipped
+                else out / CANDIDATE_NAME)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, dest)
@@ -1030,8 +1052,10 @@ def _parser() -> argparse.ArgumentParser:
         "--export",
         action="store_true",
         help="only export the run's actor (best or last, whichever evaluates "
-        "better) into the package weights",
+        "better) to RUN_DIR/candidate.pt",
     )
+    p.add_argument("--replace-shipped", action="store_true",
+                   help="with --export: write over the package's shipped expert instead")
     for f in dataclasses.fields(SACConfig):
         if f.name in ("task", "total_steps"):
             continue
@@ -1051,7 +1075,7 @@ def main(argv: list[str] | None = None) -> None:
     name = get_task(args.task).name
     out = args.out or os.path.join("runs", "experts", name)
     if args.export:
-        dest = export(out, name)
+        dest = export(out, name, replace_shipped=args.replace_shipped)
         print(f"exported {dest}")
         return
     kw = {
