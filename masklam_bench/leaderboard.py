@@ -1034,7 +1034,10 @@ def _summary_caption(reps: int) -> str:
     """The caption under every cross-task summary."""
     return (
         f"IQM over all runs of the compared tasks (rliable), with a {CONFIDENCE:.0%} "
-        f"stratified-bootstrap interval ({reps} replicates; none with one run per task). Rows "
+        f"stratified-bootstrap interval ({reps} replicates; none with one run per task). The IQM "
+        "pools runs, so where tasks have different seed counts a task with more seeds weighs "
+        "more (the mean and optimality gap below weigh tasks equally); a percentile bootstrap "
+        "over 3 seeds per task gives intervals narrower than their nominal coverage. Rows "
         "are compared only within one latent dim and only over tasks that all of them cover: of "
         "the rows' own task sets, the one that puts the most (row, task) results into the "
         "comparison (ties: more rows, then more tasks); a row with more tasks is aggregated over "

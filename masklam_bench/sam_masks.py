@@ -226,7 +226,8 @@ def build_predictor(checkpoint: str | None, config: str = DEFAULT_CONFIG, device
         config: Bundled SAM 2 config of a local checkpoint.
         device: Torch device.
         image_size: Run the model at this input size instead of the config's (1024); frames are
-            resized to it and masks come back at the frame size. 256 is about 20x faster on CPU.
+            resized to it and masks come back at the frame size. 256 was 7x faster on a 2-core
+            CPU (``benchmarks/sam_speed.py``).
         allow_random_weights: With ``checkpoint=None``, build random weights instead of failing.
 
     The description (recorded with the masks) holds the checkpoint, its SHA-256 for a local file,
@@ -552,7 +553,8 @@ def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
         box: Prompt box ``(x0, y0, x1, y1)`` in frame pixels on every episode's first frame;
             default: the bounding box of the exact agent mask on that frame.
         chunk: Frames tracked at once (bounds memory; chunks overlap by one frame).
-        image_size: SAM 2 input size (default: the config's 1024; 256 is ~20x faster on CPU).
+        image_size: SAM 2 input size (default: the config's 1024; 256 was 7x faster on 2 CPU
+            cores).
         progress: Show a progress bar over frames.
         allow_random_weights: With ``checkpoint=None``, use random weights (plumbing only).
         overwrite: Replace SAM 2 masks made with other settings instead of failing.
@@ -745,7 +747,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"frames tracked at once (default: {DEFAULT_CHUNK})")
     p.add_argument("--image-size", type=int, default=None,
-                   help="SAM 2 input size (default: the config's 1024; 256 is ~20x faster on CPU)")
+                   help="SAM 2 input size (default: the config's 1024; 256 was 7x faster on 2 "
+                        "CPU cores)")
     p.add_argument("--threads", type=int_at_least(0), default=0,
                    help="torch CPU threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true",
