@@ -92,6 +92,8 @@ def find_datasets(paths: list[str | os.PathLike]) -> list[Path]:
     """Dataset folders with SAM 2 masks: each path is such a folder or a root searched below."""
     found: list[Path] = []
     for p in map(Path, paths):
+        if p.name == ds.MAIN_FILE or (p.name == ds.DATA_DIR and (p / ds.METADATA_FILE).exists()):
+            p = Path(ds.dataset_metadata(p)["path"])  # its data/ folder or HDF5 file: the dataset
         if (p / SIDECAR_FILE).exists():
             found.append(p)
             continue

@@ -256,6 +256,9 @@ def test_quality_report_table_and_plot(reference, tmp_path):
     assert list(step_bins(1000, 10)[:3]) == [0, 100, 200]
     with pytest.raises(SamMaskError, match="No SAM 2 masks"):
         find_datasets([tmp_path / "report"])
+    # A dataset named by its data/ folder or HDF5 file, as the other commands accept.
+    data_dir = path / "data"
+    assert find_datasets([data_dir]) == find_datasets([data_dir / "main_data.hdf5"]) == [path]
 
 
 def test_cli_masks_and_mask_quality(reference, tmp_path, capsys):
