@@ -219,6 +219,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode; the seed fixes the physics' initial state and every distractor draw."""
         self._check_open()
+        self._check_registered_id()
         super().reset(seed=seed)
         # The physics gets its own seed derived from ours, so both streams are fixed by one number.
         state_obs, _ = self._dm.reset(seed=int(self.np_random.integers(2**31 - 1)))
@@ -270,6 +271,23 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             self._dm._env.close()
             self._dm = None
             self._physics.free()  # dm_control's close() frees neither the contexts nor the data
+
+    def _check_registered_id(self) -> None:
+        """Refuse an env made from one of the suite's ids with ``task`` or ``distractors`` set to
+        another task or split: its id (which results and datasets record) would misname it."""
+        from masklam_bench.envs import env_id, parse_env_id
+
+        spec = getattr(self, "spec", None)
+        if spec is None:
+            return
+        try:
+            task, split = parse_env_id(spec.id)
+        except UserError:  # registered under an id of the user's own
+            return
+        if (task.name, split) != (self.task_spec.name, self.split):
+            raise UserError(f"{spec.id} is {task.name} with distractors={split!r}, but was made "
+                            f"with {self.task_spec.name} and {self.split!r}; make "
+                            f"{env_id(self.task_spec.name, self.split)} instead.")
 
     def _check_open(self) -> None:
         if getattr(self, "_dm", None) is None:

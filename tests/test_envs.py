@@ -336,6 +336,15 @@ def test_bad_kwarg_is_a_clear_error(kwargs, message):
         gym.make("DistractingCheetah-v0", **kwargs)
 
 
+def test_an_id_made_with_another_task_or_split_is_refused():
+    for kwargs, right in (({"task": "walker"}, "DistractingWalker-v0"),
+                          ({"distractors": "ood"}, "DistractingCheetahOOD-v1")):
+        env = gym.make("DistractingCheetah-v0", **kwargs)
+        with pytest.raises(ValueError, match=f"make {right} instead"):
+            env.reset(seed=0)
+    gym.make("DistractingCheetah-v0", task="cheetah-run").reset(seed=0)  # the id's own: fine
+
+
 def test_bad_id_suggests_the_right_one():
     with pytest.raises(gym.error.Error, match="DistractingCheetah"):
         gym.make("DistractingCheeta-v0")
