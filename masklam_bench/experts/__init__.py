@@ -20,6 +20,7 @@ import torch
 
 from masklam_bench.envs.tasks import EPISODE_STEPS, TASKS, flatten_state, get_task
 from masklam_bench.errors import MissingFileError, UserError
+from masklam_bench.experts.sac import CANDIDATE_NAME
 from masklam_bench.fileio import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -36,6 +37,7 @@ TARGET_FRACTION = 0.8
 """An expert at less than this fraction of LAOM's return is flagged where it is used."""
 
 __all__ = [
+    "CANDIDATE_NAME",
     "LAOM_RETURNS",
     "TARGET_FRACTION",
     "WEIGHTS_DIR",
@@ -205,10 +207,6 @@ def random_policy_return(task: str, episodes: int = 10, seed: int = 0) -> float:
         name, lambda o: rng.uniform(-1.0, 1.0, (o.shape[0], act_dim)), episodes, seed
     )
     return float(rets.mean())
-
-
-CANDIDATE_NAME = "candidate.pt"
-"""File in a training run's folder that an export writes unless told to replace the shipped one."""
 
 
 def train_expert(

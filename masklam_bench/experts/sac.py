@@ -47,6 +47,8 @@ from masklam_bench.fileio import (
     load_checkpoint,
 )
 
+CANDIDATE_NAME = "candidate.pt"
+"""File in a training run's folder that an export writes unless told to replace the shipped one."""
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -1023,8 +1025,6 @@ def export(
         "torch_version": str(torch.__version__),
     }
     if dest is None:
-        from masklam_bench.experts import CANDIDATE_NAME
-
         dest = (Path(__file__).parent / "weights" / f"{name}.pt" if replace_shipped
                 else out / CANDIDATE_NAME)
     dest = Path(dest)
