@@ -7,12 +7,13 @@ ones. The result file repeats the identity together with the suite's git commit.
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import hashlib
 import inspect
+import io
 import json
 import subprocess
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -83,27 +84,37 @@ def harness_sha256() -> str:
     """sha256 over the code of :func:`harness_files`, without comments, docstrings or layout.
 
     A run folder records it, so that a run never resumes on stages made by other stage, sampling,
-    probe or environment code; the code is hashed as its syntax tree (``ast.dump``), so editing a
-    comment or a docstring, or reflowing a line, keeps runs resumable. The tree's printed form can
-    differ between Python versions, like the other entries that tie a run to its machine.
+    probe or environment code; the code is hashed as its tokens (:func:`code_tokens`), so editing
+    a comment or a docstring, re-indenting, or breaking a line inside brackets keeps runs
+    resumable.
     """
     digest = hashlib.sha256()
     for path in harness_files():
         digest.update(path.name.encode())
-        digest.update(ast.dump(_without_docstrings(ast.parse(path.read_bytes()))).encode())
+        digest.update(code_tokens(path.read_bytes()).encode())
     return digest.hexdigest()
 
 
-def _without_docstrings(tree: ast.AST) -> ast.AST:
-    """``tree`` without its bare string statements: the docstrings of modules, classes and
-    functions, and those written under constants and fields (they do nothing when run)."""
+def code_tokens(source: bytes) -> str:
+    """Python ``source`` as its tokens, one logical line per line, without comments, blank lines,
+    indentation widths or bare string statements (docstrings, and those under constants).
 
-    class Strip(ast.NodeTransformer):
-        def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
-            text = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-            return None if text else node
-
-    return Strip().visit(tree)
+    Tokens rather than ``ast``: CPython 3.11's ``ast.parse`` can fail with "AST constructor
+    recursion depth mismatch" inside a long-running process (seen in the test suite).
+    """
+    lines, line = [], []
+    for tok in tokenize.tokenize(io.BytesIO(source).readline):
+        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER):
+            continue
+        if tok.type in (tokenize.INDENT, tokenize.DEDENT):
+            lines.append(tokenize.tok_name[tok.type])
+        elif tok.type == tokenize.NEWLINE:
+            if line and not all(t.type == tokenize.STRING for t in line):
+                lines.append(" ".join(t.string for t in line))
+            line = []
+        else:
+            line.append(tok)
+    return "\n".join(lines)
 
 
 def git_state() -> dict[str, Any]:

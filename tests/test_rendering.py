@@ -115,7 +115,8 @@ def test_segment_ids_use_all_three_bytes_in_large_scenes():
     np.testing.assert_array_equal(renderer._segment_ids(), ids & 0xFF)
 
 
-def test_size_beyond_the_framebuffer_is_a_clear_error():
-    env = gym.make("CleanCheetah-v0", size=641)  # dm_control's models have 640 x 480
-    with pytest.raises(ValueError, match="at most 480"):
-        env.reset(seed=0)
+def test_size_beyond_the_models_framebuffer_renders():
+    """dm_control's models have a 640 x 480 offscreen buffer; the env grows it for its image."""
+    env = gym.make("CleanCheetah-v0", size=641)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (641, 641, 3) and info["agent_mask"].any()

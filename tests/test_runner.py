@@ -756,7 +756,8 @@ def test_load_run_folder_names_what_is_wrong(tmp_path):
 
 def test_the_harness_hash_follows_code_not_comments_or_docstrings(tmp_path, monkeypatch):
     """A run's identity covers the suite's stage, sampling, probe and env code: an edit that
-    changes what runs changes the hash; a comment, a docstring or a reflowed line does not."""
+    changes what runs changes the hash; a comment, a docstring, another indentation or a line
+    broken inside brackets does not."""
     from masklam_bench import provenance
 
     package = tmp_path / "harness_probe_pkg"
@@ -766,10 +767,12 @@ def test_the_harness_hash_follows_code_not_comments_or_docstrings(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(provenance, "HARNESS_MODULES", ("harness_probe_pkg.stage",))
     versions = {
-        "base": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n    return a + X\n',
-        "comments": '# new comment\nX = 1\n\n\ndef f(a):  # why\n    """Other doc."""\n'
-                    '    return (a\n            + X)\n',
-        "code": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n    return a - X\n',
+        "base": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n'
+                '    return g(a, X)\n',
+        "comments": '# new comment\nX = 1\n\n\ndef f(a):  # why\n  """Other doc."""\n'
+                    '  return g(a,\n           X)\n',
+        "code": '"""Doc."""\nX = 1\n"""What X is."""\n\ndef f(a):\n    """Doc."""\n'
+                '    return g(X, a)\n',
     }
     hashes = {}
     for name, text in versions.items():
