@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from masklam_bench.allocator import tune_allocator
 from masklam_bench.baselines.base import LamConfig
 from masklam_bench.baselines.lapo import LAPO, make_adamw
 from masklam_bench.baselines.networks import count_parameters, fdm_input, idm_input, to_unit_range
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    tune_allocator()  # as every masklam-bench command and run does: the same allocator as a run
     try:
         dims = [int(d) for d in args.dims.split(",")]
         threads = [int(t) for t in args.threads.split(",")]

@@ -27,6 +27,7 @@ import numpy as np
 import masklam_bench  # noqa: F401 (registers the envs)
 from masklam_bench.collect import SceneTap
 from masklam_bench.envs import registered_ids
+from masklam_bench.fileio import atomic_write_json
 
 SEED = 0
 """Seed of the episode and of the random actions."""
@@ -87,8 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     hashes = all_hashes(args.steps)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(hashes, f, indent=1)
+        atomic_write_json(args.out, hashes)
     if args.check:
         with open(args.check) as f:
             expected = json.load(f)

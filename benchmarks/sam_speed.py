@@ -10,7 +10,6 @@ architecture and so the same cost per frame. Each size tracks a freshly collecte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ def main() -> None:
     import torch
 
     from masklam_bench.collect import collect
+    from masklam_bench.fileio import atomic_write_json
     from masklam_bench.sam_masks import add_sam_masks, sidecar_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +44,7 @@ def main() -> None:
             result["seconds_per_frame"][size] = seconds
             print(f"image size {size}: {seconds:.2f} s per frame", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from masklam_bench.fileio import atomic_write_json
+from masklam_bench.provenance import git_state
 
 COMMAND = ["-m", "masklam_bench.cli", "run", "--method", "masklam", "--dims", "64,8192"]
 """The README's main job (``--preset cpu`` is added: the preset it picks without CUDA)."""
@@ -114,12 +119,15 @@ def main() -> None:
         result = json.loads(path.read_text())
         runs[result["run_name"]] = {k: result["timings"].get(k) for k in STAGES}
         metrics[result["run_name"]] = result["metrics"]
-    figures = {"command": "masklam-bench " + " ".join(cmd[3:]), "wall_s": wall,
+    figures = {"code": git_state()["git_commit"], "code_dirty": git_state()["git_dirty"],
+               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()}, "
+               f"{os.cpu_count()} CPUs", "command": "masklam-bench " + " ".join(cmd[3:]),
+               "wall_s": wall,
                "user_s": usage.ru_utime, "system_s": usage.ru_stime,
                "system_share": usage.ru_stime / max(usage.ru_utime + usage.ru_stime, 1e-9),
                "minor_faults": usage.ru_minflt, "peak_rss_mib": usage.ru_maxrss / 1024,
                "runs": runs, "metrics": metrics}
-    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+    atomic_write_json(args.out, figures)
     print(f"\nwall {wall:.0f} s, user {usage.ru_utime:.0f} s, system {usage.ru_stime:.0f} s "
           f"({100 * figures['system_share']:.1f}%), {usage.ru_minflt:,} minor faults, "
           f"peak RSS {figures['peak_rss_mib']:.0f} MiB")

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from masklam_bench.fileio import atomic_write_bytes, atomic_write_json
 from masklam_bench.runner import TIME_DEPENDENT_METRICS, RunConfig, ensure_dataset, resolve
 
 CLI = [sys.executable, "-m", "masklam_bench.cli"]
@@ -76,6 +77,8 @@ def main() -> None:
                         help="copy the sweep's result files here once they matched")
     parser.add_argument("--keep", action="store_true", help="keep the run and result folders")
     args = parser.parse_args()
+    if args.copy_to and not Path(args.copy_to).is_dir():
+        parser.error(f"--copy-to {args.copy_to} is not a folder (checked before an hour of runs)")
     work = Path(tempfile.mkdtemp(prefix="time_sweep_"))
     grid = ["--envs", args.envs, "--dims", args.dims, "--seeds", args.seeds,
             "--preset", args.preset, "--data-root", args.data_root]
@@ -95,8 +98,9 @@ def main() -> None:
     figures = {"grid": grid, "methods": args.methods, "ray_wall_s": ray_s,
                "sequential_wall_s": seq_s, "speed_up": seq_s / ray_s, "results_match": same,
                "differences": report,
-               "runs": {name: r["timings"]["total_s"] for name, r in ray.items()}}
-    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+               "runs": {name: r["timings"]["total_s"] for name, r in ray.items()},
+               "sequential_runs": {name: r["timings"]["total_s"] for name, r in seq.items()}}
+    atomic_write_json(args.out, figures)
     print(f"\n| launcher | runs | wall s |\n|---|---:|---:|\n| sweep (local Ray, 1 CPU a run) | "
           f"{len(ray)} | {ray_s:.0f} |\n| run, in sequence, --threads 1 | {len(seq)} | {seq_s:.0f} |")
     print(f"\nspeed-up {seq_s / ray_s:.2f}x; result files "
@@ -106,7 +110,7 @@ def main() -> None:
             print(f"  {name}: {line}")
     if same and args.copy_to:
         for path in sorted((work / "ray-results").glob("*.json")):
-            shutil.copy2(path, Path(args.copy_to) / path.name)
+            atomic_write_bytes(Path(args.copy_to) / path.name, path.read_bytes())
         print(f"copied {len(ray)} result files to {args.copy_to}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
