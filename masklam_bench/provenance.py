@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import tokenize
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,13 @@ probe, augmentation, data loading, mask corruption, and the environments of the 
 package stands for every module file in it."""
 
 
-def _sha256_of_files(paths: list[Path]) -> str:
+def _sha256_of_files(paths: list[Path],
+                     content: Callable[[Path], bytes] = Path.read_bytes) -> str:
+    """sha256 over each file's name and ``content`` (its bytes by default), in order."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(content(path))
     return digest.hexdigest()
 
 
@@ -88,11 +91,7 @@ def harness_sha256() -> str:
     a comment or a docstring, re-indenting, or breaking a line inside brackets keeps runs
     resumable.
     """
-    digest = hashlib.sha256()
-    for path in harness_files():
-        digest.update(path.name.encode())
-        digest.update(code_tokens(path.read_bytes()).encode())
-    return digest.hexdigest()
+    return _sha256_of_files(harness_files(), lambda path: code_tokens(path.read_bytes()).encode())
 
 
 def code_tokens(source: bytes) -> str:
