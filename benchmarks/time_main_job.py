@@ -93,6 +93,16 @@ def agreement(before: dict, after: dict) -> str:
             + ", a speed).")
 
 
+def _recorded_command(cmd: list[str], fresh_data: bool) -> str:
+    """The job's command as the JSON records it: folders as placeholders, not this machine's
+    paths (the file is committed)."""
+    shown = list(cmd[3:])
+    for flag, placeholder in (("--data-root", "<fresh folder>" if fresh_data else "<data root>"),
+                              ("--runs-root", "<temp>"), ("--out", "<temp>")):
+        shown[shown.index(flag) + 1] = placeholder
+    return "masklam-bench " + " ".join(shown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="main_job_timing.json", help="JSON file of the figures")
@@ -106,6 +116,7 @@ def main() -> None:
         before, after = (json.loads(Path(p).read_text()) for p in args.compare)
         print(compare(before, after, tuple(Path(p).stem for p in args.compare)))
         return
+    fresh_data = not Path(args.data_root).exists()
     work = Path(tempfile.mkdtemp(prefix="main_job_"))
     cmd = [sys.executable, *COMMAND, "--preset", args.preset, "--data-root", args.data_root,
            "--runs-root", str(work / "runs"), "--out", str(work / "results")]
@@ -121,7 +132,8 @@ def main() -> None:
         metrics[result["run_name"]] = result["metrics"]
     figures = {"code": git_state()["git_commit"], "code_dirty": git_state()["git_dirty"],
                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()}, "
-               f"{os.cpu_count()} CPUs", "command": "masklam-bench " + " ".join(cmd[3:]),
+               f"{os.cpu_count()} CPUs", "command": _recorded_command(cmd, fresh_data),
+               "data_collected": fresh_data,
                "wall_s": wall,
                "user_s": usage.ru_utime, "system_s": usage.ru_stime,
                "system_share": usage.ru_stime / max(usage.ru_utime + usage.ru_stime, 1e-9),
