@@ -14,7 +14,8 @@ Rules (issues 17 and 18):
 
 - Protocols are never mixed. A row's protocol is the hash of its resolved preset
   (``config.preset``, see :func:`protocol_id`) plus its ``--set`` overrides. Main tables hold the
-  current protocol of each preset without overrides; any other protocol gets its own section and is
+  current protocol of each preset without overrides; any other protocol, and any run whose
+  distractors played DAVIS-2017 videos instead of the procedural ones, gets its own section and is
   never in the main aggregates.
 - Returns are gated: they count only where the ``bc-labels`` row (pixel BC on all true actions)
   reaches ``RETURN_GATE``; elsewhere they are shown marked and left out of return aggregates.
@@ -82,6 +83,13 @@ PROTOCOL_ID_CHARS = 8
 UNKNOWN_PROTOCOL = "unknown"
 """Protocol id of a result file without ``config.preset``."""
 
+PROCEDURAL_VIDEOS = "procedural"
+"""``dataset.distractor_videos`` of the runs the main tables hold: the envs' own procedural videos.
+Runs made with other videos (DAVIS-2017 through ``davis_dir`` / ``$MASKLAM_DAVIS_DIR``) get a
+section of their own, like runs with ``--set`` overrides; runs on the clean env record ``none``."""
+VIDEOS_KEY = "videos"
+"""The key under which other distractor videos join a table's overrides text."""
+
 NO_DIM = 0
 """Latent-dim key of a row whose latent is the true action (it has no latent dim of its own)."""
 
@@ -97,7 +105,7 @@ _REQUIRED: dict[str, type] = {
 _OPTIONAL: dict[str, type] = {
     "method_label": str, "env_id": str, "ood_env_id": str, "config": dict, "versions": dict,
     "env_versions": dict, "timings": dict, "device": str, "machine": str, "created": str,
-    "overrides": dict, "latent_is_action": bool,
+    "overrides": dict, "latent_is_action": bool, "dataset": dict,
 }
 """Keys that may be absent (or null) but, when present, must have these types."""
 
@@ -320,8 +328,11 @@ def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its table, latent-dim key, no-probe and same-env flags (``_``-prefixed)."""
     no_probe = bool(record.get("latent_is_action")) or record["method"] == CEILING_METHOD
     env, ood = record.get("env_id"), record.get("ood_env_id")
-    record["_table"] = _TableId(record["preset"], protocol_id(record),
-                                overrides_text(record.get("overrides")))
+    overrides = dict(record.get("overrides") or {})
+    videos = (record.get("dataset") or {}).get("distractor_videos")
+    if videos not in (None, PROCEDURAL_VIDEOS, "none"):
+        overrides[VIDEOS_KEY] = videos
+    record["_table"] = _TableId(record["preset"], protocol_id(record), overrides_text(overrides))
     record["_no_probe"] = no_probe
     record["_dim"] = NO_DIM if no_probe else record["latent_dim"]
     record["_same_env"] = env is not None and env == ood
@@ -962,8 +973,9 @@ def _header(n_runs: int, reps: int) -> list[str]:
          "of normalised returns. One sample gives no interval (\"n=1, no interval\")."),
         ("- **Protocols are never mixed**: a protocol is the resolved preset of a run "
          "(`config.preset`; its id is the first 8 hex digits of the SHA-256 of its sorted JSON). "
-         "Main tables hold the current protocol without `--set` overrides; other protocols have "
-         "their own sections and are never in the main aggregates."),
+         "Main tables hold the current protocol without `--set` overrides, on the procedural "
+         "distractor videos; other protocols, and runs on DAVIS-2017 videos, have their own "
+         "sections and are never in the main aggregates."),
         ("- **Oracle OOD**: the oracle runs in the clean environment, which has no OOD variant of "
          "its own, so its OOD return is its ID return: marked \"same env\" and left out of OOD "
          "aggregates."),
@@ -975,19 +987,32 @@ def _other_section(board: _Board, table: _TableId, current: str | None) -> list[
     """A section of rows that are not the current protocol, headed by what differs."""
     heading = f"## Preset `{table.preset}`, protocol `{table.protocol}`"
     if table.overrides:
-        heading += " with `--set` overrides"
+        videos, sets = _split_videos(table.overrides)
+        heading += " with " + " and ".join(
+            ([f"{videos} videos"] if videos else []) + (["`--set` overrides"] if sets else []))
     suffix = f" (protocol `{table.protocol}`{', overrides' if table.overrides else ''})"
     return [heading, "", _protocol_note(table, current) + " These rows are never in the main "
             "tables or aggregates; plots show the current protocol only.", ""] + \
         _section(board, table, {}, suffix)
 
 
+def _split_videos(overrides: str) -> tuple[str, str]:
+    """A table's overrides text as (its distractor videos or "", the ``--set`` overrides)."""
+    parts = overrides.split(", ") if overrides else []
+    videos = [p.split("=", 1)[1] for p in parts if p.startswith(f"{VIDEOS_KEY}=")]
+    return (videos[0] if videos else "",
+            ", ".join(p for p in parts if not p.startswith(f"{VIDEOS_KEY}=")))
+
+
 def _protocol_note(table: _TableId, current: str | None) -> str:
     """One sentence saying how a section's protocol differs from the current one."""
     now = "none" if current is None else f"`{current}`"
     if table.overrides:
-        return (f"Made with --set {_cell(table.overrides)} (protocol `{table.protocol}`; "
-                f"current {now}).")
+        videos, sets = _split_videos(table.overrides)
+        parts = [f"{videos} distractor videos, not the procedural ones of the main tables"] \
+            if videos else []
+        parts += [f"--set {_cell(sets)}"] if sets else []
+        return f"Made with {' and '.join(parts)} (protocol `{table.protocol}`; current {now})."
     if table.protocol == UNKNOWN_PROTOCOL:
         return (f"Made with an unrecorded protocol: these result files carry no `config.preset` "
                 f"(current {now}).")

@@ -834,12 +834,13 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
         "seed": config.seed,
         "preset": config.preset,
         "overrides": dict(sorted(config.overrides.items())),
-        "config": {"run": dataclasses.asdict(config), "lam": dataclasses.asdict(r.method.config),
+        "config": {"run": _portable_run(config), "lam": dataclasses.asdict(r.method.config),
                    "preset": preset_record(r.preset)},
-        "dataset": {"path": str(r.data_dir), "metadata": _small_meta(r.meta),
+        "dataset": {"path": _portable_path(r.data_dir), "metadata": _small_meta(r.meta),
                     "sha256": identity["dataset_sha256"],
                     "train_transitions": len(r.train.transitions),
-                    "test_transitions": len(r.test.transitions)},
+                    "test_transitions": len(r.test.transitions),
+                    "distractor_videos": _distractor_videos(cls)},
         "sam_masks": _sam_masks_record(r) if mask_label == "sam2" else None,
         "code": {**git_state(), "method_sha256": identity["method_sha256"],
                  "method_files": [p.name for p in method_source_files(cls)],
@@ -861,9 +862,41 @@ def _sam_masks_record(r: _Run) -> dict[str, Any]:
     (``random`` for random weights, which the leaderboard refuses), config and tracking settings."""
     settings = sidecar_settings(r.data_dir) or {}
     keep = ("checkpoint", "weights", "config", "image_size", "random_weights", "box", "chunk",
-            "sam2_version")
+            "hole_filling", "device", "sam2_version")
     return {"sha256": r.identity["sam_masks_sha256"],
             **{k: settings[k] for k in keep if k in settings}}
+
+
+def _portable_path(path: str | os.PathLike) -> str:
+    """A folder as a result file records it: relative to the working folder when inside it, else
+    its last two parts behind ``.../``; result files get committed and shared, and then name no
+    folder of the machine that made them."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return "/".join(("...", *p.parts[-2:]))
+
+
+def _portable_run(config: RunConfig) -> dict[str, Any]:
+    """The run's settings for its result file, with its folders made portable."""
+    run = dataclasses.asdict(config)
+    for key in ("data_root", "runs_root", "results_dir"):
+        run[key] = _portable_path(run[key])
+    return run
+
+
+def _distractor_videos(cls: type[LatentActionMethod]) -> str:
+    """Which videos the run's distractors played: ``procedural`` (the envs' own), ``DAVIS-2017``
+    (``$MASKLAM_DAVIS_DIR``, which ``collect`` checked the dataset against and the evaluation
+    envs read), or ``none`` on the clean env. The leaderboard keeps DAVIS runs apart."""
+    from masklam_bench.envs.backgrounds import davis_dir_from
+
+    if cls.uses_clean_data:
+        return "none"
+    return "DAVIS-2017" if davis_dir_from(None) else "procedural"
 
 
 def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -480,7 +480,16 @@ def _settings(info: dict[str, Any], box: Any, chunk: int, meta: dict[str, Any]) 
             "weights": info["checkpoint_sha256"] or info["checkpoint"], "config": info["config"],
             "image_size": info["image_size"], "random_weights": info["random_weights"],
             "box": list(box) if box is not None else "exact-mask-first-frame", "chunk": chunk,
-            "dataset_sha256": _dataset_fingerprint(meta)}
+            "hole_filling": _hole_filling(), "dataset_sha256": _dataset_fingerprint(meta)}
+
+
+def _hole_filling() -> str:
+    """Which hole filling :func:`track_episode` applies here; masks made with the two differ.
+
+    ``sam2-kernel``: SAM 2's own, on the low-resolution mask scores (its CUDA extension);
+    ``fill_small_holes``: ours, on the output masks, where the extension is missing.
+    """
+    return "sam2-kernel" if _has_sam2_extension() else "fill_small_holes"
 
 
 def _same_settings(old: dict[str, Any] | None, new: dict[str, Any], folder: Path, state: str,

@@ -290,6 +290,27 @@ def test_other_protocols_get_their_own_sections_and_stay_out_of_main_aggregates(
     assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(9.0)
 
 
+def test_runs_on_davis_videos_get_their_own_section(tmp_path):
+    procedural = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    davis = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
+    for r in procedural:
+        r["dataset"] = {"distractor_videos": "procedural"}
+    for r in davis:
+        r["dataset"] = {"distractor_videos": "DAVIS-2017"}
+        r["overrides"] = {"train.bc_steps": 10}
+    readme, summary = _board(tmp_path, procedural + davis)  # same seeds: no duplicates
+
+    now = leaderboard.current_protocol("cpu")
+    main = readme.split("## Preset `cpu`, protocol")[0]
+    assert "Skipped result files" not in readme and "7.000" not in main
+    assert f"protocol `{now}` with DAVIS-2017 videos and `--set` overrides" in readme
+    assert ("Made with DAVIS-2017 distractor videos, not the procedural ones of the main tables "
+            f"and --set train.bc_steps=10 (protocol `{now}`; current `{now}`)") in readme
+    assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
+    other = _iqm_row(summary, "lapo", overrides="train.bc_steps=10, videos=DAVIS-2017")
+    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
+
+
 def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(tmp_path):
     records = [_bc("cheetah-run", 0, norm=0.8, raw=560.0), _bc("walker-walk", 0, 0.2, 140.0)]
     for task in ("cheetah-run", "walker-walk", "hopper-hop"):  # hopper-hop: no bc-labels run

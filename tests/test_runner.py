@@ -73,6 +73,12 @@ def test_smoke_pipeline_writes_result_and_leaderboard(smoke_results):
             assert metrics["probe_nmse"] >= 0
             assert metrics["distractor_nmse"] >= 0  # the dataset records the background's motion
         assert result["code"]["method_sha256"] and "git_commit" in result["code"]
+        # Result files get committed: they name no folder of this machine (tmp_path here).
+        folders = [result["dataset"]["path"], *(result["config"]["run"][k]
+                                                for k in ("data_root", "runs_root", "results_dir"))]
+        assert not any(Path(f).is_absolute() or str(root) in f for f in folders), folders
+        clean = method == "oracle"  # the clean env plays no videos
+        assert result["dataset"]["distractor_videos"] == ("none" if clean else "procedural")
         # Methods without a LAM stage have no LAM throughput; every LAM does.
         no_lam = result["latent_is_action"] or method == "untrained-idm"
         assert (metrics["lam_samples_per_s"] is None) == no_lam
@@ -810,6 +816,7 @@ def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, mo
 
     assert result["sam_masks"]["sha256"] == file_sha256(file)
     assert result["sam_masks"]["random_weights"] is True
+    assert result["sam_masks"]["hole_filling"] == "fill_small_holes"  # no CUDA extension here
     assert result["method_label"] == "masklam[sam2]"
     records, problems = leaderboard.read_records(tmp_path / "results")
     assert records == [] and "SAM 2 masks of random weights" in problems[0]

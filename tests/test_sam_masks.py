@@ -103,6 +103,8 @@ def test_random_weights_give_one_lossless_mask_per_frame(reference, monkeypatch)
     assert masks.shape == (FRAMES, 64, 64) and masks.dtype == bool
     assert np.array_equal(masks, np.concatenate(tracked))  # stored bit for bit
     assert sidecar_settings(path)["random_weights"] is True
+    # No CUDA extension here: the CPU hole filling made these masks, and the sidecar says so.
+    assert sidecar_settings(path)["hole_filling"] == "fill_small_holes"
     assert not (path / PARTIAL_DIR).exists()
     # Aligned with the loader's splits, and served as the runner's `sam2` mask source.
     for split in ("train", "test"):
