@@ -193,6 +193,19 @@ def davis_dir_from(given: str | os.PathLike | None) -> str | None:
     return os.fspath(given) if given else os.environ.get(DAVIS_ENV_VAR) or None
 
 
+PROCEDURAL_VIDEOS = "procedural"
+"""Name of the distractor videos an env plays without DAVIS: its own procedural ones. Result files
+record it (``dataset.distractor_videos``); a file without the record counts as procedural."""
+DAVIS_VIDEOS = "DAVIS-2017"
+"""Name of the distractor videos an env plays with a DAVIS folder."""
+
+
+def distractor_videos(given: str | os.PathLike | None = None) -> str:
+    """:data:`DAVIS_VIDEOS` when an env made with ``davis_dir=given`` reads DAVIS (``given`` or
+    ``$MASKLAM_DAVIS_DIR``), else :data:`PROCEDURAL_VIDEOS`."""
+    return DAVIS_VIDEOS if davis_dir_from(given) else PROCEDURAL_VIDEOS
+
+
 def davis_pool(root: str | Path, split: str) -> tuple[Path, ...]:
     """The DAVIS-2017 video folders of a split: DCS's 60 train videos (ID) or 30 val videos (OOD).
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from masklam_bench import metrics
+from masklam_bench.envs.backgrounds import PROCEDURAL_VIDEOS, distractor_videos
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
 from masklam_bench.provenance import unlock_run_folder
 
@@ -83,19 +84,21 @@ def _probed_snapshots(r: Any, steps: list[int]) -> tuple[dict[str, float], dict[
 
 
 def merge_probe_curves(paths: list[Path], task: str, preset: str,
-                       ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any], int, str]:
     """The points of several probe-curve JSON files (e.g. one per seed, made on other machines).
 
     Every file must be a probe curve of ``task`` at ``preset`` and one latent dim, with the same
-    ``--set`` overrides, and every point must come from one LAM schedule (peak lr, warm-up,
-    schedule length), so that methods are compared at the same training. A (method, seed, step)
-    point found twice must agree in every field. Returns the points, the overrides and the dim.
+    ``--set`` overrides and distractor videos (a file without them: procedural), and every point
+    must come from one LAM schedule (peak lr, warm-up, schedule length), so that methods are
+    compared at the same training. A (method, seed, step) point found twice must agree in every
+    field. Returns the points, the overrides, the dim and the videos.
     """
     from masklam_bench.errors import UserError
 
     points: dict[tuple[str, int, int], dict[str, Any]] = {}
     overrides: dict[str, Any] | None = None
     dim: int | None = None
+    videos: str | None = None
     for path in paths:
         try:
             curve = json.loads(Path(path).read_text())
@@ -120,6 +123,11 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
         if overrides is not None and curve.get("overrides", {}) != overrides:
             raise UserError(f"{path} was made with other --set overrides than {paths[0]}.")
         overrides = curve.get("overrides", {})
+        found_videos = curve.get("distractor_videos", PROCEDURAL_VIDEOS)
+        if videos is not None and found_videos != videos:
+            raise UserError(f"{path} was made on {found_videos} distractor videos, {paths[0]} on "
+                            f"{videos}; one curve is of one kind of video.")
+        videos = found_videos
         for key, point in zip(keys, new):
             if key in points and points[key] != point:
                 differ = sorted(k for k in set(point) | set(points[key])
@@ -131,7 +139,8 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
     if len(schedules) > 1:
         raise UserError("the points come from different LAM schedules (lr, warm-up, steps): "
                         f"{sorted(schedules)}; one curve compares methods at one schedule.")
-    return [points[k] for k in sorted(points)], overrides or {}, dim or 0
+    return [points[k] for k in sorted(points)], overrides or {}, dim or 0, \
+        videos or PROCEDURAL_VIDEOS
 
 
 def _probe_action(r: Any) -> float:
@@ -188,7 +197,9 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
 
     ``paths`` are result files or folders of them. A file counts when it is ``bc-labels`` on
     ``task`` at ``preset``, and its preset differs from this code's only in the swept fields
-    (:data:`CEILING_SWEPT`) and the number of evaluation episodes: points from several machines,
+    (:data:`CEILING_SWEPT`) and the number of evaluation episodes, and it was made on the
+    distractor videos this process would use (``envs.backgrounds.distractor_videos``; a file
+    without the record counts as procedural): points from several machines,
     folders or sessions can then be drawn as one curve. Of two files of the same size, shift and
     seed (a copy of a run, or the run measured again with more episodes) the one with more
     evaluation episodes is kept. Returns the points and one line per file left out, and why.
@@ -196,6 +207,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
     from masklam_bench.presets import get_preset, preset_record
 
     want = _without_swept(preset_record(get_preset(preset)))
+    videos = distractor_videos()
     files = sorted({f for p in paths for f in (sorted(Path(p).glob("*.json"))
                                                if Path(p).is_dir() else [Path(p)])})
     kept: dict[tuple[int, int, int, int], dict[str, Any]] = {}
@@ -210,6 +222,13 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
             same_protocol = _without_swept(got) == want
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             skipped.append(f"{f}: not a readable result file ({exc!r})")
+            continue
+        found_videos = (record.get("dataset") or {}).get("distractor_videos",
+                                                          PROCEDURAL_VIDEOS)
+        if found_videos != videos:
+            here = "unset" if videos == PROCEDURAL_VIDEOS else "set"
+            skipped.append(f"{f}: made on {found_videos} distractor videos; this curve is of "
+                           f"{videos} ones ($MASKLAM_DAVIS_DIR is {here} here)")
             continue
         other = {k: v for k, v in (record.get("overrides") or {}).items()
                  if k not in CEILING_SWEPT + CEILING_MEASUREMENT}
@@ -479,13 +498,13 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         if args.merge:
             if overrides:
                 raise UserError("--merge takes each curve's overrides as they are; drop --set.")
-            points, overrides, dim = merge_probe_curves([Path(p) for p in args.merge], task,
-                                                        args.preset)
+            points, overrides, dim, videos = merge_probe_curves(
+                [Path(p) for p in args.merge], task, args.preset)
         else:
             for method in args.methods.split(","):
                 method_class(method)
             steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
-            dim = args.dim
+            dim, videos = args.dim, distractor_videos()
             points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, dim,
                                  args.preset, overrides, args.data_root, args.runs_root,
                                  args.threads)
@@ -494,7 +513,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
         title = f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}"
         png = plot_probe(rows, title)
         payload = {"task": task, "preset": args.preset, "dim": dim, "overrides": overrides,
-                   "points": points, "summary": rows}
+                   "distractor_videos": videos, "points": points, "summary": rows}
         for row in rows:
             ci = (f"[{row['lo']:.3f}, {row['hi']:.3f}]" if row["lo"] is not None
                   else "(n=1, no interval)")

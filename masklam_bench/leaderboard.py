@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from masklam_bench import aggregate, metrics, presets
+from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, PROCEDURAL_VIDEOS
 from masklam_bench.errors import MissingFileError, UserError
 from masklam_bench.fileio import atomic_write_bytes
 
@@ -83,12 +84,10 @@ PROTOCOL_ID_CHARS = 8
 UNKNOWN_PROTOCOL = "unknown"
 """Protocol id of a result file without ``config.preset``."""
 
-PROCEDURAL_VIDEOS = "procedural"
-"""``dataset.distractor_videos`` of the runs the main tables hold: the envs' own procedural videos.
-Runs made with other videos (DAVIS-2017 through ``davis_dir`` / ``$MASKLAM_DAVIS_DIR``) get a
-section of their own, like runs with ``--set`` overrides; runs on the clean env record ``none``."""
 VIDEOS_KEY = "videos"
-"""The key under which other distractor videos join a table's overrides text."""
+"""The key under which distractor videos other than the procedural ones (DAVIS-2017, through
+``$MASKLAM_DAVIS_DIR``) join a table's overrides text: such runs get a section of their own, like
+runs with ``--set`` overrides."""
 
 NO_DIM = 0
 """Latent-dim key of a row whose latent is the true action (it has no latent dim of its own)."""
@@ -286,6 +285,10 @@ def _validate(data: Any) -> dict[str, Any]:
         raise _Malformed(f"task name {data['task']!r} is reserved by the leaderboard")
     if data["latent_dim"] < 1:
         raise _Malformed(f"latent_dim must be positive, got {data['latent_dim']}")
+    videos = (data.get("dataset") or {}).get("distractor_videos")
+    if videos is not None and not (isinstance(videos, str) and _SAFE_NAME.match(videos)):
+        raise _Malformed(f"dataset.distractor_videos must be a name such as "
+                         f"{PROCEDURAL_VIDEOS!r} or {DAVIS_VIDEOS!r}, got {videos!r}")
     sam = data.get("sam_masks")
     if isinstance(sam, dict) and sam.get("random_weights"):
         raise _Malformed("trained on SAM 2 masks of random weights (`masks --checkpoint random`, "
@@ -330,7 +333,7 @@ def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     env, ood = record.get("env_id"), record.get("ood_env_id")
     overrides = dict(record.get("overrides") or {})
     videos = (record.get("dataset") or {}).get("distractor_videos")
-    if videos not in (None, PROCEDURAL_VIDEOS, "none"):
+    if videos not in (None, PROCEDURAL_VIDEOS):
         overrides[VIDEOS_KEY] = videos
     record["_table"] = _TableId(record["preset"], protocol_id(record), overrides_text(overrides))
     record["_no_probe"] = no_probe
@@ -928,8 +931,9 @@ def _readme(board: _Board, plots: dict[tuple[str, str], list[str]]) -> str:
                       ""]
             lines += _section(board, main, plots, "")
         else:
-            lines += [(f"No result of the current protocol (`{current}`) yet; results of other "
-                       "protocols are listed below."), ""]
+            lines += [(f"No result of the current protocol (`{current}`) without `--set` "
+                       "overrides on the procedural videos yet; every result is listed below by "
+                       "protocol, overrides and videos."), ""]
         for table in tables:
             if table.preset == preset and table != main:
                 lines += _other_section(board, table, current)
@@ -990,10 +994,16 @@ def _other_section(board: _Board, table: _TableId, current: str | None) -> list[
         videos, sets = _split_videos(table.overrides)
         heading += " with " + " and ".join(
             ([f"{videos} videos"] if videos else []) + (["`--set` overrides"] if sets else []))
-    suffix = f" (protocol `{table.protocol}`{', overrides' if table.overrides else ''})"
+    suffix = f" (protocol `{table.protocol}`{_overrides_suffix(table.overrides)})"
     return [heading, "", _protocol_note(table, current) + " These rows are never in the main "
             "tables or aggregates; plots show the current protocol only.", ""] + \
         _section(board, table, {}, suffix)
+
+
+def _overrides_suffix(overrides: str) -> str:
+    """What a section's table titles add after the protocol: its videos and/or ``overrides``."""
+    videos, sets = _split_videos(overrides)
+    return "".join(([f", {videos} videos"] if videos else []) + ([", overrides"] if sets else []))
 
 
 def _split_videos(overrides: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ def check_run_options(method_cls: type, mask_source: str, envs: str) -> None:
     label = parse_mask_source(mask_source).label
     if label != "exact" and not getattr(method_cls, "uses_masks", False):
         raise UserError(
-            f"--mask-source {mask_source}: method {method_cls.name!r} trains without agent masks, "
+            f"mask source {mask_source}: method {method_cls.name!r} trains without agent masks, "
             "so the run would repeat the plain one under another name; use it with masklam, "
             "masklam-full, laom-masked or a method that reads masks.")
     for name in envs.split(","):
@@ -52,7 +52,8 @@ def run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     data = apply_overrides(get_preset(args.preset), args.overrides).data
     if data.labelled_transitions > data.train_episodes * data.episode_steps:
         raise UserError(
-            f"--labels {data.labelled_transitions}: the {args.preset} preset's train split has at "
+            f"{data.labelled_transitions} labelled transitions (--labels, or --set "
+            f"data.labelled_transitions): the {args.preset} preset's train split has at "
             f"most {data.train_episodes * data.episode_steps} transitions ({data.train_episodes} "
             "episodes); label fewer, or collect more with --set data.train_episodes=N.")
     if cls.latent_is_action and len(dims) > 1:

@@ -38,6 +38,7 @@ from masklam_bench.dataset import (
     validate_dataset,
 )
 from masklam_bench.envs import env_id, get_task
+from masklam_bench.envs.backgrounds import distractor_videos
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
@@ -783,11 +784,13 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         policy = _stage_bc(r)
         decoder = _stage_decoder(r, policy)
         returns = _stage_eval(r, policy, decoder)
+        r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
+        result = _result(r, lam_log, probe_res, returns)
+        # Written before the folder is unlocked, so that a second process on the same run is
+        # refused ("in use") until the result exists, never let in just before it is written.
+        atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)
     finally:
         unlock_run_folder(r.run_dir)
-    r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
-    result = _result(r, lam_log, probe_res, returns)
-    atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)
     with Curves(r.run_dir, "final", r.config.tensorboard) as curves:
         curves.scalars({k: v for k, v in result["metrics"].items()
                         if not k.startswith("ref_")}, 0, "final")
@@ -840,7 +843,9 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
                     "sha256": identity["dataset_sha256"],
                     "train_transitions": len(r.train.transitions),
                     "test_transitions": len(r.test.transitions),
-                    "distractor_videos": _distractor_videos(cls)},
+                    # The batch's videos; the oracle's clean env plays none, but it records
+                    # them too, so that it sits in its batch's leaderboard table.
+                    "distractor_videos": distractor_videos()},
         "sam_masks": _sam_masks_record(r) if mask_label == "sam2" else None,
         "code": {**git_state(), "method_sha256": identity["method_sha256"],
                  "method_files": [p.name for p in method_source_files(cls)],
@@ -863,8 +868,11 @@ def _sam_masks_record(r: _Run) -> dict[str, Any]:
     settings = sidecar_settings(r.data_dir) or {}
     keep = ("checkpoint", "weights", "config", "image_size", "random_weights", "box", "chunk",
             "hole_filling", "device", "sam2_version")
-    return {"sha256": r.identity["sam_masks_sha256"],
-            **{k: settings[k] for k in keep if k in settings}}
+    record = {"sha256": r.identity["sam_masks_sha256"],
+              **{k: settings[k] for k in keep if k in settings}}
+    if os.path.isabs(str(record.get("checkpoint", ""))):  # a file's path, not a hub id
+        record["checkpoint"] = _portable_path(record["checkpoint"])
+    return record
 
 
 def _portable_path(path: str | os.PathLike) -> str:
@@ -888,22 +896,15 @@ def _portable_run(config: RunConfig) -> dict[str, Any]:
     return run
 
 
-def _distractor_videos(cls: type[LatentActionMethod]) -> str:
-    """Which videos the run's distractors played: ``procedural`` (the envs' own), ``DAVIS-2017``
-    (``$MASKLAM_DAVIS_DIR``, which ``collect`` checked the dataset against and the evaluation
-    envs read), or ``none`` on the clean env. The leaderboard keeps DAVIS runs apart."""
-    from masklam_bench.envs.backgrounds import davis_dir_from
-
-    if cls.uses_clean_data:
-        return "none"
-    return "DAVIS-2017" if davis_dir_from(None) else "procedural"
-
-
 def _small_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The dataset metadata worth repeating in a result file (not per-file checksums)."""
     keep = ("dataset_id", "env_id", "ref_min_score", "ref_max_score", "action_noise", "policy",
             "expert", "total_episodes", "total_steps", "seed", "preset")
-    return {k: meta[k] for k in keep if k in meta}
+    small = {k: meta[k] for k in keep if k in meta}
+    expert = small.get("expert")
+    if isinstance(expert, dict) and os.path.isabs(str(expert.get("weights", ""))):
+        small["expert"] = {**expert, "weights": _portable_path(expert["weights"])}  # --expert PATH
+    return small
 
 
 def _fit_indexed(module: torch.nn.Module, inputs, targets: torch.Tensor, pool: np.ndarray,

@@ -88,6 +88,11 @@ class SweepOptions:
     """Slurm partition of every job; None: the cluster's default."""
     timeout_min: int = DEFAULT_TIMEOUT_MIN
     """Time limit of one submitit job, in minutes."""
+    mem_gb: int | None = None
+    """Memory of every Slurm job in GB; None: the cluster's default (often a few GB per CPU,
+    less than a ``gpu``-preset run holds)."""
+    slurm_params: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Further ``sbatch`` options of every job (``account``, ``qos``, ``constraint``, ...)."""
     logs: str | None = None
     """Folder of submitit's job files and logs; None: ``<runs_root>/submitit``."""
     dry_run: bool = False
@@ -282,6 +287,11 @@ def check_options(options: SweepOptions) -> None:
                         "GPUs; give an integer, or use the Ray launcher for a share of one.")
     if options.launcher != "ray" and (options.ray_address or options.ray_cpus):
         raise UserError("--ray-address and --ray-cpus are for --launcher ray.")
+    if options.launcher != "slurm" and (options.mem_gb or options.slurm_params):
+        raise UserError("--mem-gb and --slurm-param are for --launcher slurm.")
+    if options.ray_address and options.ray_cpus:
+        raise UserError("--ray-cpus sizes a local Ray instance; the cluster at --ray-address has "
+                        "the CPUs it was started with. Drop one of them.")
     if options.gpus_per_run > 0 and not options.on_cluster:
         check_device("cuda")
 
@@ -328,7 +338,9 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
     where = {"ray": f"Ray at {options.ray_address}" if options.ray_address else
              f"a local Ray instance ({options.ray_cpus or os.cpu_count()} CPUs)",
              "slurm": f"Slurm partition {options.slurm_partition or '(default)'}, "
-                      f"{options.timeout_min} min per job",
+                      f"{options.timeout_min} min"
+                      f"{f', {options.mem_gb} GB' if options.mem_gb else ''} per job"
+                      + "".join(f", --{k}={v}" for k, v in options.slurm_params.items()),
              "local-submitit": "submitit's local executor"}[options.launcher]
     lines = [(f"{len(runs)} run(s) at preset {runs[0].preset}, {len(runs) - len(pending)} "
               f"finished (skipped), {len(pending)} to run on {where}; results -> {options.out}/"),
@@ -348,7 +360,8 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
 # What every worker runs
 # ------------------------------------------------------------------------------------------------
 def _worker_setup(cpus: int) -> None:
-    """Thread counts of this worker: OMP_NUM_THREADS before torch starts, torch's own too."""
+    """This worker's OpenMP thread count (set before torch starts) and headless rendering.
+    Torch's own thread count is the run's ``threads``, which :func:`runner.run` sets."""
     os.environ["OMP_NUM_THREADS"] = str(cpus)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -417,7 +430,9 @@ def _start_ray(options: SweepOptions) -> bool:
         # takes 10 s). The local instance's runs are the work the user asked for: give them the
         # priority `run` has.
         os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
-        ray.init(num_cpus=options.ray_cpus, include_dashboard=False, **kwargs)
+        # address="local": a new instance even where $RAY_ADDRESS or a `ray start` instance
+        # exists (Ray would join that cluster instead, where `local` checks do not hold).
+        ray.init(address="local", num_cpus=options.ray_cpus, include_dashboard=False, **kwargs)
     have = ray.cluster_resources()
     for kind, ask in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
         if ask > have.get(kind, 0) and not options.ray_address:
@@ -490,8 +505,15 @@ def _executor(options: SweepOptions) -> Any:
                                  f"export MUJOCO_GL={os.environ.get('MUJOCO_GL', 'egl')}"]
         if options.slurm_partition:
             params["slurm_partition"] = options.slurm_partition
+        if options.mem_gb:
+            params["mem_gb"] = options.mem_gb
     executor.update_parameters(**params)
     return executor
+
+
+def _slurm_extra(options: SweepOptions, **more: str) -> dict[str, str]:
+    """``--slurm-param`` options and ``more`` (a job's dependency), for ``sbatch``."""
+    return {**options.slurm_params, **more}
 
 
 def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Outcome]:
@@ -502,6 +524,8 @@ def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Out
     for path, configs in datasets_of(pending).items():
         # Collection renders on the CPU: its job asks for no GPU.
         executor.update_parameters(name=f"masklam-data-{Path(path).name}", gpus_per_node=0)
+        if slurm:
+            executor.update_parameters(slurm_additional_parameters=_slurm_extra(options))
         try:
             data_job = executor.submit(collect_task, dataclasses.asdict(configs[0]), cpus)
         except Exception as err:  # noqa: BLE001 - a refused submission fails its runs only
@@ -510,8 +534,8 @@ def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Out
             continue
         executor.update_parameters(gpus_per_node=int(options.gpus_per_run))
         if slurm:  # the runs wait in Slurm's queue; a failed dataset job cancels them
-            executor.update_parameters(slurm_additional_parameters={
-                "dependency": f"afterok:{data_job.job_id}", "kill-on-invalid-dep": "yes"})
+            executor.update_parameters(slurm_additional_parameters=_slurm_extra(
+                options, dependency=f"afterok:{data_job.job_id}", **{"kill-on-invalid-dep": "yes"}))
         else:  # the local executor has no dependencies: wait for the dataset here
             error = _job_error(data_job)
             if error:
@@ -524,8 +548,6 @@ def launch_submitit(pending: list[RunConfig], options: SweepOptions) -> list[Out
             except Exception as err:  # noqa: BLE001 - e.g. Slurm's per-user job limit
                 outcomes.append(Outcome(config.run_name, "failed",
                                         f"job not submitted: {one_line(err)}"))
-        if slurm:
-            executor.update_parameters(slurm_additional_parameters={})
     print(f"{len(jobs)} job(s) submitted; logs in {options.log_dir}/")
     return outcomes + _wait_jobs(jobs)
 
@@ -593,8 +615,32 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         out=absolute(args.out), bf16=not args.no_bf16, tensorboard=not args.no_tensorboard,
         compile=args.compile,
         slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
+        mem_gb=args.mem_gb, slurm_params=_parse_slurm_params(args.slurm_param),
         logs=args.slurm_logs and absolute(args.slurm_logs), dry_run=args.dry_run,
         leaderboard=not args.no_leaderboard)
+
+
+def _parse_slurm_params(given: list[str] | None) -> dict[str, str]:
+    """``--slurm-param KEY=VALUE`` flags as ``{KEY: VALUE}``; a malformed one is refused."""
+    params: dict[str, str] = {}
+    for item in given or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key or not value.strip():
+            raise UserError(f"--slurm-param {item!r}: give an sbatch option as KEY=VALUE, e.g. "
+                            "--slurm-param account=myproject or --slurm-param qos=normal.")
+        if key in _SLURM_OWN:
+            raise UserError(f"--slurm-param {key}: the sweep sets it itself ({_SLURM_OWN[key]}).")
+        params[key] = value.strip()
+    return params
+
+
+_SLURM_OWN = {"dependency": "each run waits for its dataset's job",
+              "kill-on-invalid-dep": "each run waits for its dataset's job",
+              "partition": "--slurm-partition", "time": "--timeout-min", "mem": "--mem-gb",
+              "cpus-per-task": "--cpus-per-run", "gpus-per-node": "--gpus-per-run",
+              "job-name": "the run's name"}
+"""sbatch options ``--slurm-param`` may not set, and the flag or rule that does."""
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -676,6 +722,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slurm-partition", default=None, help="Slurm partition of every job")
     p.add_argument("--timeout-min", type=int_at_least(1), default=DEFAULT_TIMEOUT_MIN,
                    help=f"time limit of one submitit job (default: {DEFAULT_TIMEOUT_MIN})")
+    p.add_argument("--mem-gb", type=int_at_least(1), default=None,
+                   help="memory of every Slurm job in GB (default: the cluster's per-CPU default, "
+                        "often too little for the gpu preset)")
+    p.add_argument("--slurm-param", action="append", default=None, metavar="KEY=VALUE",
+                   help="a further sbatch option of every job, e.g. account=myproject, "
+                        "qos=normal (repeatable)")
     p.add_argument("--slurm-logs", default=None, metavar="DIR",
                    help="submitit's job files and logs (default: RUNS_ROOT/submitit)")
     p.add_argument("--dry-run", action="store_true",

@@ -104,6 +104,8 @@ def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
     more["config"]["preset"]["train"]["eval_episodes"] = 4
     more["seed"] = 7
     (copy / "more.json").write_text(json.dumps(more))
+    davis = dict(more, seed=8, dataset={**more["dataset"], "distractor_videos": "DAVIS-2017"})
+    (copy / "davis.json").write_text(json.dumps(davis))  # another kind of video: not this curve
     four = next(copy.glob("*bc-labels__s0__smoke+set*.json"))  # the 4-step run, measured again
     again = json.loads(four.read_text())
     again["metrics"]["return_id_episodes"] *= 2
@@ -115,6 +117,7 @@ def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
     reasons = "\n".join(skipped)
     assert "broken.json: not a readable result file" in reasons
     assert "other.json: its preset differs" in reasons
+    assert "davis.json: made on DAVIS-2017 distractor videos" in reasons
     assert reasons.count("the same size and seed") == 2  # the copies of the two runs
     # Of the 4-step run and its copy with two episodes, the one with more episodes is kept.
     assert points[-1]["file"] == str(four) and len(points[-1]["episodes"]) == 2
@@ -162,9 +165,9 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
     for seed, value in [(0, 0.2), (1, 0.3), (0, 0.2)]:  # the third repeats the first
         files.append(tmp_path / f"c{len(files)}.json")
         files[-1].write_text(json.dumps(_curve(seed, value)))
-    points, overrides, dim = curves.merge_probe_curves(files, "cheetah-run", "cpu")
+    points, overrides, dim, videos = curves.merge_probe_curves(files, "cheetah-run", "cpu")
     assert [(p["seed"], p["probe_nmse"]) for p in points] == [(0, 0.2), (1, 0.3)]
-    assert overrides == {} and dim == 64
+    assert overrides == {} and dim == 64 and videos == "procedural"  # not recorded: procedural
     (row,) = curves.summarise_probe(points)
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.25) and row["lo"] is not None
     out = tmp_path / "out"
@@ -172,6 +175,7 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
     assert cli.main(args) == 0
     merged = json.loads((out / "probe_curve_cheetah-run.json").read_text())
     assert len(merged["points"]) == 2 and merged["dim"] == 64
+    assert merged["distractor_videos"] == "procedural"
 
     lapo = _curve(1, 0.3, warmup=0)
     lapo["points"][0]["method"] = "lapo"
@@ -181,7 +185,8 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
            "task": dict(_curve(2, 0.3), task="walker-run"),
            "control": _curve(0, 0.2, probe_nmse_untrained=0.3),  # same probe, other control
            "dim": dict(_curve(2, 0.3), dim=8192), "nodim": {**_curve(2, 0.3), "dim": None},
-           "method_schedule": lapo, "old": old}
+           "method_schedule": lapo, "old": old,
+           "davis": dict(_curve(2, 0.3), distractor_videos="DAVIS-2017")}
     del bad["nodim"]["dim"]
     for name, curve in bad.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(curve))
@@ -193,6 +198,7 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
     assert err.count("different LAM schedules") == 2 and "is a curve of walker-run" in err
     assert "at latent dim 8192" in err and "records no latent dim" in err
     assert "its points lack lr" in err and "Traceback" not in err
+    assert "made on DAVIS-2017 distractor videos" in err
 
 
 def test_fit_ceiling_above_the_gate_has_no_fastest_line():

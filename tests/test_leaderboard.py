@@ -309,6 +309,16 @@ def test_runs_on_davis_videos_get_their_own_section(tmp_path):
     assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
     other = _iqm_row(summary, "lapo", overrides="train.bc_steps=10, videos=DAVIS-2017")
     assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
+    assert f"(protocol `{now}`, DAVIS-2017 videos, overrides)" in readme  # the tables' titles
+
+    # DAVIS runs alone: the main section says there is no procedural result yet.
+    for r in davis:
+        r["overrides"] = {}
+    (tmp_path / "alone").mkdir()
+    readme, _ = _board(tmp_path / "alone", davis)
+    assert "without `--set` overrides on the procedural videos yet" in readme
+    assert f"protocol `{now}` with DAVIS-2017 videos\n" in readme
+    assert f"(protocol `{now}`, DAVIS-2017 videos)" in readme
 
 
 def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(tmp_path):
@@ -474,6 +484,9 @@ def test_oracle_ood_return_is_marked_same_env_and_left_out_of_ood_aggregates(tmp
     (lambda d: d.update(overrides=["train.lam_steps=1"]), "overrides must be"),
     (lambda d: d.update(latent_is_action=1), "latent_is_action must be"),
     (lambda d: d["metrics"].update(return_id_episodes=[1.0, "x"]), "return_id_episodes"),
+    (lambda d: d.update(dataset={"distractor_videos": ["a", "b"]}), "distractor_videos must be"),
+    (lambda d: d.update(dataset={"distractor_videos": ""}), "distractor_videos must be"),
+    (lambda d: d.update(dataset=[]), "dataset must be"),
 ])
 def test_read_records_checks_the_new_fields(tmp_path, mutate, reason):
     data = _result("cheetah-run", "lapo", 8, 0)

@@ -178,10 +178,37 @@ def test_a_bad_grid_file_is_one_clear_sentence(tmp_path, capsys, content, messag
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--slurm-param", "account"], "give an sbatch option as KEY=VALUE"),
+    (["--slurm-param", "time=5"], "--slurm-param time: the sweep sets it itself (--timeout-min)"),
+    (["--launcher", "ray", "--mem-gb", "8"], "--mem-gb and --slurm-param are for --launcher slurm"),
+])
+def test_slurm_options_are_checked(tmp_path, capsys, flags, message):
+    argv = ["sweep", "--methods", "lapo", "--launcher", "slurm", "--dry-run", *flags,
+            "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_slurm_dry_run_names_memory_and_params(tmp_path, capsys):
+    argv = ["sweep", "--methods", "lapo", "--launcher", "slurm", "--dry-run", "--mem-gb", "24",
+            "--slurm-param", "account=lab", "--data-root", str(tmp_path / "data"),
+            "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    assert "180 min, 24 GB per job, --account=lab" in capsys.readouterr().out
+
+
 def test_cluster_paths_must_be_absolute(tmp_path, capsys):
     argv = ["sweep", "--methods", "lapo", "--ray-address", "auto", "--data-root", "data"]
     assert cli.main(argv) == 2
     assert "--data-root data must be an absolute path" in capsys.readouterr().err
+    # --ray-cpus sizes a local instance: beside --ray-address it would be dropped without a word.
+    folders = ["--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+               "--out", str(tmp_path / "out")]
+    assert cli.main(["sweep", "--methods", "lapo", "--ray-address", "auto", "--ray-cpus", "2",
+                     *folders]) == 2
+    assert "--ray-cpus sizes a local Ray instance" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_grid_and_its_resources(tmp_path, capsys):
@@ -234,7 +261,7 @@ def test_slurm_runs_wait_for_their_dataset_job(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_executor", lambda options: FakeExecutor())
     monkeypatch.setattr(sweep, "SUBMITIT_POLL_S", 0.0)
     options = sweep.SweepOptions(launcher="slurm", data_root=str(tmp_path), out=str(tmp_path),
-                                 runs_root=str(tmp_path))
+                                 runs_root=str(tmp_path), slurm_params={"account": "lab"})
     runs = _grid(["sweep", "--methods", "lapo", "--seeds", "0,1,2", "--preset", "smoke"])
     runs = [dataclasses.replace(c, data_root=str(tmp_path), results_dir=str(tmp_path))
             for c in runs]
@@ -242,6 +269,9 @@ def test_slurm_runs_wait_for_their_dataset_job(tmp_path, monkeypatch):
     assert [s[0] for s in submitted] == ["collect_task", "run_task", "run_task"]
     assert all(s[2]["slurm_additional_parameters"]["dependency"] == "afterok:1"
                for s in submitted[1:])
+    # --slurm-param reaches every job, the dataset's too, beside the runs' dependency.
+    assert all(s[2]["slurm_additional_parameters"]["account"] == "lab" for s in submitted)
+    assert "dependency" not in submitted[0][2]["slurm_additional_parameters"]
     assert submitted[0][2]["gpus_per_node"] == 0  # collection renders on the CPU
     assert [(o.status, o.error) for o in outcomes] == [
         ("done", ""), ("failed", "ValueError: bad seed"),
