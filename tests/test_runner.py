@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -820,3 +821,34 @@ def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, mo
     assert result["method_label"] == "masklam[sam2]"
     records, problems = leaderboard.read_records(tmp_path / "results")
     assert records == [] and "SAM 2 masks of random weights" in problems[0]
+
+
+def test_clip_gradients_is_clip_grad_norm_bit_for_bit():
+    """The BC and decoder fits skip the clip's multiply by exactly 1 on the CPU: same weights."""
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    ours = copy.deepcopy(ref)
+    opts = [torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True) for net in (ref, ours)]
+    clipped = []
+    for scale in (0.01, 100.0, 0.01, 30.0, 0.1):  # gradient norms below and above the clip
+        x, y = torch.randn(8, 16) * scale, torch.randn(8, 4)
+        for net, opt in zip((ref, ours), opts):
+            opt.zero_grad(set_to_none=True)
+            ((net(x) - y) ** 2).mean().backward()
+            if net is ref:
+                clipped.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)) > 1.0)
+            else:
+                runner.clip_gradients(list(net.parameters()), 1.0)
+            opt.step()
+    assert any(clipped) and not all(clipped)  # both branches were taken
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+    # A NaN norm scales every gradient to NaN in both (a diverged fit stays visibly diverged).
+    for net in (ref, ours):
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        next(net.parameters()).grad[0, 0] = float("nan")
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    runner.clip_gradients(list(ours.parameters()), 1.0)
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.isnan(a.grad).all() and torch.isnan(b.grad).all()
