@@ -648,6 +648,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     options = options_from_args(args)
     check_options(options)
     runs = expand_grid(grid_values(args), options)
+    if runs and runs[0].preset == "gpu" and options.device == "cpu":
+        print("note: preset gpu with no GPU per run: every run trains the gpu preset's IMPALA "
+              "networks (30,000 LAM steps, 440 episodes) on the CPU, which it was not sized for; "
+              "pass --gpus-per-run 1, or --preset cpu for the CPU-sized benchmark.")
     if options.dry_run:
         print(dry_run_text(runs, options))
         return

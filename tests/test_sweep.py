@@ -196,7 +196,10 @@ def test_slurm_dry_run_names_memory_and_params(tmp_path, capsys):
             "--slurm-param", "account=lab", "--data-root", str(tmp_path / "data"),
             "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 0
-    assert "180 min, 24 GB per job, --account=lab" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "180 min, 24 GB per job, --account=lab" in out and "note: preset gpu" not in out
+    assert cli.main([*argv, "--preset", "gpu"]) == 0  # the gpu preset without a GPU per run
+    assert "note: preset gpu with no GPU per run" in capsys.readouterr().out
 
 
 def test_cluster_paths_must_be_absolute(tmp_path, capsys):
