@@ -6,7 +6,8 @@ The light latent policy with an 8192-wide head (33M parameters), batch 64 of ran
 autocast, fused AdamW, torch's default thread count, as the ``cpu`` preset's latent BC runs it.
 The two clips alternate in six blocks of ten steps (the order flips every block), so that a change
 of load falls on both; prints each block's seconds per step, the medians and the gradient norms
-seen (below 1.0, the clip, the skip applies).
+seen before clipping (below 1.0, the clip, the skip applies). Each step also reads the norm once
+more for that report, in both columns alike.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ def main() -> None:
         loss = torch.nn.functional.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))  # before clipping
         if clip == "clip_grad_norm_":
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         else:
             runner.clip_gradients(params, 1.0)
         opt.step()
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        return norm
 
     for _ in range(3):  # warm-up: allocator, autocast caches
         step("clip_grad_norm_")

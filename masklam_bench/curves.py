@@ -510,7 +510,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                                  args.threads)
         rows = summarise_probe(points)
         seed_list = ",".join(str(x) for x in sorted({p["seed"] for p in points}))
-        title = f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}"
+        title = f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}{_videos_text(videos)}"
         png = plot_probe(rows, title)
         payload = {"task": task, "preset": args.preset, "dim": dim, "overrides": overrides,
                    "distractor_videos": videos, "points": points, "summary": rows}
@@ -523,18 +523,27 @@ def _cmd_curve(args: argparse.Namespace) -> None:
     else:
         points = _ceiling_points(args, task, seeds, overrides, out)
         fits = fit_ceiling(points)
-        png = plot_ceiling(points, f"{task}, bc-labels, {args.preset} preset", fits)
+        videos = distractor_videos()
+        png = plot_ceiling(points, f"{task}, bc-labels, {args.preset} preset"
+                           f"{_videos_text(videos)}", fits)
         payload = {"task": task, "preset": args.preset, "overrides": overrides,
-                   "points": points, "fits": fits}
+                   "distractor_videos": videos, "points": points, "fits": fits}
         for p in points:
             print(f"bc steps {p['bc_steps']:>6} episodes {p['train_episodes']:>4} shift "
                   f"{p['bc_random_shift']} seed {p['seed']}: normalised return "
                   f"{p['normalized_return_id']:.3f}")
         for fit in fits:
             print(f"fit, {describe_fit(fit)}")
-    atomic_write_json(out / f"{args.kind}_curve_{task}.json", payload)
-    atomic_write_bytes(out / f"{args.kind}_curve_{task}.png", png)
-    print(f"wrote {out}/{args.kind}_curve_{task}.json and .png")
+    # DAVIS curves beside, not over, procedural ones in the same --out.
+    stem = f"{args.kind}_curve_{task}{'' if videos == PROCEDURAL_VIDEOS else '_davis'}"
+    atomic_write_json(out / f"{stem}.json", payload)
+    atomic_write_bytes(out / f"{stem}.png", png)
+    print(f"wrote {out}/{stem}.json and .png")
+
+
+def _videos_text(videos: str) -> str:
+    """A plot title's mention of the distractor videos: nothing for the procedural ones."""
+    return "" if videos == PROCEDURAL_VIDEOS else f", {videos} videos"
 
 
 def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],

@@ -38,7 +38,7 @@ from masklam_bench.dataset import (
     validate_dataset,
 )
 from masklam_bench.envs import env_id, get_task
-from masklam_bench.envs.backgrounds import distractor_videos
+from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, distractor_videos
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
@@ -131,6 +131,8 @@ class RunConfig:
     def variant(self) -> str:
         """What sets this run apart from the preset's protocol, e.g. ``+fp32+set-1a2b3c``."""
         tags = [] if self.bf16 else ["fp32"]
+        if distractor_videos() == DAVIS_VIDEOS:  # $MASKLAM_DAVIS_DIR: never a procedural run's name
+            tags.append("davis")
         if self.data_seed:
             tags.append(f"data{self.data_seed}")
         if self.overrides:
@@ -167,8 +169,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
 def dataset_path(config: RunConfig) -> Path:
     """Where the run's dataset lives: ``<data_root>/<preset>[+variant]/<task>``.
 
-    Overrides of what is collected (episodes, noise) and another data seed get a folder of their
-    own, so they never collide with the preset's dataset.
+    Overrides of what is collected (episodes, noise), another data seed and DAVIS-2017 videos
+    (``$MASKLAM_DAVIS_DIR``) get a folder of their own, so they never collide with the preset's
+    dataset.
     """
     changed = {k: v for k, v in sorted(config.overrides.items())
                if k.startswith("data.") and k[5:] in DATA_FIELDS_OF_DATASET}
@@ -176,6 +179,8 @@ def dataset_path(config: RunConfig) -> Path:
     if changed or config.data_seed:
         key = json.dumps({"data": changed, "seed": config.data_seed}, sort_keys=True)
         tag = "+data-" + hashlib.sha256(key.encode()).hexdigest()[:6]
+    if distractor_videos() == DAVIS_VIDEOS:  # DAVIS frames beside, not over, procedural ones
+        tag += "+davis"
     return Path(config.data_root) / f"{config.preset}{tag}" / get_task(config.task).name
 
 
@@ -882,10 +887,13 @@ def _portable_path(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_absolute():
         return p.as_posix()
+    cwd = Path.cwd().resolve()
     try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        if cwd.parent != cwd:  # a working folder of "/" would keep every path but its slash
+            return p.resolve().relative_to(cwd).as_posix()
     except ValueError:
-        return "/".join(("...", *p.parts[-2:]))
+        pass
+    return "/".join(("...", *p.parts[-2:]))
 
 
 def _portable_run(config: RunConfig) -> dict[str, Any]:

@@ -483,6 +483,10 @@ def _settings(info: dict[str, Any], box: Any, chunk: int, meta: dict[str, Any]) 
             "hole_filling": _hole_filling(), "dataset_sha256": _dataset_fingerprint(meta)}
 
 
+_LATER_SETTINGS = ("hole_filling",)
+"""Settings that mask files made before 2026-12-04 do not record."""
+
+
 def _hole_filling() -> str:
     """Which hole filling :func:`track_episode` applies here; masks made with the two differ.
 
@@ -496,7 +500,10 @@ def _same_settings(old: dict[str, Any] | None, new: dict[str, Any], folder: Path
                    overwrite: bool) -> bool:
     """Whether earlier masks were made like ``new``; if not, fail unless ``overwrite``."""
     old = old or {}
-    changed = sorted(k for k in new if old.get(k) != new[k])
+    # A setting recorded only since a later version (hole_filling) is not held against a file
+    # made before it: its absence says nothing about how that file was made.
+    changed = sorted(k for k in new if old.get(k) != new[k]
+                     and not (k in _LATER_SETTINGS and k not in old))
     if changed and not overwrite:
         raise SamMaskError(
             f"{folder} already has {state} SAM 2 masks made with other settings "

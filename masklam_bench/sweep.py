@@ -625,7 +625,7 @@ def _parse_slurm_params(given: list[str] | None) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in given or []:
         key, sep, value = item.partition("=")
-        key = key.strip().lstrip("-")
+        key = key.strip().lstrip("-").replace("_", "-")  # submitit writes _ as -
         if not sep or not key or not value.strip():
             raise UserError(f"--slurm-param {item!r}: give an sbatch option as KEY=VALUE, e.g. "
                             "--slurm-param account=myproject or --slurm-param qos=normal.")
@@ -638,8 +638,11 @@ def _parse_slurm_params(given: list[str] | None) -> dict[str, str]:
 _SLURM_OWN = {"dependency": "each run waits for its dataset's job",
               "kill-on-invalid-dep": "each run waits for its dataset's job",
               "partition": "--slurm-partition", "time": "--timeout-min", "mem": "--mem-gb",
+              "mem-per-cpu": "--mem-gb", "mem-per-gpu": "--mem-gb",
               "cpus-per-task": "--cpus-per-run", "gpus-per-node": "--gpus-per-run",
-              "job-name": "the run's name"}
+              "gpus": "--gpus-per-run", "gres": "--gpus-per-run", "nodes": "one node per run",
+              "ntasks": "one task per run", "ntasks-per-node": "one task per run",
+              "output": "--slurm-logs", "error": "--slurm-logs", "job-name": "the run's name"}
 """sbatch options ``--slurm-param`` may not set, and the flag or rule that does."""
 
 

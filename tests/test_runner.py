@@ -817,7 +817,7 @@ def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, mo
 
     assert result["sam_masks"]["sha256"] == file_sha256(file)
     assert result["sam_masks"]["random_weights"] is True
-    assert result["sam_masks"]["hole_filling"] == "fill_small_holes"  # no CUDA extension here
+    assert result["sam_masks"]["hole_filling"] == sam_masks._hole_filling()  # kernel or CPU
     assert result["method_label"] == "masklam[sam2]"
     records, problems = leaderboard.read_records(tmp_path / "results")
     assert records == [] and "SAM 2 masks of random weights" in problems[0]
@@ -852,3 +852,22 @@ def test_clip_gradients_is_clip_grad_norm_bit_for_bit():
     runner.clip_gradients(list(ours.parameters()), 1.0)
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.isnan(a.grad).all() and torch.isnan(b.grad).all()
+
+
+def test_davis_runs_get_names_and_dataset_folders_of_their_own(tmp_path, monkeypatch):
+    config = runner.RunConfig(method="lapo", task="cheetah-run", latent_dim=64, seed=0,
+                              preset="cpu", data_root=str(tmp_path))
+    procedural = (config.run_name, runner.dataset_path(config))
+    monkeypatch.setenv("MASKLAM_DAVIS_DIR", str(tmp_path / "davis"))
+    assert config.run_name == procedural[0] + "+davis"  # never overwrites a procedural result
+    assert runner.dataset_path(config) == tmp_path / "cpu+davis" / "cheetah-run"
+    assert procedural[1] == tmp_path / "cpu" / "cheetah-run"
+
+
+def test_portable_path_names_no_folder_of_this_machine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner._portable_path(tmp_path / "data" / "cpu") == "data/cpu"
+    assert runner._portable_path("results") == "results"
+    assert runner._portable_path("/elsewhere/runs/x") == ".../runs/x"
+    monkeypatch.chdir("/")  # inside "/" is everything: still only the last two parts
+    assert runner._portable_path(tmp_path / "data" / "cpu") == ".../data/cpu"

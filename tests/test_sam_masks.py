@@ -103,8 +103,8 @@ def test_random_weights_give_one_lossless_mask_per_frame(reference, monkeypatch)
     assert masks.shape == (FRAMES, 64, 64) and masks.dtype == bool
     assert np.array_equal(masks, np.concatenate(tracked))  # stored bit for bit
     assert sidecar_settings(path)["random_weights"] is True
-    # No CUDA extension here: the CPU hole filling made these masks, and the sidecar says so.
-    assert sidecar_settings(path)["hole_filling"] == "fill_small_holes"
+    # The sidecar says which hole filling made these masks (the CPU one without the extension).
+    assert sidecar_settings(path)["hole_filling"] == sam_masks._hole_filling()
     assert not (path / PARTIAL_DIR).exists()
     # Aligned with the loader's splits, and served as the runner's `sam2` mask source.
     for split in ("train", "test"):
@@ -287,3 +287,11 @@ def test_a_second_process_on_the_same_dataset_is_refused(dataset, tmp_path):
         with pytest.raises(UserError, match="being made by another process"):
             _add(path)
     assert not (path / SIDECAR_FILE).exists() and not (path / PARTIAL_DIR).exists()
+
+
+def test_a_setting_recorded_only_later_is_not_held_against_an_older_file(tmp_path):
+    new = {"chunk": 8, "hole_filling": "fill_small_holes"}
+    assert sam_masks._same_settings({"chunk": 8}, new, tmp_path, "finished", False)
+    with pytest.raises(sam_masks.SamMaskError, match=r"other settings \(hole_filling\)"):
+        sam_masks._same_settings({"chunk": 8, "hole_filling": "sam2-kernel"}, new, tmp_path,
+                                 "finished", False)

@@ -181,6 +181,7 @@ def test_a_bad_grid_file_is_one_clear_sentence(tmp_path, capsys, content, messag
 @pytest.mark.parametrize("flags, message", [
     (["--slurm-param", "account"], "give an sbatch option as KEY=VALUE"),
     (["--slurm-param", "time=5"], "--slurm-param time: the sweep sets it itself (--timeout-min)"),
+    (["--slurm-param", "cpus_per_task=4"], "--slurm-param cpus-per-task: the sweep sets it"),
     (["--launcher", "ray", "--mem-gb", "8"], "--mem-gb and --slurm-param are for --launcher slurm"),
 ])
 def test_slurm_options_are_checked(tmp_path, capsys, flags, message):
