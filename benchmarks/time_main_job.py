@@ -130,7 +130,8 @@ def main() -> None:
         result = json.loads(path.read_text())
         runs[result["run_name"]] = {k: result["timings"].get(k) for k in STAGES}
         metrics[result["run_name"]] = result["metrics"]
-    figures = {"code": git_state()["git_commit"], "code_dirty": git_state()["git_dirty"],
+    git = git_state()
+    figures = {"code": git["git_commit"], "code_dirty": git["git_dirty"],
                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()}, "
                f"{os.cpu_count()} CPUs", "command": _recorded_command(cmd, fresh_data),
                "data_collected": fresh_data,

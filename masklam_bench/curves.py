@@ -204,6 +204,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
     seed (a copy of a run, or the run measured again with more episodes) the one with more
     evaluation episodes is kept. Returns the points and one line per file left out, and why.
     """
+    from masklam_bench.leaderboard import recorded_videos
     from masklam_bench.presets import get_preset, preset_record
 
     want = _without_swept(preset_record(get_preset(preset)))
@@ -223,8 +224,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             skipped.append(f"{f}: not a readable result file ({exc!r})")
             continue
-        found_videos = (record.get("dataset") or {}).get("distractor_videos",
-                                                          PROCEDURAL_VIDEOS)
+        found_videos = recorded_videos(record)
         if found_videos != videos:
             here = "unset" if videos == PROCEDURAL_VIDEOS else "set"
             skipped.append(f"{f}: made on {found_videos} distractor videos; this curve is of "

@@ -327,13 +327,20 @@ def _has_refs(lo: float | None, hi: float | None) -> bool:
     return lo is not None and hi is not None and hi != lo
 
 
+def recorded_videos(record: dict[str, Any]) -> str:
+    """The distractor videos a result record names (``dataset.distractor_videos``);
+    :data:`~masklam_bench.envs.backgrounds.PROCEDURAL_VIDEOS` when it names none."""
+    videos = (record.get("dataset") or {}).get("distractor_videos")
+    return PROCEDURAL_VIDEOS if videos is None else videos
+
+
 def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its table, latent-dim key, no-probe and same-env flags (``_``-prefixed)."""
     no_probe = bool(record.get("latent_is_action")) or record["method"] == CEILING_METHOD
     env, ood = record.get("env_id"), record.get("ood_env_id")
     overrides = dict(record.get("overrides") or {})
-    videos = (record.get("dataset") or {}).get("distractor_videos")
-    if videos not in (None, PROCEDURAL_VIDEOS):
+    videos = recorded_videos(record)
+    if videos != PROCEDURAL_VIDEOS:
         overrides[VIDEOS_KEY] = videos
     record["_table"] = _TableId(record["preset"], protocol_id(record), overrides_text(overrides))
     record["_no_probe"] = no_probe
