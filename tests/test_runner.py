@@ -689,6 +689,40 @@ def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, 
     assert module.main([str(tmp_path)]) == 2
 
 
+def test_probe_split_script_refits_stage_2s_probe(smoke_results, tmp_path, capsys):
+    """benchmarks/probe_split.py on a smoke run: its stage-2 protocol gives the run's probe.json
+    to the bit (the script stops otherwise), the test-best strength is never beaten by either
+    choice, the summary prints, and a folder without a finished LAM is refused."""
+    import importlib.util
+
+    from masklam_bench.metrics import RIDGE_GRID
+
+    root, results = smoke_results
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_split.py"
+    spec = importlib.util.spec_from_file_location("probe_split", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run_dir = root / "runs" / results["masklam"]["run_name"]
+    out = tmp_path / "split.json"
+    module.main([str(run_dir), "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    (record,) = saved["runs"]
+    assert str(root) not in saved["command"]  # committed outputs name no folder of this machine
+    for suffix in ("", "_untrained"):
+        cell = record[f"probe_nmse{suffix}"]
+        assert cell["frames"]["nmse"] == results["masklam"]["metrics"][f"probe_nmse{suffix}"]
+        assert len(cell["test_nmse_by_ridge"]) == len(RIDGE_GRID)
+        best = cell["test_best"]["nmse"]
+        assert best == min(cell["test_nmse_by_ridge"].values())
+        assert cell["episodes"]["nmse"] >= best and cell["frames"]["nmse"] >= best - 1e-9
+        assert cell["val_episodes"] >= 1
+    capsys.readouterr()
+    module.main(["--summary", str(out)])
+    assert "| d8, trained LAM | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no lam_final.pt"):
+        module.main([str(tmp_path), "--out", str(tmp_path / "none.json")])
+
+
 def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys):
     """benchmarks/more_episodes.py: episode 0 of a smoke run comes out as in its result file, a
     second episode is added, and bc-labels rows become ceiling points; a result file that does not
