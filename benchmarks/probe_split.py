@@ -183,6 +183,16 @@ def summarise(records: list[dict]) -> str:
                 hits = sum(c[way]["ridge"] == c["test_best"]["ridge"] for c in cells)
                 row += [f"{np.mean(excess):.4f} / {np.max(excess):.4f}", f"{hits} of {len(cells)}"]
             lines.append("| " + " | ".join(row) + " |")
+    lines += ["", ("| task | latent | method | seeds | probe NMSE, frames (stage 2) | episodes | "
+              "test-best |"), "|---|---:|---|---:|---:|---:|---:|"]
+    rows: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows.setdefault((r["task"], r["latent_dim"], r["method"]), []).append(r["probe_nmse"])
+    for (task, dim, method), cells in sorted(rows.items()):
+        means = [np.mean([c[way]["nmse"] for c in cells])
+                 for way in ("frames", "episodes", "test_best")]
+        lines.append(f"| {task} | {dim} | {method} | {len(cells)} | "
+                     + " | ".join(f"{m:.3f}" for m in means) + " |")
     return "\n".join(lines)
 
 
