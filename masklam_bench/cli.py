@@ -263,6 +263,7 @@ _EXTRA_COMMANDS = (
     "masklam_bench.leaderboard",
     "masklam_bench.sam_masks",
     "masklam_bench.mask_quality",
+    "masklam_bench.reproduce",
     "masklam_bench.sweep",
 )
 """Harness modules that add their own sub-commands through ``add_cli(subparsers)``."""
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = interrupts.install() if in_main else {}
     try:
-        args.func(args)
+        status = args.func(args)  # None, or a command's own exit status (reproduce: 1 = differs)
     except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
         print(f"masklam-bench {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         interrupts.clear()
         interrupts.restore(previous)
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

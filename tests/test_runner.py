@@ -723,6 +723,34 @@ def test_probe_split_script_refits_stage_2s_probe(smoke_results, tmp_path, capsy
         module.main([str(tmp_path), "--out", str(tmp_path / "none.json")])
 
 
+def test_reproduce_reruns_a_result_file_and_names_what_differs(smoke_results, data_root,
+                                                                tmp_path, capsys):
+    """masklam-bench reproduce: a smoke result file reproduces in every metric (status 0); a copy
+    with one metric changed is reported field by field (status 1); a file naming its dataset only
+    as '.../a/b' needs --data-root, and a file that is not a result is refused (status 2)."""
+    from masklam_bench.cli import main
+
+    root, results = smoke_results
+    src = root / "results" / f"{results['lapo']['run_name']}.json"
+    work = tmp_path / "work"
+    args = ["reproduce", str(src), "--workdir", str(work), "--data-root", str(data_root)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "reproduced: all" in out and "threads 1" in out
+    assert (work / "results" / src.name).exists()
+    changed = json.loads(src.read_text())
+    changed["metrics"]["probe_nmse"] += 1.0
+    tampered = tmp_path / src.name
+    tampered.write_text(json.dumps(changed))
+    assert main(["reproduce", str(tampered), "--workdir", str(work), "--data-root",
+                 str(data_root)]) == 1  # resumes the finished run folder: no training again
+    out = capsys.readouterr().out
+    assert "1 of" in out and "| metrics.probe_nmse |" in out
+    assert main(["reproduce", str(tampered), "--workdir", str(work), "--dry-run"]) == 2
+    assert "pass --data-root" in capsys.readouterr().err
+    assert main(["reproduce", str(tmp_path / "missing.json")]) == 2
+
+
 def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys):
     """benchmarks/more_episodes.py: episode 0 of a smoke run comes out as in its result file, a
     second episode is added, and bc-labels rows become ceiling points; a result file that does not
