@@ -13,7 +13,8 @@ main job, this times, on random batches, in alternating blocks:
 - ``BC step`` and ``BC arithmetic``: the same two for the latent policy of stage 3 (latent BC);
 - the probe's dense linear algebra at 8192: the float64 Gram matrix of 20,000 latents (NumPy's
   ``x.T @ x``, a symmetric rank-k update) and the Cholesky factorisation stage 2 makes once per
-  ridge strength (7 strengths plus the refit, for the trained IDM and for the control).
+  ridge strength and once per strength chosen (at least 7 + 1 each for the trained IDM and for the
+  control; one more per extra strength when the action and distractor probes choose apart).
 
 The arithmetic figures are a floor for those stages with the networks unchanged: a change that
 keeps every number can only remove what lies between the step and the arithmetic. Prints the
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     factors = 2 * (len(RIDGE_GRID) + 1)
     print(f"probe at 8192: one Gram of {train.probe_fit_transitions:,} latents "
           f"{algebra['gram']:.1f} s, one Cholesky {algebra['cholesky']:.1f} s; two Grams and "
-          f"{factors} factors (trained IDM and control) = "
+          f"at least {factors} factors (trained IDM and control) = "
           f"{2 * algebra['gram'] + factors * algebra['cholesky']:.0f} s")
 
 

@@ -7,8 +7,10 @@ command again continues an interrupted reproduction), and lists every metric tha
 (``runner.TIME_DEPENDENT_METRICS``) are left out. Exit status 0: identical; 1: something differs.
 
 Bit-identical results need the same machine type, torch version and thread count (BENCHMARK.md,
-"Presets"); where the suite's commit or the method's source differ from the file's, it says so
-before running, since those may change numbers too.
+"Presets"), and a CPU: on CUDA, bf16 convolutions are not deterministic, so a GPU file's rerun
+differs slightly. Where the suite's commit or the method's source differ from the file's, it says
+so before running, since those may change numbers too; a file of an older protocol (other preset
+values) is refused, since this version cannot run it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,33 @@ def config_from_record(record: dict[str, Any], workdir: str | Path, data_root: s
     return RunConfig(**settings)
 
 
+def check_protocol(path: str | Path, record: dict[str, Any], config) -> None:
+    """Refuse a file whose preset values (overrides applied) are not this version's: rerunning it
+    here would run another protocol and report every number as different."""
+    from masklam_bench.presets import preset_record
+    from masklam_bench.provenance import flatten
+    from masklam_bench.runner import resolve
+
+    _, preset = resolve(config)
+    recorded = record["config"].get("preset")
+    commit = ((record.get("code") or {}).get("git_commit") or "")[:7]
+    back = f"check out commit {commit}" if commit else "check out the version that made it"
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path} records no preset values, so its protocol is unknown; {back} "
+                        "to rerun it.")
+    old, new = flatten(recorded), flatten(preset_record(preset))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k} {_value(old, k)} -> {_value(new, k)}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UserError(f"{path} was made with other {config.preset} preset values than this "
+                        f"version's ({shown}{more}): an older protocol; {back} to rerun it.")
+
+
+def _value(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "(not recorded)"
+
+
 def check_videos(record: dict[str, Any]) -> None:
     """Refuse where ``$MASKLAM_DAVIS_DIR`` would give other distractor videos than the file's."""
     from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, distractor_videos
@@ -96,10 +125,15 @@ def code_notes(record: dict[str, Any], config) -> list[str]:
     from masklam_bench.provenance import git_state, method_sha256
 
     code = record.get("code") or {}
+    if not code:
+        return ["the file records no code version: numbers may differ for that reason."]
     notes = []
     made, here = code.get("git_commit"), git_state().get("git_commit")
     if made and here and made != here:
         notes.append(f"made at commit {made[:7]}; this checkout is at {here[:7]}.")
+    if code.get("git_dirty"):
+        notes.append("the checkout that made it had uncommitted changes, so its code was not "
+                     "exactly that commit's.")
     if code.get("method_sha256") and code["method_sha256"] != method_sha256(
             get_method(config.method)):
         notes.append(f"the method's source files ({', '.join(code.get('method_files') or [])}) "
@@ -162,20 +196,39 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_reproduce)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from masklam_bench.checks import check_device
-    from masklam_bench.runner import run
+def _checked_jobs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], Any]]:
+    """(path, record, config) of every file, each checked before any of them runs."""
+    import torch
 
-    records = [(path, load_record(path)) for path in args.results]  # every file checked first
+    from masklam_bench.checks import check_device, method_class
+
     jobs = []
-    for path, record in records:
+    for path in args.results:
+        record = load_record(path)
         config = config_from_record(record, args.workdir, args.data_root, args.threads,
                                     args.device)
+        method_class(config.method)  # an unknown name or a plug-in that does not import
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"{path} was made on {config.device} and this machine has no CUDA "
+                            "device; pass --device cpu to rerun it on the CPU (its numbers will "
+                            "differ: GPU and CPU kernels round differently).")
         check_device(config.device)
+        check_protocol(path, record, config)
         check_videos(record)
         jobs.append((path, record, config))
+    return jobs
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from masklam_bench.runner import run
+
+    jobs = _checked_jobs(args)
+    all_cores = torch.get_num_threads()
     status = 0
     for n, (path, record, config) in enumerate(jobs, 1):
+        torch.set_num_threads(config.threads or all_cores)  # a 0 after a 1 gets all cores again
         print(f"[{n}/{len(jobs)}] {path}: {config.run_name}, preset {config.preset}, "
               f"threads {config.threads}, device {config.device}"
               + (f", --set {config.overrides}" if config.overrides else ""))

@@ -723,7 +723,8 @@ def test_reproduce_reruns_a_result_file_and_names_what_differs(smoke_results, da
                                                                 tmp_path, capsys):
     """masklam-bench reproduce: a smoke result file reproduces in every metric (status 0); a copy
     with one metric changed is reported field by field (status 1); a file naming its dataset only
-    as '.../a/b' needs --data-root, and a file that is not a result is refused (status 2)."""
+    as '.../a/b' needs --data-root, and a missing file, an older protocol and a plug-in that does
+    not import are refused (status 2)."""
     from masklam_bench.cli import main
 
     root, results = smoke_results
@@ -745,6 +746,17 @@ def test_reproduce_reruns_a_result_file_and_names_what_differs(smoke_results, da
     assert main(["reproduce", str(tampered), "--workdir", str(work), "--dry-run"]) == 2
     assert "pass --data-root" in capsys.readouterr().err
     assert main(["reproduce", str(tmp_path / "missing.json")]) == 2
+    # An older protocol (other preset values) and a plug-in that does not import are refused
+    # before anything runs, with the suite's one-line error.
+    for edit, message in ((lambda r: r["config"]["preset"]["train"].update(lam_steps=999),
+                           "older protocol"),
+                          (lambda r: r["config"]["run"].update(method="no_such_pkg.mod:LAM"),
+                           "no_such_pkg")):
+        other = json.loads(src.read_text())
+        edit(other)
+        tampered.write_text(json.dumps(other))
+        assert main(["reproduce", str(tampered), "--data-root", str(data_root), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys):
