@@ -990,6 +990,10 @@ def _header(n_runs: int, reps: int) -> list[str]:
         ("- **Oracle OOD**: the oracle runs in the clean environment, which has no OOD variant of "
          "its own, so its OOD return is its ID return: marked \"same env\" and left out of OOD "
          "aggregates."),
+        ("- **Checking a row**: each row's runs are result files in `leaderboards/results/`; "
+         "`masklam-bench reproduce leaderboards/results/<run>.json` runs one again from what it "
+         "records and lists every metric that differs (on the same kind of machine and torch "
+         "version; a run of an older protocol needs the commit that made it)."),
         "",
     ]
 
