@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from masklam_bench import metrics, runner
-from masklam_bench.dataset import load_background_motion
 from masklam_bench.fileio import atomic_write_json
 from masklam_bench.provenance import unlock_run_folder
 
@@ -53,22 +52,6 @@ def _open(run_dir: Path, threads: int) -> runner._Run:
     finally:
         unlock_run_folder(run.run_dir)
     return run
-
-
-def _fit_index(run: runner._Run) -> np.ndarray:
-    """Stage 2's fit rows: the same seeded draw of train transitions."""
-    n_fit = min(run.preset.train.probe_fit_transitions, len(run.train.transitions))
-    rng = np.random.default_rng([run.config.seed, 2])
-    return np.sort(rng.choice(run.train.transitions, size=n_fit, replace=False))
-
-
-def _targets(run: runner._Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stage 2's probe targets: the action, and the background's motion where it is recorded."""
-    targets = {"probe_nmse": (run.train.actions, run.test.actions)}
-    motion = {s: load_background_motion(run.data_dir, s) for s in ("train", "test")}
-    if motion["train"] is not None:
-        targets["distractor_nmse"] = (motion["train"], motion["test"])
-    return targets
 
 
 def _episode_val_rows(episode_of_row: np.ndarray) -> np.ndarray:
@@ -118,7 +101,7 @@ def analyse(run_dir: Path, threads: int) -> dict[str, object]:
     """Every protocol's figures for the trained LAM and the untrained control of one run."""
     run = _open(run_dir, threads)
     config, train, test = run.config, run.train_s, run.test_s
-    fit_index, targets = _fit_index(run), _targets(run)
+    fit_index, targets = runner.probe_fit_index(run), runner.probe_targets(run)
     fits = [metrics._as_2d(y[fit_index], name) for name, (y, _) in targets.items()]
     a_fit = np.concatenate(fits, axis=1)
     a_test = np.concatenate([metrics._as_2d(y[test.data.transitions], name)

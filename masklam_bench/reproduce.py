@@ -121,7 +121,7 @@ def check_videos(record: dict[str, Any]) -> None:
 
 def code_notes(record: dict[str, Any], config) -> list[str]:
     """What differs between the code that made ``record`` and this checkout's."""
-    from masklam_bench.baselines.registry import get_method
+    from masklam_bench.checks import method_class
     from masklam_bench.provenance import git_state, method_sha256
 
     code = record.get("code") or {}
@@ -135,7 +135,7 @@ def code_notes(record: dict[str, Any], config) -> list[str]:
         notes.append("the checkout that made it had uncommitted changes, so its code was not "
                      "exactly that commit's.")
     if code.get("method_sha256") and code["method_sha256"] != method_sha256(
-            get_method(config.method)):
+            method_class(config.method)):
         notes.append(f"the method's source files ({', '.join(code.get('method_files') or [])}) "
                      "differ from those that made the file: numbers may differ for that reason.")
     return notes
@@ -180,6 +180,8 @@ def _short(value: Any) -> str:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``masklam-bench reproduce``."""
+    from masklam_bench.checks import int_at_least
+
     p = subparsers.add_parser(
         "reproduce", help="run a result file's run again and compare every metric")
     p.add_argument("results", nargs="+", metavar="RESULT_JSON", help="result files to reproduce")
@@ -188,7 +190,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "/; the same command again resumes there)")
     p.add_argument("--data-root", default=None,
                    help="dataset folder (default: the file's; collected if missing)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(0), default=None,
                    help="torch threads (default: the file's count; another count changes numbers)")
     p.add_argument("--device", default=None, help="torch device (default: the file's)")
     p.add_argument("--dry-run", action="store_true",

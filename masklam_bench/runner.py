@@ -503,6 +503,23 @@ def _lam_images(run: _Run, step: int) -> None:
         curves.images("fdm/agent_mask", mask, step)
 
 
+def probe_fit_index(run: _Run) -> np.ndarray:
+    """Stage 2's fit rows: a seeded draw of ``probe_fit_transitions`` train transitions."""
+    n_fit = min(run.preset.train.probe_fit_transitions, len(run.train.transitions))
+    fit_rng = np.random.default_rng([run.config.seed, 2])
+    return np.sort(fit_rng.choice(run.train.transitions, size=n_fit, replace=False))
+
+
+def probe_targets(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Stage 2's targets, (train, test) per-frame arrays: the action, and the background's
+    exogenous motion where the dataset records it."""
+    targets = {"probe_nmse": (run.train.actions, run.test.actions)}
+    motion = {split: load_background_motion(run.data_dir, split) for split in ("train", "test")}
+    if motion["train"] is not None:
+        targets["distractor_nmse"] = (motion["train"], motion["test"])
+    return targets
+
+
 def _stage_probe(run: _Run) -> dict[str, Any]:
     """Stage 2: linear probes on the frozen IDM and on an untrained one (the control).
 
@@ -511,13 +528,7 @@ def _stage_probe(run: _Run) -> dict[str, Any]:
     """
     def compute() -> dict[str, Any]:
         config, train = run.config, run.train
-        motion = {split: load_background_motion(run.data_dir, split) for split in ("train", "test")}
-        fit_rng = np.random.default_rng([config.seed, 2])
-        n_fit = min(run.preset.train.probe_fit_transitions, len(train.transitions))
-        fit_index = np.sort(fit_rng.choice(train.transitions, size=n_fit, replace=False))
-        targets = {"probe_nmse": (train.actions, run.test.actions)}
-        if motion["train"] is not None:
-            targets["distractor_nmse"] = (motion["train"], motion["test"])
+        fit_index, targets = probe_fit_index(run), probe_targets(run)
         res: dict[str, Any] = {}
         if run.cls.latent_is_action:  # the latent is the action: nothing to probe
             return {f"{name}{suffix}": None for name in targets for suffix in ("", "_untrained")}
