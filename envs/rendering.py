@@ -7,12 +7,15 @@ only the work around them is shared. ``tests/test_rendering.py`` checks both aga
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
 
 import mujoco
 import numpy as np
 from dm_control.mujoco import wrapper
+
+from masklam_bench.envs.floor_tiles import FloorTiles
 
 BACKGROUND, AGENT, FLOOR = 0, 1, 2
 """What a pixel shows, as ``SceneRenderer.render`` labels it (anything not the agent or the floor,
@@ -72,6 +75,10 @@ class SceneRenderer:
         self._segment = np.empty((size, size, 3), np.uint8)
         contexts = physics.contexts
         self._mjr_context = contexts.mujoco.ptr
+        # A large floor is drawn as only its tiles in view; the first frame that shows the floor
+        # is rendered with MuJoCo's own list as well, and the tiles are used only if they agree.
+        self._floor = FloorTiles(model, self._mjr_context)
+        self._floor_checked = False
         with contexts.gl.make_current() as ctx:
             ctx.call(mujoco.mjr_setBuffer, mujoco.mjtFramebuffer.mjFB_OFFSCREEN,
                      self._mjr_context)
@@ -89,21 +96,42 @@ class SceneRenderer:
                                self._perturb, self._camera, mujoco.mjtCatBit.mjCAT_ALL,
                                self._scene)
         with physics.contexts.gl.make_current() as ctx:
-            ctx.call(self._render_both)
+            ctx.call(self._render_both, self._floor.active)
+            if self._floor.active and not self._floor_checked:
+                self._check_floor(ctx)
         labels = self._segment_labels()[self._segment_ids()]
         return self._rgb[::-1].copy(), labels == AGENT, labels == FLOOR
 
-    def _render_both(self) -> None:
+    def _check_floor(self, ctx) -> None:
+        """Render the frame again with MuJoCo's floor list and keep that; once a frame that
+        shows the floor is the same both ways, the tiles are used on their own."""
+        tiled = self._rgb.copy(), self._segment.copy()
+        ctx.call(self._render_both, False)
+        if not (self._segment_labels()[self._segment_ids()] == FLOOR).any():
+            return
+        if np.array_equal(tiled[0], self._rgb) and np.array_equal(tiled[1], self._segment):
+            self._floor_checked = True
+        else:
+            self._floor.active = False
+            warnings.warn("The floor drawn in tiles differs from MuJoCo's own floor with this "
+                          "MuJoCo or OpenGL build; drawing the whole floor (slower, same frames).",
+                          RuntimeWarning, stacklevel=3)
+
+    def _render_both(self, floor_tiles: bool) -> None:
         """The RGB pass, then the segmentation pass, each read back (on the render thread)."""
         flags = self._scene.flags
-        mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
-        mujoco.mjr_readPixels(self._rgb, None, self._rect, self._mjr_context)
-        flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = 1
+        if floor_tiles:
+            self._floor.use(self._scene)
         try:
+            mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
+            mujoco.mjr_readPixels(self._rgb, None, self._rect, self._mjr_context)
+            flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = 1
             mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
             mujoco.mjr_readPixels(self._segment, None, self._rect, self._mjr_context)
         finally:
             flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = 0
+            if floor_tiles:
+                self._floor.restore()
 
     def _segment_labels(self) -> np.ndarray:
         """Label of each segment id of the current scene; id 0 is the empty background.
