@@ -100,7 +100,7 @@ def _new_step(env, action: np.ndarray, t: _Pieces) -> tuple[np.ndarray, ...]:
                            renderer.scene)
     t.lap("mjv_updateScene (once for both passes)")
     with physics.contexts.gl.make_current() as ctx:
-        ctx.call(renderer._render_both)
+        ctx.call(renderer._render_both, renderer._floor.active)
     t.lap("RGB and segmentation passes (one call)")
     labels = renderer._segment_labels()[renderer._segment_ids()]
     scene = renderer._rgb[::-1].copy()

@@ -31,6 +31,22 @@ def fake_cheetah_expert():
     return write_fake_cheetah_expert
 
 
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """A loader of ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 def run_python(code: str, timeout: float, stdin: str | None = None,
                cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run ``python -c code`` in a fresh interpreter; fail the test if it outlives ``timeout``.

@@ -93,3 +93,10 @@ def test_a_light_the_test_cannot_bound_draws_every_tile():
     light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
     assert renderer._floor.seen(scene) is None
     env.close()
+
+
+def test_floor_tiles_benchmark_times_both_ways_and_checks_every_frame(benchmark_script):
+    module = benchmark_script("floor_tiles")
+    result = module.measure("CleanHumanoid-v0", blocks=1, block_steps=3)
+    assert result["tiles_ms"] > 0 and result["whole_ms"] > 0
+    assert 0 < result["drawn"] < 0.3

@@ -49,17 +49,6 @@ def _config(tmp_path, data_root, method="masklam", **kwargs):
                             results_dir=str(tmp_path / "results"), threads=1, **kwargs)
 
 
-def _benchmark_script(name: str):
-    """``benchmarks/<name>.py`` loaded as a module (the folder is not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 BUILT_IN = ("masklam", "lapo", "oracle", "bc-labels", "masklam-full", "untrained-idm",
             "bc-labelled", "laom", "laom-labels", "laom-masked")
 """Every registered method, run once at the smoke preset for the module."""
@@ -659,11 +648,11 @@ def test_batches_hold_only_the_keys_asked_for_and_draw_the_same_transitions(data
         assert runner.method_batch_keys(method) < frozenset(BATCH_ORDER)
 
 
-def test_laom_latent_use_diagnostic_reads_finished_runs(smoke_results):
+def test_laom_latent_use_diagnostic_reads_finished_runs(smoke_results, benchmark_script):
     """benchmarks/laom_latent_use.py on the smoke runs: finite losses for the LAOM family, and a
     clear refusal for a method without a latent FDM."""
     root, results = smoke_results
-    module = _benchmark_script("laom_latent_use")
+    module = benchmark_script("laom_latent_use")
     for method in ("laom", "laom-masked", "laom-labels"):
         figures = module.latent_use(root / "runs" / results[method]["run_name"])
         assert set(figures) == {"own_z", "shuffled_z", "zero_z", "target_variance", "z_std"}
@@ -673,11 +662,12 @@ def test_laom_latent_use_diagnostic_reads_finished_runs(smoke_results):
         module.latent_use(root / "runs" / results["lapo"]["run_name"])
 
 
-def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, capsys):
+def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, capsys,
+                                                     benchmark_script):
     """benchmarks/decoder_protocols.py on smoke runs: the saved decoder is reproduced by this code,
     every NMSE is finite, and a folder that is not a run is refused with exit status 2."""
     root, results = smoke_results
-    module = _benchmark_script("decoder_protocols")
+    module = benchmark_script("decoder_protocols")
     dirs = [str(root / "runs" / results[m]["run_name"]) for m in ("lapo", "bc-labels")]
     out = tmp_path / "dec.json"
     assert module.main([*dirs, "--threads", "1", "--out", str(out)]) == 0
@@ -690,14 +680,15 @@ def test_decoder_protocols_script_scores_finished_runs(smoke_results, tmp_path, 
     assert module.main([str(tmp_path)]) == 2
 
 
-def test_probe_split_script_refits_stage_2s_probe(smoke_results, tmp_path, capsys):
+def test_probe_split_script_refits_stage_2s_probe(smoke_results, tmp_path, capsys,
+                                                  benchmark_script):
     """benchmarks/probe_split.py on a smoke run: its stage-2 protocol gives the run's probe.json
     to the bit (the script stops otherwise), the test-best strength is never beaten by either
     choice, the summary prints, and a folder without a finished LAM is refused."""
     from masklam_bench.metrics import RIDGE_GRID
 
     root, results = smoke_results
-    module = _benchmark_script("probe_split")
+    module = benchmark_script("probe_split")
     run_dir = root / "runs" / results["masklam"]["run_name"]
     out = tmp_path / "split.json"
     module.main([str(run_dir), "--threads", "1", "--out", str(out)])
@@ -759,12 +750,13 @@ def test_reproduce_reruns_a_result_file_and_names_what_differs(smoke_results, da
         assert message in capsys.readouterr().err
 
 
-def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys):
+def test_more_episodes_script_extends_a_finished_runs_rollouts(smoke_results, tmp_path, capsys,
+                                                             benchmark_script):
     """benchmarks/more_episodes.py: episode 0 of a smoke run comes out as in its result file, a
     second episode is added, and bc-labels rows become ceiling points; a result file that does not
     match the run (another run's returns) stops the script with exit status 2."""
     root, results = smoke_results
-    module = _benchmark_script("more_episodes")
+    module = benchmark_script("more_episodes")
     run_dir = root / "runs" / results["bc-labels"]["run_name"]
     out, png = tmp_path / "more.json", tmp_path / "more.png"
     args = [str(run_dir), "--episodes", "2", "--results", str(root / "results"), "--threads",
