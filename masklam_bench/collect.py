@@ -659,6 +659,7 @@ def collect(
     Returns:
         The dataset folder (``out_dir/masklam/<env id>/<policy>-v0``).
     """
+    _refuse_in_a_starting_worker()
     env_kwargs = _with_davis_dir(dict(env_kwargs or {}))
     if test_episodes is None:
         test_episodes = max(1, round(episodes * ds.DEFAULT_TEST_FRACTION)) if episodes > 1 else 0
@@ -738,6 +739,19 @@ def _collect_into(final: Path, config: CollectConfig, workers: int, progress: bo
     os.replace(work, final)  # the dataset appears under its final name only when complete
     shutil.rmtree(final / _EPISODES_DIR)
     (final / _CONFIG_FILE).unlink()
+
+
+def _refuse_in_a_starting_worker() -> None:
+    """Stop a spawned worker that is re-running the script that started it.
+
+    A worker process imports the parent's main script; a script that calls ``collect`` (or
+    ``runner.run``) outside ``if __name__ == "__main__":`` would collect again in every worker,
+    and wait forever for the parent's lock on the dataset."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "collect() was called while a worker process was importing the script that started "
+            "it. Put the script's top-level code under `if __name__ == \"__main__\":` so that "
+            "the collection's worker processes do not run it again.")
 
 
 @contextlib.contextmanager
