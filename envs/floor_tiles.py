@@ -188,7 +188,8 @@ class FloorTiles:
         """A pyramid that holds a spot light's shadow-map frustum, however it is turned."""
         fovy = min(2 * light.cutoff * self._context.shadowScale, 160.0)
         slope = MARGIN * math.sqrt(2) * math.tan(math.radians(fovy / 2)) + SLACK
-        return np.asarray(light.pos, np.float64), _basis(np.asarray(light.dir, np.float64)), slope
+        axes = _basis(np.asarray(light.dir, np.float64))
+        return np.asarray(light.pos, np.float64) - 0.01 * axes[2], axes, slope  # apex moved back
 
     def use(self, scene) -> None:
         """Point the context's plane lists at a list of this frame's tiles (render thread)."""
