@@ -4,8 +4,8 @@ MuJoCo draws a finite plane geom as one display list of up to 200 x 200 quads (i
 plane for per-vertex lighting; ``makePlane`` in MuJoCo's ``render_context.c``). The humanoid's
 100 m x 100 m floor is 40,000 quads, and ``mjr_render`` draws them in every pass that draws the
 floor: the reflection stencil, the main pass, the shadow map, the shadow-lighting pass and the
-segmentation pass. At 64 px most of them lie outside every view, and on a CPU renderer their
-vertices were a third of a humanoid step.
+segmentation pass. Most of them lie outside the camera's field of view and the light's, and on
+a CPU renderer their vertices were a third of a humanoid step.
 
 ``FloorTiles`` groups the plane's quads into tiles of ``TILE`` x ``TILE``. Before a render it
 finds the tiles that may lie inside the camera's view pyramid or a shadow-casting spot light's
@@ -15,9 +15,13 @@ the context's plane lists at it for the render. A quad outside every pass's view
 fragment in any pass, and the quads of a plane do not overlap, so the frame and the masks are
 byte-identical to those of MuJoCo's own list. ``SceneRenderer`` checks that on the first frame
 that shows the floor, and goes back to MuJoCo's list for good if they differ (a MuJoCo or Mesa
-that builds planes differently); ``tests/test_rendering.py`` and ``benchmarks/env_hashes.py``
-check it over whole rollouts. What the test cannot bound (an orthographic camera, a shadow-casting
-light that is not a spot, a scene transform) draws every tile that frame.
+that builds planes differently); ``tests/test_floor_tiles.py`` (40 steps per level, both ways),
+``tests/test_rendering.py`` (30 steps against dm_control's ``Camera.render``) and
+``benchmarks/env_hashes.py`` (100-step rollouts) check it further. A frame the test cannot bound
+(an orthographic or stereo camera, a shadow-casting light that is not a spot, another reflective
+geom, another plane drawn with the same list, a scene transform, the floor not in the scene) draws
+every tile; the next frame that can be bounded gets a list of its own again. The camera's view is
+bounded for a square viewport, the only kind ``SceneRenderer`` renders.
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ LOOSE = 1.1
 that moves a little (a walk, a shake) needs no new list: one is compiled only when a tile seen
 now is missing from it."""
 _PLANE = int(mujoco.mjtGeom.mjGEOM_PLANE)
+_BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
 _SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
 _RND_SHADOW = int(mujoco.mjtRndFlag.mjRND_SHADOW)
+_RND_REFLECTION = int(mujoco.mjtRndFlag.mjRND_REFLECTION)
 
 
 def plane_grid(size) -> tuple[np.ndarray, np.ndarray] | None:
@@ -90,8 +96,12 @@ class FloorTiles:
     """The tiles of one large plane geom and the display list of a frame's tiles."""
 
     def __init__(self, model, mjr_context) -> None:
-        """Index the plane's quads; ``active`` is False when the model has no plane to tile."""
-        self.active = False
+        """Index the plane's quads; ``available`` is False when the model has no plane to tile.
+
+        ``active`` (initially ``available``) says whether ``SceneRenderer`` uses the tiles.
+        """
+        self.available = False
+        self._active = False
         self._context = mjr_context
         planes = [g for g in range(model.ngeom) if model.geom_type[g] == _PLANE]
         large = [(ordinal, g) for ordinal, g in enumerate(planes)
@@ -125,7 +135,18 @@ class FloorTiles:
         self._nlists = mjr_context.rangePlane
         self._base = 0
         self._linked: np.ndarray | None = None
-        self.active = True
+        self._linked_every = False
+        self.available = self._active = True
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        if on and not self.available:
+            raise ValueError("this model has no floor to draw in tiles")
+        self._active = bool(on)
 
     @property
     def tiles(self) -> int:
@@ -133,11 +154,19 @@ class FloorTiles:
 
     def seen(self, scene, widen: float = 1.0) -> np.ndarray | None:
         """Which tiles a pass of the render of ``scene`` may draw (bool per tile), with the
-        pyramids' slopes widened by ``widen``; ``None`` when every tile must be drawn."""
-        geom = next((g for g in scene.geoms[:scene.ngeom]
-                     if g.type == _PLANE and g.objid == self.geom), None)
-        if geom is None or scene.enabletransform or geom.dataid != self._ordinal:
+        pyramids' slopes widened by ``widen``; ``None`` when every tile must be drawn (a case the
+        test cannot bound, or the floor not in the scene)."""
+        geoms = scene.geoms[:scene.ngeom]
+        ours = [g for g in geoms if g.type == _PLANE and g.objid == self.geom]
+        if len(ours) != 1 or scene.enabletransform or scene.stereo:
             return None
+        geom = ours[0]
+        if geom.dataid != self._ordinal or any(
+                g is not geom and g.type == _PLANE and g.dataid == self._ordinal for g in geoms):
+            return None  # another plane would draw the tiles at its own pose
+        if scene.flags[_RND_REFLECTION] and any(
+                g is not geom and g.type in (_PLANE, _BOX) and g.reflectance > 0 for g in geoms):
+            return None  # another mirror would show the floor reflected, outside these pyramids
         rotation = np.asarray(geom.mat, np.float64).reshape(3, 3)
         ex, ey = self._edge_xy
         corners = (np.asarray(geom.pos, np.float64) + ex[:, None, None] * rotation[:, 0]
@@ -203,10 +232,12 @@ class FloorTiles:
                 GL.glEndList()
         needed = self.seen(scene)
         if needed is None:
-            needed = np.ones(self.tiles, bool)
-        if self._linked is None or (needed & ~self._linked).any():
-            loose = self.seen(scene, LOOSE)
-            self._link(needed if loose is None else needed | loose)
+            if not self._linked_every:
+                self._link(np.ones(self.tiles, bool))
+                self._linked_every = True
+        elif self._linked is None or self._linked_every or (needed & ~self._linked).any():
+            self._link(needed | self.seen(scene, LOOSE))
+            self._linked_every = False
         self._context.basePlane = self._base
 
     def _link(self, tiles: np.ndarray) -> None:
@@ -227,10 +258,12 @@ class FloorTiles:
             GL.glVertexPointer(3, GL.GL_DOUBLE, 0, vertices)
             GL.glTexCoordPointer(2, GL.GL_DOUBLE, 0, texcoords)
             GL.glNewList(self._base + self._ordinal + 1, GL.GL_COMPILE)
-            GL.glNormal3d(0, 0, 1)
-            if len(rows):
-                GL.glDrawArrays(GL.GL_QUADS, 0, len(rows))
-            GL.glEndList()
+            try:
+                GL.glNormal3d(0, 0, 1)
+                if len(rows):
+                    GL.glDrawArrays(GL.GL_QUADS, 0, len(rows))
+            finally:
+                GL.glEndList()
         finally:
             GL.glPopClientAttrib()
         self._linked = tiles

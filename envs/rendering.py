@@ -118,7 +118,8 @@ class SceneRenderer:
                           RuntimeWarning, stacklevel=3)
 
     def _render_both(self, floor_tiles: bool) -> None:
-        """The RGB pass, then the segmentation pass, each read back (on the render thread)."""
+        """The RGB pass, then the segmentation pass, each read back (on the render thread); with
+        ``floor_tiles``, the floor drawn as its tiles in view."""
         flags = self._scene.flags
         if floor_tiles:
             self._floor.use(self._scene)

@@ -32,7 +32,10 @@ def test_plane_grid_places_the_quads_as_mujoco_does():
 def test_only_a_large_floor_is_tiled():
     cheetah = gym.make("DistractingCheetah-v0")
     cheetah.reset(seed=0)
-    assert not _renderer(cheetah)._floor.active  # 1,200 quads: MuJoCo's list
+    floor = _renderer(cheetah)._floor
+    assert not floor.available and not floor.active  # 400 quads: MuJoCo's list
+    with pytest.raises(ValueError, match="no floor"):
+        floor.active = True
     cheetah.close()
     humanoid = gym.make("CleanHumanoid-v0")
     humanoid.reset(seed=0)
@@ -74,12 +77,15 @@ def test_tiles_that_differ_from_mujocos_floor_are_dropped(monkeypatch):
     env = gym.make("CleanHumanoid-v0")
     base = env.unwrapped
     with pytest.warns(RuntimeWarning, match="tiles differs"):
-        env.reset(seed=0)  # the first frame
-    scene, _, _ = base.render_layers()
+        first, _ = env.reset(seed=0)  # the first frame: rendered both ways, and they differ
     assert not base._renderer._floor.active
-    base._renderer._floor_checked = True  # so render() no longer draws both ways
-    again, _, _ = base.render_layers()
-    np.testing.assert_array_equal(scene, again)  # MuJoCo's frame, both times
+    scene, _, _ = base.render_layers()  # MuJoCo's list from now on
+    np.testing.assert_array_equal(first, scene)  # the frame returned on the check was MuJoCo's
+    shifted = base._renderer._floor
+    shifted.active = True
+    base._renderer._floor_checked = True
+    tiled, _, _ = base.render_layers()
+    assert not np.array_equal(tiled, scene)  # the shifted tiles do change the frame
     env.close()
 
 
@@ -100,3 +106,84 @@ def test_floor_tiles_benchmark_times_both_ways_and_checks_every_frame(benchmark_
     result = module.measure("CleanHumanoid-v0", blocks=1, block_steps=3)
     assert result["tiles_ms"] > 0 and result["whole_ms"] > 0
     assert 0 < result["drawn"] < 0.3
+
+
+def _inside_frustum(camera, points: np.ndarray) -> np.ndarray:
+    """Which world points dm_control's camera matrix puts in front of the camera and inside
+    the image (an independent projection: fovy, pose and image size from dm_control; a MuJoCo
+    camera looks along its -z, so points in front have a negative third coordinate)."""
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], 1)
+    image = homogeneous @ camera.matrix.T
+    depth = image[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u, v = image[:, 0] / depth, image[:, 1] / depth
+    return ((depth < 0) & (u >= -0.5) & (u <= camera.width - 0.5)
+            & (v >= -0.5) & (v <= camera.height - 0.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_culled_tile_reaches_the_image_by_dm_controls_own_projection(seed):
+    from dm_control.mujoco.engine import Camera
+
+    env = gym.make("CleanHumanoid-v0")
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    for _ in range(20):
+        env.step(env.action_space.sample())
+    base = env.unwrapped
+    renderer = _renderer(env)
+    tiles = renderer._floor
+    camera = Camera(base._physics, height=base.size, width=base.size, camera_id=base.camera_id)
+    seen = tiles.seen(renderer.scene)
+    assert 0 < seen.sum() < len(seen)
+    span = np.linspace(-100, 100, 401)
+    dense = np.stack(np.meshgrid(span, span, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    assert _inside_frustum(camera, dense).sum() > 100  # the check sees the floor at all
+    # 9 x 9 points across each tile; the floor geom sits at the origin, unrotated
+    (ex, ey), steps = tiles._edge_xy, np.linspace(0, 1, 9)
+    for t in np.flatnonzero(~seen):
+        i, j = divmod(int(t), len(ey) - 1)
+        xs = ex[i] + steps * (ex[i + 1] - ex[i])
+        ys = ey[j] + steps * (ey[j + 1] - ey[j])
+        grid = np.stack(np.meshgrid(xs, ys, [0.0], indexing="ij"), -1).reshape(-1, 3)
+        assert not _inside_frustum(camera, grid).any(), f"tile {t} is in view but culled"
+    env.close()
+
+
+def test_the_lights_pyramid_keeps_the_floor_under_the_light_when_the_camera_looks_away():
+    env = gym.make("CleanHumanoid-v0")
+    env.reset(seed=0)
+    renderer = _renderer(env)
+    scene, tiles = renderer.scene, renderer._floor
+    for eye in scene.camera[:2]:  # look straight up: the camera sees no floor
+        eye.forward[:] = (0.0, 0.0, 1.0)
+        eye.up[:] = (1.0, 0.0, 0.0)
+    light = next(light for light in scene.lights[:scene.nlight] if light.castshadow)
+    seen = tiles.seen(scene).reshape(len(tiles._edge_xy[0]) - 1, -1)
+    below = [np.searchsorted(edges, light.pos[k]) - 1 for k, edges in enumerate(tiles._edge_xy)]
+    assert seen[below[0], below[1]]  # the tile under the light: in the shadow map
+    assert seen.sum() < 10  # and little else
+    scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    assert not tiles.seen(scene).any()  # without shadows nothing is left
+    env.close()
+
+
+def test_outside_is_conservative_on_random_pyramids_and_tiles():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        apex = rng.normal(size=3) * 3
+        axes = floor_tiles._basis(rng.normal(size=3))
+        slope = rng.uniform(0.1, 2.0)
+        edges = np.sort(rng.uniform(-10, 10, (2, 6)), axis=1)
+        corners = np.stack(np.meshgrid(edges[0], edges[1], [0.0], indexing="ij"), -1)[:, :, 0]
+        out = floor_tiles._outside(corners, apex, axes, slope)
+        steps = np.linspace(0, 1, 7)
+        for i in range(5):
+            for j in range(5):
+                xs = edges[0, i] + steps * (edges[0, i + 1] - edges[0, i])
+                ys = edges[1, j] + steps * (edges[1, j + 1] - edges[1, j])
+                points = np.stack(np.meshgrid(xs, ys, [0.0], indexing="ij"), -1).reshape(-1, 3)
+                local = (points - apex) @ axes.T
+                inside = ((local[:, 2] > 0) & (np.abs(local[:, 0]) <= slope * local[:, 2])
+                          & (np.abs(local[:, 1]) <= slope * local[:, 2]))
+                assert not (out[i, j] and inside.any())

@@ -21,7 +21,8 @@ def _row(out: str, method: str) -> list[str]:
     return next(line for line in out.splitlines() if line.startswith(f"| {method} |")).split(" | ")
 
 
-def test_rows_match_the_result_files_and_skip_overrides_and_other_protocols(tmp_path, capsys, script):
+def test_rows_match_the_result_files_and_skip_overrides_and_other_protocols(tmp_path, capsys,
+                                                                          script):
     files = sorted(RESULTS.glob("cheetah-run__lapo__d64__s*__cpu.json"))
     assert len(files) >= 2
     for f in files:
