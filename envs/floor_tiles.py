@@ -40,9 +40,10 @@ MARGIN = 1.05
 cull a quad that a pass draws."""
 SLACK = 0.01
 LOOSE = 1.1
-"""A compiled list covers the tiles seen with the slopes this much wider again, so that a camera
-that moves a little (a walk, a shake) needs no new list: one is compiled only when a tile seen
-now is missing from it."""
+"""A list is compiled only when a tile seen now is missing from the current one. It holds just the
+tiles seen, unless the last list was compiled fewer than ``RECENT`` frames before (a shaking
+camera): then it holds those seen with the slopes this much wider again, so that it lasts."""
+RECENT = 25
 _PLANE = int(mujoco.mjtGeom.mjGEOM_PLANE)
 _BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
 _SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
@@ -136,6 +137,7 @@ class FloorTiles:
         self._base = 0
         self._linked: np.ndarray | None = None
         self._linked_every = False
+        self._frame, self._last_link = 0, -RECENT
         self.available = self._active = True
 
     @property
@@ -236,8 +238,11 @@ class FloorTiles:
                 self._link(np.ones(self.tiles, bool))
                 self._linked_every = True
         elif self._linked is None or self._linked_every or (needed & ~self._linked).any():
-            self._link(needed | self.seen(scene, LOOSE))
+            shaking = self._frame - self._last_link < RECENT
+            self._link(needed | self.seen(scene, LOOSE) if shaking else needed)
             self._linked_every = False
+            self._last_link = self._frame
+        self._frame += 1
         self._context.basePlane = self._base
 
     def _link(self, tiles: np.ndarray) -> None:
