@@ -187,3 +187,19 @@ def test_outside_is_conservative_on_random_pyramids_and_tiles():
                 inside = ((local[:, 2] > 0) & (np.abs(local[:, 0]) <= slope * local[:, 2])
                           & (np.abs(local[:, 1]) <= slope * local[:, 2]))
                 assert not (out[i, j] and inside.any())
+
+
+def test_a_steady_camera_gets_just_its_tiles_and_a_shaking_one_a_wider_set():
+    env = gym.make("CleanHumanoid-v0")
+    env.reset(seed=0)
+    renderer = _renderer(env)
+    tiles, scene = renderer._floor, renderer.scene
+    steady = tiles.seen(scene)
+    np.testing.assert_array_equal(tiles._linked, steady)  # the first list: just what is seen
+    tiles._linked = np.zeros_like(steady)  # a tile missing again at once: the camera moves a lot
+    with env.unwrapped._physics.contexts.gl.make_current() as ctx:
+        ctx.call(tiles.use, scene)
+        ctx.call(tiles.restore)
+    np.testing.assert_array_equal(tiles._linked, steady | tiles.seen(scene, floor_tiles.LOOSE))
+    assert tiles._linked.sum() > steady.sum()
+    env.close()
