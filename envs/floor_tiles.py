@@ -47,8 +47,6 @@ RECENT = 25
 _PLANE = int(mujoco.mjtGeom.mjGEOM_PLANE)
 _BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
 _SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
-_RND_SHADOW = int(mujoco.mjtRndFlag.mjRND_SHADOW)
-_RND_REFLECTION = int(mujoco.mjtRndFlag.mjRND_REFLECTION)
 
 
 def plane_grid(size) -> tuple[np.ndarray, np.ndarray] | None:
@@ -166,7 +164,7 @@ class FloorTiles:
         if geom.dataid != self._ordinal or any(
                 g is not geom and g.type == _PLANE and g.dataid == self._ordinal for g in geoms):
             return None  # another plane would draw the tiles at its own pose
-        if scene.flags[_RND_REFLECTION] and any(
+        if scene.flags[int(mujoco.mjtRndFlag.mjRND_REFLECTION)] and any(
                 g is not geom and g.type in (_PLANE, _BOX) and g.reflectance > 0 for g in geoms):
             return None  # another mirror would show the floor reflected, outside these pyramids
         rotation = np.asarray(geom.mat, np.float64).reshape(3, 3)
@@ -177,7 +175,7 @@ class FloorTiles:
         if camera is None:
             return None
         pyramids = [camera]
-        if scene.flags[_RND_SHADOW]:
+        if scene.flags[int(mujoco.mjtRndFlag.mjRND_SHADOW)]:
             for light in scene.lights[:scene.nlight]:
                 if light.castshadow:
                     if light.type != _SPOT:
