@@ -37,17 +37,8 @@ def _mean_ms(fn, repeats: int) -> float:
 
 def _one_pass(renderer, segmentation: bool) -> None:
     """One ``mjr_render`` and read-back of the renderer's scene (on the render thread)."""
-    flags, floor = renderer.scene.flags, renderer._floor
-    if floor.active:
-        floor.use(renderer.scene)
-    try:
-        flags[_FLAG.mjRND_SEGMENT] = flags[_FLAG.mjRND_IDCOLOR] = int(segmentation)
-        mujoco.mjr_render(renderer._rect, renderer.scene, renderer._mjr_context)
-        mujoco.mjr_readPixels(renderer._rgb, None, renderer._rect, renderer._mjr_context)
-    finally:
-        flags[_FLAG.mjRND_SEGMENT] = flags[_FLAG.mjRND_IDCOLOR] = 0
-        if floor.active:
-            floor.restore()
+    with renderer._floor_drawn(renderer._floor.active):
+        renderer._pass(renderer._rgb, segmentation)
 
 
 def measure(env_id: str, repeats: int) -> dict[str, float]:

@@ -103,23 +103,22 @@ class FloorTiles:
         self._active = False
         self._context = mjr_context
         planes = [g for g in range(model.ngeom) if model.geom_type[g] == _PLANE]
-        large = [(ordinal, g) for ordinal, g in enumerate(planes)
+        large = [(ordinal, g, grid) for ordinal, g in enumerate(planes)
                  if (grid := plane_grid(model.geom_size[g])) is not None
                  and (len(grid[0]) - 1) * (len(grid[1]) - 1) >= MIN_QUADS]
         if len(large) != 1:
             return
-        self._ordinal, self.geom = large[0]
+        self._ordinal, self.geom, (gx, gy) = large[0]
         size = model.geom_size[self.geom]
-        gx, gy = plane_grid(size)
         # Tile edges along x and y (grid line indices), then every quad's four corners, tile by
         # tile, in MuJoCo's order within a quad: (x, y), (x+1, y), (x+1, y+1), (x, y+1).
-        self._edges = [np.r_[np.arange(0, len(g) - 1, TILE), len(g) - 1] for g in (gx, gy)]
-        self._edge_xy = (gx[self._edges[0]], gy[self._edges[1]])
+        edges = [np.r_[np.arange(0, len(g) - 1, TILE), len(g) - 1] for g in (gx, gy)]
+        self._edge_xy = (gx[edges[0]], gy[edges[1]])
         u = (gx + float(size[0])) / (2.0 * float(size[0]))
         v = 1.0 - (gy + float(size[1])) / (2.0 * float(size[1]))
         vertices, texcoords, starts = [], [], [0]
-        for i0, i1 in zip(self._edges[0][:-1], self._edges[0][1:]):
-            for j0, j1 in zip(self._edges[1][:-1], self._edges[1][1:]):
+        for i0, i1 in zip(edges[0][:-1], edges[0][1:]):
+            for j0, j1 in zip(edges[1][:-1], edges[1][1:]):
                 xs, ys = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
                 xs, ys = xs.ravel(), ys.ravel()
                 cx = np.stack([xs, xs + 1, xs + 1, xs], 1).ravel()

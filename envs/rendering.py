@@ -6,8 +6,10 @@ only the work around them is shared. ``tests/test_rendering.py`` checks both aga
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede importing mujoco
 
@@ -120,19 +122,30 @@ class SceneRenderer:
     def _render_both(self, floor_tiles: bool) -> None:
         """The RGB pass, then the segmentation pass, each read back (on the render thread); with
         ``floor_tiles``, the floor drawn as its tiles in view."""
-        flags = self._scene.flags
-        if floor_tiles:
+        with self._floor_drawn(floor_tiles):
+            self._pass(self._rgb, segmentation=False)
+            self._pass(self._segment, segmentation=True)
+
+    @contextlib.contextmanager
+    def _floor_drawn(self, tiles: bool) -> Iterator[None]:
+        """MuJoCo's plane lists pointed at this frame's floor tiles while inside, if ``tiles``."""
+        if tiles:
             self._floor.use(self._scene)
         try:
+            yield
+        finally:
+            if tiles:
+                self._floor.restore()
+
+    def _pass(self, out: np.ndarray, segmentation: bool) -> None:
+        """One ``mjr_render`` of the scene, RGB or segmentation, read back into ``out``."""
+        flags = self._scene.flags
+        flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = int(segmentation)
+        try:
             mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
-            mujoco.mjr_readPixels(self._rgb, None, self._rect, self._mjr_context)
-            flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = 1
-            mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
-            mujoco.mjr_readPixels(self._segment, None, self._rect, self._mjr_context)
+            mujoco.mjr_readPixels(out, None, self._rect, self._mjr_context)
         finally:
             flags[_RND_SEGMENT] = flags[_RND_IDCOLOR] = 0
-            if floor_tiles:
-                self._floor.restore()
 
     def _segment_labels(self) -> np.ndarray:
         """Label of each segment id of the current scene; id 0 is the empty background.

@@ -108,6 +108,16 @@ def test_floor_tiles_benchmark_times_both_ways_and_checks_every_frame(benchmark_
     assert 0 < result["drawn"] < 0.3
 
 
+def _floor_points(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The points (x, y, 0) of the grid ``xs`` x ``ys``, as rows."""
+    return np.stack(np.meshgrid(xs, ys, [0.0], indexing="ij"), -1).reshape(-1, 3)
+
+
+def _across(lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` evenly spaced values from ``lo`` to ``hi``, both included."""
+    return lo + np.linspace(0, 1, n) * (hi - lo)
+
+
 def _inside_frustum(camera, points: np.ndarray) -> np.ndarray:
     """Which world points dm_control's camera matrix puts in front of the camera and inside
     the image (an independent projection: fovy, pose and image size from dm_control; a MuJoCo
@@ -137,15 +147,13 @@ def test_no_culled_tile_reaches_the_image_by_dm_controls_own_projection(seed):
     seen = tiles.seen(renderer.scene)
     assert 0 < seen.sum() < len(seen)
     span = np.linspace(-100, 100, 401)
-    dense = np.stack(np.meshgrid(span, span, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    dense = _floor_points(span, span)
     assert _inside_frustum(camera, dense).sum() > 100  # the check sees the floor at all
     # 9 x 9 points across each tile; the floor geom sits at the origin, unrotated
-    (ex, ey), steps = tiles._edge_xy, np.linspace(0, 1, 9)
+    ex, ey = tiles._edge_xy
     for t in np.flatnonzero(~seen):
         i, j = divmod(int(t), len(ey) - 1)
-        xs = ex[i] + steps * (ex[i + 1] - ex[i])
-        ys = ey[j] + steps * (ey[j + 1] - ey[j])
-        grid = np.stack(np.meshgrid(xs, ys, [0.0], indexing="ij"), -1).reshape(-1, 3)
+        grid = _floor_points(_across(ex[i], ex[i + 1], 9), _across(ey[j], ey[j + 1], 9))
         assert not _inside_frustum(camera, grid).any(), f"tile {t} is in view but culled"
     env.close()
 
@@ -177,12 +185,10 @@ def test_outside_is_conservative_on_random_pyramids_and_tiles():
         edges = np.sort(rng.uniform(-10, 10, (2, 6)), axis=1)
         corners = np.stack(np.meshgrid(edges[0], edges[1], [0.0], indexing="ij"), -1)[:, :, 0]
         out = floor_tiles._outside(corners, apex, axes, slope)
-        steps = np.linspace(0, 1, 7)
         for i in range(5):
             for j in range(5):
-                xs = edges[0, i] + steps * (edges[0, i + 1] - edges[0, i])
-                ys = edges[1, j] + steps * (edges[1, j + 1] - edges[1, j])
-                points = np.stack(np.meshgrid(xs, ys, [0.0], indexing="ij"), -1).reshape(-1, 3)
+                points = _floor_points(_across(edges[0, i], edges[0, i + 1], 7),
+                                       _across(edges[1, j], edges[1, j + 1], 7))
                 local = (points - apex) @ axes.T
                 inside = ((local[:, 2] > 0) & (np.abs(local[:, 0]) <= slope * local[:, 2])
                           & (np.abs(local[:, 1]) <= slope * local[:, 2]))
