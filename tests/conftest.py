@@ -33,12 +33,13 @@ def fake_cheetah_expert():
 
 @pytest.fixture(scope="session")
 def benchmark_script():
-    """A loader of ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    """A loader of ``benchmarks/<name>.py`` (or ``<folder>/<name>.py``, e.g. ``scripts``) as a
+    module (those folders are not packages)."""
     import importlib.util
     from pathlib import Path
 
-    def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    def load(name: str, folder: str = "benchmarks"):
+        path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
