@@ -277,10 +277,14 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
     """Every measurement of the module docstring, as one dict (also written to ``out`` after
     each measurement when given)."""
     from masklam_bench.presets import get_preset, preset_record
+    from masklam_bench.provenance import git_state
 
     preset = get_preset(preset_name)
     report = _Report(out, max_minutes)
-    report.data.update(preset=preset_record(preset), machine=machine_info(device),
+    # Run from an installed wheel (scripts/gpu_check_device.sh) there is no checkout to ask: the
+    # script passes on the commit the wheel was built from.
+    code = {**git_state(), "built_from": os.environ.get("MASKLAM_BUILT_FROM") or None}
+    report.data.update(preset=preset_record(preset), code=code, machine=machine_info(device),
                        lam=[], downstream=[], collect=None, extrapolated={})
     report.save()
     if any(compile_modes) and device.startswith("cuda") and not report.data["machine"]["triton"]:

@@ -12,7 +12,8 @@ PyPI and Debian, writes into ``--out``:
 - dm_control's wheel with the data files of the parts the suite never loads left out
   (``SLIM_PREFIXES``: soccer and CMU-humanoid meshes, the dog's assets, test assets), which takes
   it from 56 MB to about 2 MB, since everything the device tool carries must fit in 64 MiB;
-- a wheel of this project (built here, so nothing is built there);
+- a wheel of this project (built here, so nothing is built there), and the commit it was built
+  from in ``BUILT_FROM`` (gpu-check's JSON records it under ``code``);
 
 and into ``--gl`` the Debian packages of the EGL loader (libglvnd), for a machine whose image lacks
 them. ``scripts/gpu_check_device.sh`` installs all of it there and runs the check. The total size
@@ -119,6 +120,16 @@ def gl_debs(dest: Path) -> None:
         subprocess.run(["apt-get", *opts, "-qq", "download", *GL_PACKAGES], check=True, cwd=dest)
 
 
+def built_from() -> str:
+    """The checkout's commit, with "+dirty" if tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain",
+                                                        "--untracked-files=no") else "")
+
+
 def tree_bytes() -> int:
     """Bytes of what the device tool sends besides carried folders: tracked and untracked,
     not ignored files."""
@@ -143,6 +154,7 @@ def main() -> None:
         (dm_control,) = wheels.glob("dm_control-*.whl")
         saved = slim_wheel(dm_control)
         own_wheel(wheels)
+        (wheels / "BUILT_FROM").write_text(built_from() + "\n")
         if gl is not None:
             debs.mkdir()
             gl_debs(debs)
@@ -156,7 +168,7 @@ def main() -> None:
             if dst is not None and src.exists():
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.move(str(src), dst)
-    print(f"{len(list(out.iterdir()))} wheels in {out} (dm_control slimmed by "
+    print(f"{len(list(out.glob('*.whl')))} wheels in {out} (dm_control slimmed by "
           f"{saved / 2**20:.0f} MiB)" + (f", {len(list(gl.iterdir()))} .deb files in {gl}"
                                           if gl is not None else "")
           + f"; {total / 2**20:.1f} MiB would travel with the working tree, of "

@@ -39,6 +39,9 @@ main() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$site" "$wheels"/*.whl || return 1
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" MUJOCO_GL=egl PYTHONUNBUFFERED=1
+  MASKLAM_BUILT_FROM="$(cat "$wheels/BUILT_FROM" 2>/dev/null || true)"
+  export MASKLAM_BUILT_FROM
+  echo "masklam-bench built from ${MASKLAM_BUILT_FROM:-an unknown commit}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   (cd /tmp && python3 -m masklam_bench.cli gpu-check --out "$out/gpu_check.json" \
     --max-minutes "${MAX_MINUTES:-7}" "$@")

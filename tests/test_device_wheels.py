@@ -87,6 +87,7 @@ def _device_script(tmp_path: Path, wheel_dir: Path, *args: str) -> subprocess.Co
 def test_the_device_command_installs_the_suite_and_runs_the_check(wheels, tmp_path):
     wheel_dir = tmp_path / "whl"
     wheels.own_wheel(wheel_dir)
+    (wheel_dir / "BUILT_FROM").write_text(wheels.built_from() + "\n")
     done = _device_script(tmp_path, wheel_dir, "--preset", "smoke", "--device", "cpu",
                           "--dims", "8", "--steps", "1", "--workers", "1", "--no-compile")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -97,6 +98,9 @@ def test_the_device_command_installs_the_suite_and_runs_the_check(wheels, tmp_pa
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert [r["method"] for r in result["lam"]] == ["lapo", "masklam"] and "errors" not in result
     assert result["collect"]["frames_per_s"] > 0
+    # No checkout beside the installed copy: the commit comes from the wheels' BUILT_FROM.
+    assert result["code"]["git_commit"] is None
+    assert result["code"]["built_from"] == (wheel_dir / "BUILT_FROM").read_text().strip()
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "wrote" in log and "LAM masklam d8" in log
 

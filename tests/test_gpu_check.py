@@ -15,6 +15,7 @@ def test_gpu_check_measures_every_stage_and_extrapolates_a_run(tmp_path):
     out = gpu_check("smoke", "cpu", dims=[8], steps=1, workers=1, compile_modes=(False,),
                     collect_steps=10, out=str(path))
     assert out["machine"]["versions"]["torch"] and not out["machine"]["missing"]
+    assert len(out["code"]["git_commit"]) == 40 and out["code"]["built_from"] is None
     assert out["collect"]["frames_per_s"] > 0 and set(out["collect"]["seconds"]) == {10, 30}
     assert {(r["method"], r["dim"]) for r in out["lam"]} == {("lapo", 8), ("masklam", 8)}
     assert all(r["samples_per_s"] > 0 for r in out["lam"])
