@@ -3,14 +3,15 @@
 What it does, in order, writing everything to one JSON file:
 
 1. the machine: torch, CUDA, the device and the versions of the packages the suite needs (it
-   installs nothing; a missing package is reported with how to bring it as a wheel);
+   installs nothing; a missing package is listed, and ``scripts/device_wheels.py`` brings them);
 2. LAM ``train_step`` of LAPO and MaskLAM at each latent dim with the preset's encoder and batch,
-   bf16, without and then with ``torch.compile``: samples/s and peak device memory;
+   bf16: samples/s and peak device memory;
 3. latent BC and the action decoder steps at the preset's batch, and one probe fit of the preset's
    size: seconds and peak device memory;
 4. collection with many workers: frames/s, from the difference of two episode lengths, so that
    process start-up does not count;
-5. the preset's end-to-end time per run extrapolated from those rates.
+5. the LAM rows again with ``torch.compile`` (last: their compile time is the least known);
+6. the preset's end-to-end time per run extrapolated from those rates.
 
 The file is rewritten (atomically) after every measurement, and a measurement that fails is
 recorded with its error while the others go on, so a check stopped by a time limit or a missing
@@ -290,12 +291,18 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
     if any(compile_modes) and device.startswith("cuda") and not report.data["machine"]["triton"]:
         compile_modes = tuple(c for c in compile_modes if not c)
         report.data["skipped"] = ["torch.compile rows: Triton is not installed"]
-    _measure_training(report, preset, device, dims, steps, compile_modes)
+    # The compiled rows last: their compile time is the least known (and on a lent GPU's short
+    # lease a time limit should cost them rather than the stages every run needs).
+    if False in compile_modes:
+        _lam_rows(report, preset, device, dims, steps, compile_=False)
+    _downstream_rows(report, preset, device, dims, steps)
     report.data["collect"] = report.measure(
         f"collect ({workers} workers)", lambda: collect_rate(task, workers, collect_steps))
     if report.data["collect"]:
         print(f"collect: {report.data['collect']['frames_per_s']:.0f} frames/s with {workers} "
               "workers", flush=True)
+    if True in compile_modes:
+        _lam_rows(report, preset, device, dims, steps, compile_=True)
     down = {d["dim"]: d for d in report.data["downstream"]}
     report.data["extrapolated"] = {
         f"{row['method']}_d{row['dim']}{'_compiled' if row['compile'] else ''}": extrapolate(
@@ -305,24 +312,29 @@ def gpu_check(preset_name: str, device: str, dims: list[int], steps: int, worker
     return report.data
 
 
-def _measure_training(report: _Report, preset: Any, device: str, dims: list[int], steps: int,
-                      compile_modes: tuple[bool, ...]) -> None:
-    """The LAM rows (every uncompiled one first), then latent BC, decoder and probe per dim."""
+def _lam_rows(report: _Report, preset: Any, device: str, dims: list[int], steps: int,
+              compile_: bool) -> None:
+    """The LAM rows of LAPO and MaskLAM at each dim, compiled or not."""
+    t = preset.train
+    for method in ("lapo", "masklam"):
+        for dim in dims:
+            name = f"LAM {method} d{dim} compile={compile_}"
+            row = report.measure(name, lambda m=method, d=dim: lam_rate(
+                m, d, t.encoder, t.lam_batch, steps, device, compile_))
+            if row:
+                report.data["lam"].append(row)
+                report.save()
+                peak = "" if row["peak_gib"] is None else f", peak {row['peak_gib']:.1f} GiB"
+                print(f"{name}: {row['samples_per_s']:.0f} samples/s, first step "
+                      f"{row['first_step_s']:.1f} s{peak}", flush=True)
+
+
+def _downstream_rows(report: _Report, preset: Any, device: str, dims: list[int],
+                     steps: int) -> None:
+    """Latent BC, decoder and probe per dim."""
     from masklam_bench.runner import DECODER_BATCH_PER_BC_BATCH
 
     t = preset.train
-    for compile_ in compile_modes:
-        for method in ("lapo", "masklam"):
-            for dim in dims:
-                name = f"LAM {method} d{dim} compile={compile_}"
-                row = report.measure(name, lambda m=method, d=dim, c=compile_: lam_rate(
-                    m, d, t.encoder, t.lam_batch, steps, device, c))
-                if row:
-                    report.data["lam"].append(row)
-                    report.save()
-                    peak = "" if row["peak_gib"] is None else f", peak {row['peak_gib']:.1f} GiB"
-                    print(f"{name}: {row['samples_per_s']:.0f} samples/s, first step "
-                          f"{row['first_step_s']:.1f} s{peak}", flush=True)
     decoder_batch = min(DECODER_BATCH_PER_BC_BATCH * t.bc_batch, preset.data.labelled_transitions)
     for dim in dims:
         row = report.measure(f"latent BC, decoder and probe d{dim}", lambda d=dim: downstream_rates(

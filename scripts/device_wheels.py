@@ -11,7 +11,7 @@ PyPI and Debian, writes into ``--out``:
   pins where pyproject.toml has them, else the versions measured to work with them);
 - dm_control's wheel with the data files of the parts the suite never loads left out
   (``SLIM_PREFIXES``: soccer and CMU-humanoid meshes, the dog's assets, test assets), which takes
-  it from 56 MB to about 2 MB, since everything the device tool carries must fit in 64 MiB;
+  it from 56 MB to 3.4 MB, since everything the device tool carries must fit in 64 MiB;
 - a wheel of this project (built here, so nothing is built there), and the commit it was built
   from in ``BUILT_FROM`` (gpu-check's JSON records it under ``code``);
 
@@ -105,9 +105,16 @@ def slim_wheel(path: Path, prefixes: tuple[str, ...] = SLIM_PREFIXES) -> int:
 
 
 def own_wheel(dest: Path) -> None:
-    """This project as a wheel (pure Python; its experts' weights inside)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "-w", str(dest), str(ROOT)], check=True)
+    """This project as a wheel (pure Python; its experts' weights inside), built from a copy of
+    the files the device tool sends, so that nothing stale in the checkout's ``build/`` ships
+    and the checkout is left as it was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in tree_files():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, Path(tmp) / name)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--no-build-isolation", "-w", str(Path(dest).resolve()), tmp],
+                       check=True)
 
 
 def gl_debs(dest: Path) -> None:
@@ -130,13 +137,17 @@ def built_from() -> str:
                                                         "--untracked-files=no") else "")
 
 
-def tree_bytes() -> int:
-    """Bytes of what the device tool sends besides carried folders: tracked and untracked,
-    not ignored files."""
+def tree_files() -> list[str]:
+    """What the device tool sends besides carried folders: tracked and untracked, not ignored
+    files (that exist: a deletion not yet committed is not sent)."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, check=True, capture_output=True).stdout.split(b"\0")
-    return sum((ROOT / n.decode()).stat().st_size for n in names
-               if n and (ROOT / n.decode()).is_file())
+    return [n.decode() for n in names if n and (ROOT / n.decode()).is_file()]
+
+
+def tree_bytes() -> int:
+    """Bytes of :func:`tree_files`."""
+    return sum((ROOT / name).stat().st_size for name in tree_files())
 
 
 def main() -> None:

@@ -86,7 +86,9 @@ def _device_script(tmp_path: Path, wheel_dir: Path, *args: str) -> subprocess.Co
 
 def test_the_device_command_installs_the_suite_and_runs_the_check(wheels, tmp_path):
     wheel_dir = tmp_path / "whl"
+    had_build = (ROOT / "build").exists()
     wheels.own_wheel(wheel_dir)
+    assert (ROOT / "build").exists() == had_build  # built from a copy, the checkout untouched
     (wheel_dir / "BUILT_FROM").write_text(wheels.built_from() + "\n")
     done = _device_script(tmp_path, wheel_dir, "--preset", "smoke", "--device", "cpu",
                           "--dims", "8", "--steps", "1", "--workers", "1", "--no-compile")

@@ -8,6 +8,7 @@ from masklam_bench import cli
 from masklam_bench import gpu_check as check
 from masklam_bench.gpu_check import gpu_check
 from masklam_bench.presets import get_preset
+from masklam_bench.provenance import git_state
 
 
 def test_gpu_check_measures_every_stage_and_extrapolates_a_run(tmp_path):
@@ -15,7 +16,7 @@ def test_gpu_check_measures_every_stage_and_extrapolates_a_run(tmp_path):
     out = gpu_check("smoke", "cpu", dims=[8], steps=1, workers=1, compile_modes=(False,),
                     collect_steps=10, out=str(path))
     assert out["machine"]["versions"]["torch"] and not out["machine"]["missing"]
-    assert len(out["code"]["git_commit"]) == 40 and out["code"]["built_from"] is None
+    assert out["code"] == {**git_state(), "built_from": None}
     assert out["collect"]["frames_per_s"] > 0 and set(out["collect"]["seconds"]) == {10, 30}
     assert {(r["method"], r["dim"]) for r in out["lam"]} == {("lapo", 8), ("masklam", 8)}
     assert all(r["samples_per_s"] > 0 for r in out["lam"])
