@@ -71,3 +71,35 @@ def test_the_extrapolation_follows_the_gpu_preset():
 def test_gpu_check_rejects_a_missing_device(capsys):
     assert cli.main(["gpu-check", "--device", "tpu"]) == 2
     assert "--device must be" in capsys.readouterr().err
+
+
+def test_the_compiled_rows_come_last_so_a_time_limit_costs_them_first(tmp_path, monkeypatch):
+    """Uncompiled LAM rows, then latent BC/decoder/probe, then collection, then the compiled
+    rows (whose compile time on a GPU is the least known); extrapolated for both kinds."""
+    order = []
+
+    def lam_rate(method, dim, encoder, batch, steps, device, compile_):
+        order.append(f"lam {method} {compile_}")
+        return {"method": method, "dim": dim, "compile": compile_, "batch": batch,
+                "samples_per_s": 100.0 * (1 + compile_), "first_step_s": 1.0, "peak_gib": None}
+
+    def downstream_rates(dim, *args):
+        order.append("downstream")
+        return {"dim": dim, "bc_step_s": 0.01, "decoder_step_s": 0.002, "probe_fit_s": 1.0,
+                "probe_rows": 20_000, "peak_gib": None}
+
+    def collect_rate(task, workers, steps):
+        order.append("collect")
+        return {"frames_per_s": 500.0, "workers": workers}
+
+    for name, fn in (("lam_rate", lam_rate), ("downstream_rates", downstream_rates),
+                     ("collect_rate", collect_rate)):
+        monkeypatch.setattr(check, name, fn)
+    out = gpu_check("gpu", "cpu", dims=[64], steps=1, workers=2, compile_modes=(False, True),
+                    out=str(tmp_path / "gpu_check.json"))
+    assert order == ["lam lapo False", "lam masklam False", "downstream", "collect",
+                     "lam lapo True", "lam masklam True"]
+    assert set(out["extrapolated"]) == {"lapo_d64", "masklam_d64", "lapo_d64_compiled",
+                                        "masklam_d64_compiled"}
+    compiled, plain = out["extrapolated"]["lapo_d64_compiled"], out["extrapolated"]["lapo_d64"]
+    assert compiled["lam_s"] == plain["lam_s"] / 2
