@@ -387,5 +387,20 @@ def test_bench_env_measures_every_column_and_finds_few_changed_pixels():
         assert row[key] > 0
     # Same seed, same trajectory: only shadow texels can differ, on a small share of pixels.
     assert 0.0 <= row["pixels_changed_by_shadow_map"] < 0.01
+    low, high = row["speedup_interval"]
+    assert low <= row["fps"] / row["stock_dm_control_fps"] <= high
     table = format_table(rows)
     assert "| DistractingCheetah-v0 |" in table and table.count("\n") == 4
+    assert f"x ({low:.2f}-{high:.2f}) |" in table
+
+
+def test_the_speedup_interval_resamples_turns_in_pairs():
+    from masklam_bench.bench import speedup_interval
+
+    # Load that moved both columns alike: every turn's ratio is 3, so is every resample's.
+    stock = np.array([3.0, 6.0, 3.0, 9.0])
+    assert speedup_interval(stock, stock / 3) == pytest.approx((3.0, 3.0))
+    # Turns whose ratios differ give an interval around the ratio of the sums, reproducibly.
+    ours = np.array([1.0, 1.0, 1.5, 1.0])
+    low, high = speedup_interval(stock, ours)
+    assert low < stock.sum() / ours.sum() < high and (low, high) == speedup_interval(stock, ours)
