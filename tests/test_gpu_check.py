@@ -103,3 +103,34 @@ def test_the_compiled_rows_come_last_so_a_time_limit_costs_them_first(tmp_path, 
                                         "masklam_d64_compiled"}
     compiled, plain = out["extrapolated"]["lapo_d64_compiled"], out["extrapolated"]["lapo_d64"]
     assert compiled["lam_s"] == plain["lam_s"] / 2
+
+
+def test_a_compiled_row_compiles_in_fresh_caches(monkeypatch):
+    """LAPO and MaskLAM share their networks: without fresh on-disk caches (Inductor's graphs,
+    Triton's kernels) the second compiled row would load the first's and show no compile cost."""
+    import contextlib
+
+    import torch._inductor.utils
+
+    from masklam_bench.baselines import get_method
+
+    entered = []
+
+    @contextlib.contextmanager
+    def fresh_cache():
+        entered.append("in")
+        yield
+        entered.append("out")
+
+    monkeypatch.setattr(torch._inductor.utils, "fresh_cache", fresh_cache)
+    lapo = get_method("lapo")
+    steps = []
+    real_step = lapo.train_step
+    monkeypatch.setattr(lapo, "compile", lambda self: None)  # the wiring, not a real compile
+    monkeypatch.setattr(lapo, "train_step",
+                        lambda self, batch: steps.append(list(entered)) or real_step(self, batch))
+    row = check.lam_rate("lapo", 8, "light", 2, 1, "cpu", True)
+    assert row["compile"] and entered == ["in", "out"]
+    assert steps and all(seen == ["in"] for seen in steps)  # every step inside the fresh caches
+    check.lam_rate("lapo", 8, "light", 2, 1, "cpu", False)
+    assert entered == ["in", "out"]  # an uncompiled row needs none
