@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -89,12 +90,21 @@ def _fps_in_turns(contenders: dict[str, _Stock | _Ours], steps: int) -> dict[str
     return {key: steps / s.sum() for key, s in _seconds_in_turns(contenders, steps).items()}
 
 
+MIN_TURNS = 5
+"""Fewer turns give no interval (a bootstrap over so few has next to nothing to resample)."""
+
+
 def speedup_interval(stock_s: np.ndarray, ours_s: np.ndarray, level: float = 0.95,
-                     resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+                     resamples: int = 4000, seed: int = 0) -> tuple[float, float] | None:
     """Percentile-bootstrap interval of the speed-up ``sum(stock_s) / sum(ours_s)``, resampling
-    turns with their stock and our times kept together (they ran under the same load). It says
-    how much the load moved within one run, not how much the machine moves between runs."""
+    turns with their stock and our times kept together (they ran in one round of turns, under
+    about the same load; other contenders may run between them). It says how much the load
+    moved the figure within one run, not how much the machine moves between runs, and with a
+    dozen turns it is rough (percentile intervals from few samples run narrow). ``None`` with
+    fewer than ``MIN_TURNS`` turns."""
     stock, ours = np.asarray(stock_s, np.float64), np.asarray(ours_s, np.float64)
+    if len(stock) < MIN_TURNS:
+        return None
     picks = np.random.default_rng(seed).integers(0, len(stock), (resamples, len(stock)))
     ratios = stock[picks].sum(axis=1) / ours[picks].sum(axis=1)
     low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
@@ -114,7 +124,7 @@ def env_fps(name: str, steps: int, seed: int = 0, **kwargs) -> float:
     return fps
 
 
-def run_benchmark(names: list[str], steps: int) -> list[dict[str, float | str]]:
+def run_benchmark(names: list[str], steps: int) -> list[dict[str, Any]]:
     """Measure each id (default look, with dm_control's 2048-texel shadow map, and with the floor
     replaced) and stock dm_control per task, and the share of pixels the smaller map changes.
 
@@ -138,15 +148,17 @@ def run_benchmark(names: list[str], steps: int) -> list[dict[str, float | str]]:
         for name, split in ids:
             frames = np.stack(contenders[f"{name}/default"].frames)
             stock_frames = np.stack(contenders[f"{name}/2048"].frames)
-            row: dict[str, float | str] = {
+            row: dict[str, Any] = {
                 "id": name,
                 "stock_dm_control_fps": fps["stock"],
                 "fps_stock_shadow_map": fps[f"{name}/2048"],
                 "fps": fps[f"{name}/default"],
                 "pixels_changed_by_shadow_map": float(
                     (frames != stock_frames).any(axis=-1).mean()),
+                "speedup": seconds["stock"].sum() / seconds[f"{name}/default"].sum(),
                 "speedup_interval": speedup_interval(seconds["stock"],
                                                      seconds[f"{name}/default"]),
+                "turns": len(seconds["stock"]),
             }
             if split != "none":
                 row["fps_floor_replaced"] = fps[f"{name}/replace"]
@@ -156,13 +168,14 @@ def run_benchmark(names: list[str], steps: int) -> list[dict[str, float | str]]:
     return [rows_by_name[name] for name in names]
 
 
-def format_table(rows: list[dict[str, float | str]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the benchmark rows."""
     lines = [
         (f"Frames/s on one process (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}, "
          f"{os.cpu_count()} CPUs visible); each step = physics + render + mask (+ background); "
          f"the columns of a task ran in turns of {CHUNK_STEPS} steps; the default look's "
-         "speed-up with a 95% bootstrap interval over those turns."),
+         f"speed-up with a 95% bootstrap interval over its {rows[0]['turns'] if rows else 0} "
+         f"turns (none under {MIN_TURNS})."),
         "",
         ("| id | stock dm_control | ours, 2048 shadow map | ours (default) | speed-up (95%) | "
          "pixels changed | floor replaced | speed-up |"),
@@ -174,8 +187,9 @@ def format_table(rows: list[dict[str, float | str]]) -> str:
         replaced = row.get("fps_floor_replaced")
         rep = (f"{float(replaced):.0f} | {float(replaced) / stock:.1f}x" if replaced is not None
                else "n/a | n/a")
-        low, high = row["speedup_interval"]
+        interval = row["speedup_interval"]
+        spread = "" if interval is None else f" ({interval[0]:.2f}-{interval[1]:.2f})"
         lines.append(f"| {row['id']} | {stock:.0f} | {float(row['fps_stock_shadow_map']):.0f} | "
-                     f"{fps:.0f} | {fps / stock:.2f}x ({low:.2f}-{high:.2f}) | "
+                     f"{fps:.0f} | {row['speedup']:.2f}x{spread} | "
                      f"{100 * float(row['pixels_changed_by_shadow_map']):.2f}% | {rep} |")
     return "\n".join(lines)

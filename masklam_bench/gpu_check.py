@@ -159,7 +159,7 @@ def lam_rate(method: str, dim: int, encoder: str, batch: int, steps: int, device
         # graphs and Triton's kernels on disk: LAPO and MaskLAM share their networks) and its
         # first step shows no compile cost.
         torch._dynamo.reset()
-        cold = fresh_cache()
+        cold = fresh_cache()  # a step that raises inside it leaves its temporary folder behind
         model.compile()
     data = random_batch(config, 64, 6, batch, device=device)
     with cold:

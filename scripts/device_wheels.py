@@ -128,13 +128,28 @@ def gl_debs(dest: Path) -> None:
 
 
 def built_from() -> str:
-    """The checkout's commit, with "+dirty" if tracked files differ from it."""
+    """The checkout's commit, with "+dirty" if the files the wheel is built from (tracked, and
+    untracked but not ignored) differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
                               text=True).stdout.strip()
 
-    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain",
-                                                        "--untracked-files=no") else "")
+    dirty = git("status", "--porcelain", "--untracked-files=all")
+    return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+
+
+OURS = ("*.whl", "*.deb", "BUILT_FROM")
+"""What this script writes into ``--out`` and ``--gl``: the only files it replaces there."""
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace a folder that holds anything this script did not write."""
+    if folder.exists():
+        foreign = [p.name for p in folder.iterdir() if not any(p.match(g) for g in OURS)]
+        if foreign or not folder.is_dir():
+            raise SystemExit(f"{folder} holds other files ({', '.join(sorted(foreign)[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}): pick an empty or new "
+                             "folder for the wheels and .deb files.")
 
 
 def tree_files() -> list[str]:
@@ -158,6 +173,9 @@ def main() -> None:
                         help="folder for the EGL loader's .deb files ('' to skip them)")
     args = parser.parse_args()
     out, gl = Path(args.out), Path(args.gl) if args.gl else None
+    for folder in (out, gl):
+        if folder is not None:
+            _check_replaceable(folder)
     with tempfile.TemporaryDirectory() as tmp:
         wheels, debs = Path(tmp) / "whl", Path(tmp) / "gl"
         wheels.mkdir()

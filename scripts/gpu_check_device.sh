@@ -58,7 +58,7 @@ main() {
   local here
   here="$(git -C "$root" rev-parse HEAD 2>/dev/null || true)"
   echo "masklam-bench built from ${MASKLAM_BUILT_FROM:-an unknown commit}"
-  if [ -n "$here" ] && [ "${MASKLAM_BUILT_FROM%+dirty}" != "$here" ]; then
+  if [ -n "$here" ] && [ -n "$MASKLAM_BUILT_FROM" ] && [ "${MASKLAM_BUILT_FROM%+dirty}" != "$here" ]; then
     echo "warning: the checkout here is at $here; the wheels were built from another commit"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null

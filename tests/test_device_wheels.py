@@ -76,6 +76,18 @@ def test_slimming_keeps_modules_drops_data_and_pip_installs_it(wheels, tmp_path)
     assert not (target / "pkg" / "big" / "mesh.stl").exists()
 
 
+def test_only_a_folder_of_its_own_files_is_replaced(wheels, tmp_path):
+    wheels._check_replaceable(tmp_path / "new")
+    ours = tmp_path / "whl"
+    ours.mkdir()
+    for name in ("a-1.0-py3-none-any.whl", "libegl1_1.6.0-1_amd64.deb", "BUILT_FROM"):
+        (ours / name).write_text("")
+    wheels._check_replaceable(ours)
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds other files \\(notes.txt\\)"):
+        wheels._check_replaceable(ours)
+
+
 def _device_script(tmp_path: Path, wheel_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OUT": str(tmp_path / "out"), "MASKLAM_WHEELS": str(wheel_dir),
            "MASKLAM_GL": str(tmp_path / "no-gl"), "MASKLAM_SITE": str(tmp_path / "site"),

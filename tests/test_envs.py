@@ -381,26 +381,29 @@ def test_davis_folder_supplies_the_pools(tmp_path):
 def test_bench_env_measures_every_column_and_finds_few_changed_pixels():
     from masklam_bench.bench import format_table, run_benchmark
 
-    rows = run_benchmark(["DistractingCheetah-v0"], steps=20)
+    rows = run_benchmark(["DistractingCheetah-v0"], steps=130)  # six turns, the last of 5 steps
     row = rows[0]
     for key in ("stock_dm_control_fps", "fps_stock_shadow_map", "fps", "fps_floor_replaced"):
         assert row[key] > 0
     # Same seed, same trajectory: only shadow texels can differ, on a small share of pixels.
     assert 0.0 <= row["pixels_changed_by_shadow_map"] < 0.01
     low, high = row["speedup_interval"]
-    assert low <= row["fps"] / row["stock_dm_control_fps"] <= high
+    assert row["turns"] == 6 and low <= row["speedup"] <= high
+    assert row["speedup"] == pytest.approx(row["fps"] / row["stock_dm_control_fps"])
     table = format_table(rows)
     assert "| DistractingCheetah-v0 |" in table and table.count("\n") == 4
-    assert f"x ({low:.2f}-{high:.2f}) |" in table
+    assert f"| {row['speedup']:.2f}x ({low:.2f}-{high:.2f}) |" in table and "its 6 turns" in table
 
 
 def test_the_speedup_interval_resamples_turns_in_pairs():
     from masklam_bench.bench import speedup_interval
 
     # Load that moved both columns alike: every turn's ratio is 3, so is every resample's.
-    stock = np.array([3.0, 6.0, 3.0, 9.0])
+    stock = np.array([3.0, 6.0, 3.0, 9.0, 6.0])
     assert speedup_interval(stock, stock / 3) == pytest.approx((3.0, 3.0))
     # Turns whose ratios differ give an interval around the ratio of the sums, reproducibly.
-    ours = np.array([1.0, 1.0, 1.5, 1.0])
+    ours = np.array([1.0, 1.0, 1.5, 1.0, 2.5])
     low, high = speedup_interval(stock, ours)
     assert low < stock.sum() / ours.sum() < high and (low, high) == speedup_interval(stock, ours)
+    # Too few turns to resample: no interval.
+    assert speedup_interval(stock[:4], ours[:4]) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from masklam_bench import cli
 from masklam_bench import gpu_check as check
 from masklam_bench.gpu_check import gpu_check
@@ -73,9 +75,11 @@ def test_gpu_check_rejects_a_missing_device(capsys):
     assert "--device must be" in capsys.readouterr().err
 
 
-def test_the_compiled_rows_come_last_so_a_time_limit_costs_them_first(tmp_path, monkeypatch):
+@pytest.mark.parametrize("modes", [(False, True), (True,), (False,), ()])
+def test_the_compiled_rows_come_last_so_a_time_limit_costs_them_first(tmp_path, monkeypatch,
+                                                                        modes):
     """Uncompiled LAM rows, then latent BC/decoder/probe, then collection, then the compiled
-    rows (whose compile time on a GPU is the least known); extrapolated for both kinds."""
+    rows (whose compile time on a GPU is the least known); extrapolated for each kind run."""
     order = []
 
     def lam_rate(method, dim, encoder, batch, steps, device, compile_):
@@ -95,14 +99,17 @@ def test_the_compiled_rows_come_last_so_a_time_limit_costs_them_first(tmp_path, 
     for name, fn in (("lam_rate", lam_rate), ("downstream_rates", downstream_rates),
                      ("collect_rate", collect_rate)):
         monkeypatch.setattr(check, name, fn)
-    out = gpu_check("gpu", "cpu", dims=[64], steps=1, workers=2, compile_modes=(False, True),
+    out = gpu_check("gpu", "cpu", dims=[64], steps=1, workers=2, compile_modes=modes,
                     out=str(tmp_path / "gpu_check.json"))
-    assert order == ["lam lapo False", "lam masklam False", "downstream", "collect",
-                     "lam lapo True", "lam masklam True"]
-    assert set(out["extrapolated"]) == {"lapo_d64", "masklam_d64", "lapo_d64_compiled",
-                                        "masklam_d64_compiled"}
-    compiled, plain = out["extrapolated"]["lapo_d64_compiled"], out["extrapolated"]["lapo_d64"]
-    assert compiled["lam_s"] == plain["lam_s"] / 2
+    lam = {c: [f"lam lapo {c}", f"lam masklam {c}"] for c in (False, True)}
+    assert order == (lam[False] if False in modes else []) + ["downstream", "collect"] + (
+        lam[True] if True in modes else [])
+    suffixes = [("_compiled" if c else "") for c in (False, True) if c in modes]
+    assert set(out["extrapolated"]) == {f"{m}_d64{x}" for m in ("lapo", "masklam")
+                                        for x in suffixes}
+    if modes == (False, True):
+        compiled, plain = out["extrapolated"]["lapo_d64_compiled"], out["extrapolated"]["lapo_d64"]
+        assert compiled["lam_s"] == plain["lam_s"] / 2
 
 
 def test_a_compiled_row_compiles_in_fresh_caches(monkeypatch):
@@ -124,13 +131,15 @@ def test_a_compiled_row_compiles_in_fresh_caches(monkeypatch):
 
     monkeypatch.setattr(torch._inductor.utils, "fresh_cache", fresh_cache)
     lapo = get_method("lapo")
-    steps = []
+    steps, compiled = [], []
     real_step = lapo.train_step
-    monkeypatch.setattr(lapo, "compile", lambda self: None)  # the wiring, not a real compile
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: compiled.append("reset"))
+    # The wiring, not a real compile (minutes of C++ on a CPU).
+    monkeypatch.setattr(lapo, "compile", lambda self: compiled.append("compile"))
     monkeypatch.setattr(lapo, "train_step",
                         lambda self, batch: steps.append(list(entered)) or real_step(self, batch))
     row = check.lam_rate("lapo", 8, "light", 2, 1, "cpu", True)
-    assert row["compile"] and entered == ["in", "out"]
+    assert row["compile"] and entered == ["in", "out"] and compiled == ["reset", "compile"]
     assert steps and all(seen == ["in"] for seen in steps)  # every step inside the fresh caches
     check.lam_rate("lapo", 8, "light", 2, 1, "cpu", False)
     assert entered == ["in", "out"]  # an uncompiled row needs none
