@@ -10,7 +10,8 @@
 # check from outside the checkout, so that Python imports the installed suite (the checkout's
 # envs/ and baselines/ only become masklam_bench.envs and .baselines when installed). Everything
 # it prints goes to gpu_check.log beside gpu_check.json in $OUT (default: results/, which git
-# ignores). Extra arguments go to gpu-check (e.g. --steps 50); MAX_MINUTES (default 6) bounds when
+# ignores), after a smoke-preset run of the whole pipeline (its result file in $OUT/smoke/).
+# Extra arguments go to gpu-check (e.g. --steps 50); MAX_MINUTES (default 5) bounds when
 # a measurement may start; MASKLAM_WHEELS, MASKLAM_GL and MASKLAM_SITE move the folders (the tests
 # use them).
 set -uo pipefail
@@ -62,8 +63,16 @@ main() {
     echo "warning: the checkout here is at $here; the wheels were built from another commit"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  # The whole pipeline once at the smoke preset on the machine's default device (CUDA there):
+  # collection, LAM, probe, latent BC, decoder and rollouts, in seconds; its result file comes
+  # back in smoke/. A failure is reported and the check goes on.
+  local scratch
+  scratch="$(mktemp -d)"
+  (cd /tmp && timeout 300 python3 -m masklam_bench.cli run --method masklam --preset smoke \
+    --dims 8 --runs-root "$scratch/runs" --data-root "$scratch/data" --out "$out/smoke") \
+    || echo "the smoke run failed (exit $?); going on with gpu-check"
   (cd /tmp && python3 -m masklam_bench.cli gpu-check --out "$out/gpu_check.json" \
-    --max-minutes "${MAX_MINUTES:-6}" "$@")
+    --max-minutes "${MAX_MINUTES:-5}" "$@")
 }
 
 main "$@" 2>&1 | tee "$out/gpu_check.log"

@@ -117,6 +117,10 @@ def test_the_device_command_installs_the_suite_and_runs_the_check(wheels, tmp_pa
     assert result["code"]["built_from"] == (wheel_dir / "BUILT_FROM").read_text().strip()
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "wrote" in log and "LAM masklam d8" in log
+    # The smoke run of the whole pipeline came first, its result file beside the check's.
+    (smoke,) = (tmp_path / "out" / "smoke").glob("cheetah-run__masklam__d8__s0__smoke.json")
+    assert json.loads(smoke.read_text())["metrics"]["probe_nmse"] > 0
+    assert log.index("probe NMSE") < log.index("LAM lapo d8")
 
 
 def test_the_device_command_without_wheels_says_what_to_do(tmp_path):
