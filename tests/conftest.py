@@ -49,13 +49,16 @@ def benchmark_script():
 
 
 def run_python(code: str, timeout: float, stdin: str | None = None,
-               cwd: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -c code`` in a fresh interpreter; fail the test if it outlives ``timeout``.
+               cwd: str | None = None, script: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` (or, with ``script``, that file: spawned workers re-import a
+    ``__main__`` only from a file) in a fresh interpreter; fail the test if it outlives
+    ``timeout``.
 
     On a timeout the whole process group is killed, so workers a hung run started (e.g. forked
     vector-env workers) do not outlive the test.
     """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+    args = [sys.executable, script] if script is not None else [sys.executable, "-c", code]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             start_new_session=True)
     try:

@@ -524,7 +524,8 @@ def test_background_motion_of_distracting_and_clean_datasets(dataset, copy):
 
 
 def test_a_script_without_a_main_guard_stops_with_the_fix_instead_of_waiting(tmp_path,
-                                                                              fake_expert):
+                                                                              fake_expert,
+                                                                              fresh_python):
     # Each spawned worker imports the script again; unguarded, it would collect again in every
     # worker and wait forever for the parent's lock on the dataset.
     script = tmp_path / "unguarded.py"
@@ -532,8 +533,8 @@ def test_a_script_without_a_main_guard_stops_with_the_fix_instead_of_waiting(tmp
         "from masklam_bench.collect import collect\n"
         f"collect({ENV!r}, {str(tmp_path / 'root')!r}, episodes=2, episode_steps=3, "
         f"workers=2, progress=False, test_episodes=1, expert_path={fake_expert!r})\n")
-    result = subprocess.run([sys.executable, str(script)], check=False, capture_output=True,
-                            text=True, timeout=240, env={**os.environ, "MUJOCO_GL": "egl"})
+    # A regression (workers waiting on the lock) fails at the timeout, its workers killed too.
+    result = fresh_python("", timeout=240, script=str(script))
     assert result.returncode != 0
     assert 'if __name__ == "__main__":' in result.stderr
     assert "worker stopped unexpectedly" in result.stderr
