@@ -71,6 +71,7 @@ main() {
   (cd /tmp && timeout 300 python3 -m masklam_bench.cli run --method masklam --preset smoke \
     --dims 8 --runs-root "$scratch/runs" --data-root "$scratch/data" --out "$out/smoke") \
     || echo "the smoke run failed (exit $?); going on with gpu-check"
+  rm -rf "$scratch"  # its dataset and run folder; the result file is in $out/smoke
   (cd /tmp && python3 -m masklam_bench.cli gpu-check --out "$out/gpu_check.json" \
     --max-minutes "${MAX_MINUTES:-5}" "$@")
 }
