@@ -234,6 +234,16 @@ def test_video_playback_bounces():
     assert idx == [1, 0, 1, 2, 1]
 
 
+def test_crop_window_is_the_wrapped_window_at_the_floored_offset():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (128, 96, 3), dtype=np.uint8)
+    for offset in [(0.0, 0.0), (127.9, 95.99), (64.0, 32.5), *rng.uniform(0, 128, (20, 2))]:
+        oy, ox = (int(np.floor(v)) for v in offset)
+        expected = np.roll(frame, (-oy, -ox), axis=(0, 1))[:40, :40]
+        out = distractors.crop_window(frame, np.asarray(offset), 40)
+        assert out.flags.c_contiguous and np.array_equal(out, expected), offset
+
+
 def _coupling_correlation(coupling: float, steps: int = 150) -> float:
     """Correlation between per-step background motion and the projected action in a rollout."""
     env = gym.make("DistractingCheetah-v0", coupling=coupling)
