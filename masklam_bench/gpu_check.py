@@ -151,18 +151,19 @@ def lam_rate(method: str, dim: int, encoder: str, batch: int, steps: int, device
     torch.manual_seed(0)
     config = LamConfig(latent_dim=dim, encoder=encoder, total_steps=1000, bf16=True)
     model = get_method(method)(config, 64, 6, device)
-    cold = contextlib.nullcontext()
-    if compile_ and hasattr(model, "compile"):
-        from torch._inductor.utils import fresh_cache
+    with contextlib.ExitStack() as cold:
+        if compile_ and hasattr(model, "compile"):
+            from torch._inductor.utils import fresh_cache
 
-        # Else a row reuses what an earlier one compiled (dynamo's graphs in memory; Inductor's
-        # graphs and Triton's kernels on disk: LAPO and MaskLAM share their networks) and its
-        # first step shows no compile cost.
-        torch._dynamo.reset()
-        cold = fresh_cache()  # a step that raises inside it leaves its temporary folder behind
-        model.compile()
-    data = random_batch(config, 64, 6, batch, device=device)
-    with cold:
+            # Else a row reuses what an earlier one compiled (dynamo's graphs in memory;
+            # Inductor's graphs and Triton's kernels on disk: LAPO and MaskLAM share their
+            # networks) and its first step shows no compile cost. fresh_cache keeps its folder
+            # when a step raises; the folder it is made in goes either way.
+            torch._dynamo.reset()
+            parent = cold.enter_context(tempfile.TemporaryDirectory(prefix="masklam-inductor-"))
+            cold.enter_context(fresh_cache(dir=parent))
+            model.compile()
+        data = random_batch(config, 64, 6, batch, device=device)
         _reset_peak(device)
         t0 = time.perf_counter()
         model.train_step(data)  # includes compilation when asked: reported apart

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,11 +122,13 @@ def test_a_compiled_row_compiles_in_fresh_caches(monkeypatch):
 
     from masklam_bench.baselines import get_method
 
-    entered = []
+    entered, folders = [], []
 
     @contextlib.contextmanager
-    def fresh_cache():
+    def fresh_cache(dir=None):  # torch's keeps its folder (made in ``dir``) when a step raises
+        folders.append(Path(dir))
         entered.append("in")
+        (Path(dir) / "kept").mkdir()
         yield
         entered.append("out")
 
@@ -143,3 +146,7 @@ def test_a_compiled_row_compiles_in_fresh_caches(monkeypatch):
     assert steps and all(seen == ["in"] for seen in steps)  # every step inside the fresh caches
     check.lam_rate("lapo", 8, "light", 2, 1, "cpu", False)
     assert entered == ["in", "out"]  # an uncompiled row needs none
+    monkeypatch.setattr(lapo, "train_step", lambda self, batch: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        check.lam_rate("lapo", 8, "light", 2, 1, "cpu", True)
+    assert len(folders) == 2 and not any(folder.exists() for folder in folders)
