@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import numbers
 import os
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -180,6 +183,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         # The renderer (and its OpenGL context) is made on first render, so that building an env in
         # a parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
         self._renderer: rendering.SceneRenderer | None = None
+        self._exit_hook: functools.partial[None] | None = None
         self._hide_floor_effects = distractors != "none" and floor == "replace"
         self._agent_geoms = np.asarray(model.geom_bodyid) != _WORLD_BODY
         floor_geoms = (np.asarray(model.geom_bodyid) == _WORLD_BODY) & (
@@ -267,6 +271,9 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     def close(self) -> None:
         """Free the renderer, its OpenGL context and the physics; the env cannot be used after."""
         self._renderer = None
+        if getattr(self, "_exit_hook", None) is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
         if getattr(self, "_dm", None) is not None:
             self._dm._env.close()
             self._dm = None
@@ -315,6 +322,13 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             self._renderer = rendering.SceneRenderer(
                 self._physics, self.size, self.camera_id, self._geom_labels,
                 floor_effects=not self._hide_floor_effects)
+            if self._exit_hook is None:
+                # Registered after dm_control's own exit hook for the context the renderer has
+                # just made, so it runs first (last in, first out): an env left open at exit is
+                # closed before dm_control frees that context, which would otherwise find the
+                # renderer's references to it and print an AssertionError.
+                self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+                atexit.register(self._exit_hook)
         return self._renderer.render()
 
     def _observe(self, state_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -366,6 +380,13 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         """The action-to-background projection W of this env (pixels at 64 px)."""
         return self._motion.projection
 
+
+
+def _close_at_exit(env_ref: weakref.ref[DistractingControlEnv]) -> None:
+    """Close an env that is still open when the interpreter exits."""
+    env = env_ref()
+    if env is not None:
+        env.close()
 
 
 def _blend_table(alpha: float) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from masklam_bench.checks import (
 )
 from masklam_bench.errors import BenchError, UserError
 from masklam_bench.plan import check_experts, run_jobs
+from masklam_bench.precision import add_bf16_flag, float32_note, uses_bf16
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -60,6 +61,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
     jobs = run_jobs(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)
+    note = float32_note(args.bf16, device)
+    if note:
+        print(note)
     from masklam_bench.runner import RunConfig, run
 
     print(f"preset {args.preset}" + (f" with --set {args.overrides}" if args.overrides else "")
@@ -69,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                            preset=args.preset, device=device, data_root=args.data_root,
                            runs_root=args.runs_root, results_dir=args.out,
                            threads=args.threads, compile=args.compile,
-                           mask_source=args.mask_source, bf16=not args.no_bf16,
+                           mask_source=args.mask_source, bf16=args.bf16,
                            overrides=args.overrides, tensorboard=not args.no_tensorboard)
         print(f"[{n}/{len(jobs)}] {config.run_name}")
         result = run(config)
@@ -90,16 +94,20 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     check_device(args.device)
     for name in args.methods.split(","):
         method_class(name)
+    note = float32_note(args.bf16, args.device)
+    if note:
+        print(note)
+    bf16 = uses_bf16(args.bf16, args.device)
     print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
           "\n|---|---|---:|---|---:|---:|---:|")
     for name in args.methods.split(","):
         for dim in dims:
             for n in threads:
-                config = LamConfig(latent_dim=dim, encoder=args.encoder, bf16=not args.no_bf16)
+                config = LamConfig(latent_dim=dim, encoder=args.encoder, bf16=bf16)
                 res = train_throughput(name, config, 64, batch=args.batch, steps=args.steps,
                                        device=args.device, threads=n)
                 bare = res["bare_samples_per_s"]
-                print(f"| {name} | {args.encoder} | {dim} | {not args.no_bf16} | {n} | "
+                print(f"| {name} | {args.encoder} | {dim} | {bf16} | {n} | "
                       f"{res['method_samples_per_s']:.0f} | "
                       f"{'n/a' if bare is None else f'{bare:.0f}'} |")
 
@@ -171,8 +179,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int_at_least(0), default=0,
                    help="torch CPU threads (0: all cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
-    p.add_argument("--no-bf16", action="store_true",
-                   help="run the LAM, latent BC and decoder in float32 (no bf16 autocast)")
+    add_bf16_flag(p)
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard curves (default: RUNS_ROOT/<run>/tb/, see "
                         "`tensorboard --logdir runs`)")
@@ -217,7 +224,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed steps per block")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    add_bf16_flag(p)
     p.set_defaults(func=_cmd_bench_train)
 
     p = sub.add_parser("train-expert", help="train (or resume) a state-based SAC expert")

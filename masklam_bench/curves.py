@@ -61,7 +61,7 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
                                "probe_nmse": done[str(step)],
                                "probe_nmse_untrained": base["probe_nmse_untrained"],
                                "lr": r.preset.train.lam_lr, "warmup": r.preset.train.lam_warmup,
-                               "schedule_steps": max(steps)})
+                               "schedule_steps": max(steps), "bf16": r.config.bf16})
     return points
 
 
@@ -89,8 +89,8 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
 
     Every file must be a probe curve of ``task`` at ``preset`` and one latent dim, with the same
     ``--set`` overrides and distractor videos (a file without them: procedural), and every point
-    must come from one LAM schedule (peak lr, warm-up, schedule length), so that methods are
-    compared at the same training. A (method, seed, step) point found twice must agree in every
+    must come from one LAM schedule (peak lr, warm-up, schedule length) and one precision (bf16
+    or float32), so that methods are compared at the same training. A (method, seed, step) point found twice must agree in every
     field. Returns the points, the overrides, the dim and the videos.
     """
     from masklam_bench.errors import UserError
@@ -139,6 +139,10 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
     if len(schedules) > 1:
         raise UserError("the points come from different LAM schedules (lr, warm-up, steps): "
                         f"{sorted(schedules)}; one curve compares methods at one schedule.")
+    # Points made before curves recorded the precision were all bf16 runs.
+    if len({p.get("bf16", True) for p in points.values()}) > 1:
+        raise UserError("the points mix bf16 and float32 runs (a CPU without bf16 instructions "
+                        "trains in float32); one curve compares methods at one precision.")
     return [points[k] for k in sorted(points)], overrides or {}, dim or 0, \
         videos or PROCEDURAL_VIDEOS
 
@@ -255,19 +259,22 @@ def ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
             "train_episodes": preset["data"]["train_episodes"],
             # Absent from records at its old value 0 (presets.LATE_FIELDS).
             "bc_random_shift": preset["train"].get("bc_random_shift", 0), "seed": record["seed"],
+            # A float32 run (no bf16 autocast: ``--no-bf16``, a CPU without bf16) is its own line.
+            "bf16": (record["config"].get("run") or {}).get("bf16", True) is not False,
             "normalized_return_id": m["normalized_return_id"],
             "episodes": [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]],
             "bc_s": record.get("timings", {}).get("bc_s")}
 
 
-def _series(point: dict[str, Any]) -> tuple[int, int]:
-    """The line a ceiling point belongs to: (train episodes, random shift)."""
-    return point["train_episodes"], point.get("bc_random_shift", 0)
+def _series(point: dict[str, Any]) -> tuple[int, int, bool]:
+    """The line a ceiling point belongs to: (train episodes, random shift, bf16)."""
+    return point["train_episodes"], point.get("bc_random_shift", 0), point.get("bf16", True)
 
 
-def _series_label(series: tuple[int, int]) -> str:
-    episodes, shift = series
-    return f"{episodes} train episodes" + (f", shift {shift}" if shift else "")
+def _series_label(series: tuple[int, int, bool]) -> str:
+    episodes, shift, bf16 = series
+    return (f"{episodes} train episodes" + (f", shift {shift}" if shift else "")
+            + ("" if bf16 else ", float32"))
 
 
 def _without_swept(preset: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +316,7 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
             if float(y.mean()) < gate:  # above it, a steeper line would reach it later
                 fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
         fits.append({"train_episodes": series[0], "bc_random_shift": series[1],
-                     "runs": len(mine), "per_doubling": slope, "per_doubling_ci95": ci,
+                     "bf16": series[2], "runs": len(mine), "per_doubling": slope, "per_doubling_ci95": ci,
                      "p_value": p_value, "intercept_log2": intercept, "gate": gate,
                      "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
                      "steps_to_gate_fastest": fastest})

@@ -88,6 +88,10 @@ VIDEOS_KEY = "videos"
 """The key under which distractor videos other than the procedural ones (DAVIS-2017, through
 ``$MASKLAM_DAVIS_DIR``) join a table's overrides text: such runs get a section of their own, like
 runs with ``--set`` overrides."""
+PRECISION_KEY = "precision"
+"""The key under which a run trained in float32 (``config.run.bf16`` false: ``--no-bf16``, or a
+CPU without bf16 instructions) joins its table's overrides text: the presets' rows are bf16 runs,
+and a float32 run is not ranked among them."""
 
 NO_DIM = 0
 """Latent-dim key of a row whose latent is the true action (it has no latent dim of its own)."""
@@ -342,6 +346,9 @@ def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     videos = recorded_videos(record)
     if videos != PROCEDURAL_VIDEOS:
         overrides[VIDEOS_KEY] = videos
+    run = (record.get("config") or {}).get("run")
+    if isinstance(run, dict) and run.get("bf16") is False:
+        overrides[PRECISION_KEY] = "float32"
     record["_table"] = _TableId(record["preset"], protocol_id(record), overrides_text(overrides))
     record["_no_probe"] = no_probe
     record["_dim"] = NO_DIM if no_probe else record["latent_dim"]
@@ -1002,9 +1009,10 @@ def _other_section(board: _Board, table: _TableId, current: str | None) -> list[
     """A section of rows that are not the current protocol, headed by what differs."""
     heading = f"## Preset `{table.preset}`, protocol `{table.protocol}`"
     if table.overrides:
-        videos, sets = _split_videos(table.overrides)
+        videos, precision, sets = _split_overrides_text(table.overrides)
         heading += " with " + " and ".join(
-            ([f"{videos} videos"] if videos else []) + (["`--set` overrides"] if sets else []))
+            ([f"{videos} videos"] if videos else []) + ([precision] if precision else [])
+            + (["`--set` overrides"] if sets else []))
     suffix = f" (protocol `{table.protocol}`{_overrides_suffix(table.overrides)})"
     return [heading, "", _protocol_note(table, current) + " These rows are never in the main "
             "tables or aggregates; plots show the current protocol only.", ""] + \
@@ -1012,26 +1020,39 @@ def _other_section(board: _Board, table: _TableId, current: str | None) -> list[
 
 
 def _overrides_suffix(overrides: str) -> str:
-    """What a section's table titles add after the protocol: its videos and/or ``overrides``."""
-    videos, sets = _split_videos(overrides)
-    return "".join(([f", {videos} videos"] if videos else []) + ([", overrides"] if sets else []))
+    """What a section's table titles add after the protocol: its videos, precision and/or
+    ``overrides``."""
+    videos, precision, sets = _split_overrides_text(overrides)
+    parts = [f"{videos} videos"] if videos else []
+    parts += [precision] if precision else []
+    parts += ["overrides"] if sets else []
+    return "".join(f", {part}" for part in parts)
 
 
-def _split_videos(overrides: str) -> tuple[str, str]:
-    """A table's overrides text as (its distractor videos or "", the ``--set`` overrides)."""
+def _split_overrides_text(overrides: str) -> tuple[str, str, str]:
+    """A table's overrides text as (its distractor videos or "", its precision or "", the
+    ``--set`` overrides)."""
     parts = overrides.split(", ") if overrides else []
-    videos = [p.split("=", 1)[1] for p in parts if p.startswith(f"{VIDEOS_KEY}=")]
-    return (videos[0] if videos else "",
-            ", ".join(p for p in parts if not p.startswith(f"{VIDEOS_KEY}=")))
+    found = {key: "" for key in (VIDEOS_KEY, PRECISION_KEY)}
+    sets = []
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key in found:
+            found[key] = value
+        else:
+            sets.append(part)
+    return found[VIDEOS_KEY], found[PRECISION_KEY], ", ".join(sets)
 
 
 def _protocol_note(table: _TableId, current: str | None) -> str:
     """One sentence saying how a section's protocol differs from the current one."""
     now = "none" if current is None else f"`{current}`"
     if table.overrides:
-        videos, sets = _split_videos(table.overrides)
+        videos, precision, sets = _split_overrides_text(table.overrides)
         parts = [f"{videos} distractor videos, not the procedural ones of the main tables"] \
             if videos else []
+        parts += [f"{precision} training, not the bf16 autocast of the main tables"] \
+            if precision else []
         parts += [f"--set {_cell(sets)}"] if sets else []
         return f"Made with {' and '.join(parts)} (protocol `{table.protocol}`; current {now})."
     if table.protocol == UNKNOWN_PROTOCOL:

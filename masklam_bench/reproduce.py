@@ -141,6 +141,18 @@ def code_notes(record: dict[str, Any], config) -> list[str]:
     return notes
 
 
+def precision_notes(config) -> list[str]:
+    """A note when the file's run used bf16 autocast and this machine's CPU does not compute in
+    bf16 fast (:func:`masklam_bench.precision.fast_bf16`)."""
+    from masklam_bench.precision import fast_bf16
+
+    if config.bf16 and not fast_bf16(config.device):
+        return [("the file's run used bf16 autocast, and this CPU has no bf16 instructions "
+                 "(AVX-512 or AMX): the rerun is 10-60x slower than float32 here, and its "
+                 "numbers differ from those of a CPU with them (other kernels).")]
+    return []
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON values, NaN equal to NaN."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
@@ -234,7 +246,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"[{n}/{len(jobs)}] {path}: {config.run_name}, preset {config.preset}, "
               f"threads {config.threads}, device {config.device}"
               + (f", --set {config.overrides}" if config.overrides else ""))
-        for note in code_notes(record, config):
+        for note in code_notes(record, config) + precision_notes(config):
             print(f"  note: {note}")
         if args.dry_run:
             continue

@@ -42,6 +42,7 @@ from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, distractor_videos
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
+from masklam_bench.precision import uses_bf16
 from masklam_bench.presets import (
     DATA_FIELDS_OF_DATASET,
     Preset,
@@ -117,8 +118,10 @@ class RunConfig:
     mask_source: str = "exact"
     """Agent masks the method trains with: ``exact`` (simulator), ``sam2`` (stored SAM 2 masks), or a
     corruption of the exact masks: ``dilate-R``, ``erode-R``, ``flip-P``, ``drop-P``."""
-    bf16: bool = True
-    """bf16 autocast for the LAM, latent BC and decoder (CPU too: faster with bf16 instructions)."""
+    bf16: bool | None = None
+    """bf16 autocast for the LAM, latent BC and decoder: None uses it where the device computes in
+    bf16 fast (CUDA, CPUs with AVX-512 or AMX) and float32 elsewhere
+    (:func:`masklam_bench.precision.uses_bf16`); True or False forces it."""
     data_seed: int = 0
     """Seed of dataset collection (shared by all methods so their data are identical)."""
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -130,7 +133,7 @@ class RunConfig:
     @property
     def variant(self) -> str:
         """What sets this run apart from the preset's protocol, e.g. ``+fp32+set-1a2b3c``."""
-        tags = [] if self.bf16 else ["fp32"]
+        tags = [] if uses_bf16(self.bf16, self.device) else ["fp32"]
         if distractor_videos() == DAVIS_VIDEOS:  # $MASKLAM_DAVIS_DIR: never a procedural run's name
             tags.append("davis")
         if self.data_seed:
@@ -211,7 +214,8 @@ def build_method(config: RunConfig, preset: Preset, image_size: int, action_dim:
     cls = get_method(config.method)
     lam = LamConfig(latent_dim=config.latent_dim or 1, encoder=preset.train.encoder,
                     total_steps=preset.train.lam_steps, lr=preset.train.lam_lr,
-                    warmup_steps=preset.train.lam_warmup, bf16=config.bf16)
+                    warmup_steps=preset.train.lam_warmup,
+                    bf16=uses_bf16(config.bf16, config.device))
     overrides = cls.config_overrides() if hasattr(cls, "config_overrides") else {}
     lam = dataclasses.replace(lam, **overrides)
     torch.manual_seed(seed)
@@ -703,12 +707,13 @@ def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict
 
 
 def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
-    """The config with its task's full name (and no latent dim for action-latent methods), and
-    its preset with the config's overrides applied."""
+    """The config with its task's full name (no latent dim for action-latent methods, and its
+    precision decided), and its preset with the config's overrides applied."""
     task = get_task(config.task)
     cls = get_method(config.method)
     dim = 0 if cls.latent_is_action else config.latent_dim
-    config = dataclasses.replace(config, task=task.name, latent_dim=dim)
+    config = dataclasses.replace(config, task=task.name, latent_dim=dim,
+                                 bf16=uses_bf16(config.bf16, config.device))
     return config, apply_overrides(get_preset(config.preset), config.overrides)
 
 

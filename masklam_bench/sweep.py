@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from masklam_bench.checks import check_device, int_at_least, method_class, parse_overrides
 from masklam_bench.errors import BenchError, UserError
 from masklam_bench.plan import check_experts, check_run_options, run_jobs
+from masklam_bench.precision import add_bf16_flag, float32_note, uses_bf16
 
 if TYPE_CHECKING:
     from masklam_bench.runner import RunConfig
@@ -78,8 +79,10 @@ class SweepOptions:
     """Checkpoint folder, shared by every worker (runs resume from it)."""
     out: str = "results"
     """Folder of the result files; a run whose file is here is skipped."""
-    bf16: bool = True
-    """bf16 autocast (``--no-bf16`` turns it off, as for ``run``)."""
+    bf16: bool | None = None
+    """bf16 autocast (``--bf16`` / ``--no-bf16``, as for ``run``); None: decided for every run
+    on this machine when the sweep is planned (:func:`masklam_bench.precision.uses_bf16`), so
+    that the runs' names are known before any worker starts."""
     tensorboard: bool = True
     """TensorBoard curves in each run's folder (``--no-tensorboard`` turns them off)."""
     compile: bool = False
@@ -244,7 +247,7 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
                     device=options.device, data_root=options.data_root,
                     runs_root=options.runs_root, results_dir=options.out,
                     threads=options.cpus_per_run, compile=options.compile, mask_source=source,
-                    bf16=options.bf16, overrides=overrides,
+                    bf16=uses_bf16(options.bf16, options.device), overrides=overrides,
                     tensorboard=options.tensorboard)
                 runs.setdefault(config.run_name, config)
     check_experts(c.task for c in runs.values())
@@ -612,7 +615,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         launcher=args.launcher, ray_address=args.ray_address, ray_cpus=args.ray_cpus,
         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
         data_root=absolute(args.data_root), runs_root=absolute(args.runs_root),
-        out=absolute(args.out), bf16=not args.no_bf16, tensorboard=not args.no_tensorboard,
+        out=absolute(args.out), bf16=args.bf16, tensorboard=not args.no_tensorboard,
         compile=args.compile,
         slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
         mem_gb=args.mem_gb, slurm_params=_parse_slurm_params(args.slurm_param),
@@ -655,6 +658,9 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         print("note: preset gpu with no GPU per run: every run trains the gpu preset's IMPALA "
               "networks (30,000 LAM steps, 440 episodes) on the CPU, which it was not sized for; "
               "pass --gpus-per-run 1, or --preset cpu for the CPU-sized benchmark.")
+    note = float32_note(options.bf16, options.device)
+    if runs and note:
+        print(note)
     if options.dry_run:
         print(dry_run_text(runs, options))
         return
@@ -721,8 +727,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="data", help="dataset folder (shared on a cluster)")
     p.add_argument("--runs-root", default="runs", help="checkpoint folder (shared on a cluster)")
     p.add_argument("--out", default="results", help="result folder (shared on a cluster)")
-    p.add_argument("--no-bf16", action="store_true",
-                   help="run the LAM, latent BC and decoder in float32 (no bf16 autocast)")
+    add_bf16_flag(p)
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard curves in the runs' folders")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")

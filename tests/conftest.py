@@ -11,6 +11,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _float32_unless_asked():
+    """Runs that ask for no precision train in float32 here, on every machine, so that their names
+    (``+fp32``) and speed do not depend on whether the CPU has bf16 instructions (bf16 autocast
+    is 10-60x slower without them); tests of bf16 ask for it (``bf16=True``)."""
+    from masklam_bench import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "fast_bf16", lambda device: False)
+        yield
+
+
 def write_fake_cheetah_expert(path, *, hidden: int = 16, seed: int = 0,
                               eval_return: float = 1.0) -> str:
     """Write a small random cheetah-run actor in the shipped weights format; return its path.

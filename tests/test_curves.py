@@ -99,14 +99,14 @@ def test_ceiling_curve_is_read_back_from_result_files(ceiling_runs, tmp_path):
     other["config"]["preset"]["train"]["decoder_steps"] = 9
     (copy / "other.json").write_text(json.dumps(other))
     (copy / "broken.json").write_text("{")
-    more = json.loads(next(copy.glob("*bc-labels__s0__smoke.json")).read_text())  # 3 BC steps
+    more = json.loads(next(copy.glob("*bc-labels__s0__smoke+fp32.json")).read_text())  # 3 steps
     more["overrides"] = {**more["overrides"], "train.eval_episodes": 4}
     more["config"]["preset"]["train"]["eval_episodes"] = 4
     more["seed"] = 7
     (copy / "more.json").write_text(json.dumps(more))
     davis = dict(more, seed=8, dataset={**more["dataset"], "distractor_videos": "DAVIS-2017"})
     (copy / "davis.json").write_text(json.dumps(davis))  # another kind of video: not this curve
-    four = next(copy.glob("*bc-labels__s0__smoke+set*.json"))  # the 4-step run, measured again
+    four = next(copy.glob("*bc-labels__s0__smoke+fp32+set*.json"))  # 4 steps, measured again
     again = json.loads(four.read_text())
     again["metrics"]["return_id_episodes"] *= 2
     four.write_text(json.dumps(again))
@@ -186,7 +186,8 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
            "control": _curve(0, 0.2, probe_nmse_untrained=0.3),  # same probe, other control
            "dim": dict(_curve(2, 0.3), dim=8192), "nodim": {**_curve(2, 0.3), "dim": None},
            "method_schedule": lapo, "old": old,
-           "davis": dict(_curve(2, 0.3), distractor_videos="DAVIS-2017")}
+           "davis": dict(_curve(2, 0.3), distractor_videos="DAVIS-2017"),
+           "fp32": _curve(1, 0.3, bf16=False)}  # files[0]'s points, made before bf16 was kept
     del bad["nodim"]["dim"]
     for name, curve in bad.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(curve))
@@ -199,6 +200,7 @@ def test_probe_curves_of_several_seeds_merge_into_one(tmp_path, capsys):
     assert "at latent dim 8192" in err and "records no latent dim" in err
     assert "its points lack lr" in err and "Traceback" not in err
     assert "made on DAVIS-2017 distractor videos" in err
+    assert "the points mix bf16 and float32 runs" in err
 
 
 def test_fit_ceiling_above_the_gate_has_no_fastest_line():
@@ -206,3 +208,14 @@ def test_fit_ceiling_above_the_gate_has_no_fastest_line():
               for s, r in [(1000, 0.6), (2000, 0.75), (4000, 0.8)]]
     (fit,) = curves.fit_ceiling(points, gate=0.5)
     assert fit["steps_to_gate"] < 1000 and fit["steps_to_gate_fastest"] is None
+
+
+def test_float32_ceiling_points_are_a_line_of_their_own():
+    points = [{"bc_steps": s, "train_episodes": 24, "normalized_return_id": r, "bf16": bf16}
+              for bf16 in (True, False) for s, r in [(1000, 0.1), (2000, 0.2)]]
+    fits = curves.fit_ceiling(points)
+    assert [(f["bf16"], f["runs"]) for f in fits] == [(False, 2), (True, 2)]
+    assert "float32" in curves.describe_fit(fits[0]) and "float32" not in curves.describe_fit(
+        fits[1])
+    legacy = [{k: v for k, v in p.items() if k != "bf16"} for p in points[:2]]  # bf16 runs
+    assert curves.fit_ceiling(legacy)[0]["bf16"] is True

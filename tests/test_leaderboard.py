@@ -321,6 +321,28 @@ def test_runs_on_davis_videos_get_their_own_section(tmp_path):
     assert f"(protocol `{now}`, DAVIS-2017 videos)" in readme
 
 
+def test_float32_runs_get_their_own_section(tmp_path):
+    bf16 = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    fp32 = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
+    for r in bf16:
+        r["config"]["run"] = {"bf16": True}
+    for r in fp32:
+        r["config"]["run"] = {"bf16": False}
+        r["run_name"] += "+fp32"
+    readme, summary = _board(tmp_path, bf16 + fp32)  # same seeds: no duplicates
+
+    now = leaderboard.current_protocol("cpu")
+    main = readme.split("## Preset `cpu`, protocol")[0]
+    assert "Skipped result files" not in readme and "7.000" not in main
+    assert f"## Preset `cpu`, protocol `{now}` with float32\n" in readme
+    assert ("Made with float32 training, not the bf16 autocast of the main tables "
+            f"(protocol `{now}`; current `{now}`)") in readme
+    assert f"(protocol `{now}`, float32)" in readme
+    assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
+    other = _iqm_row(summary, "lapo", overrides="precision=float32")
+    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
+
+
 def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(tmp_path):
     records = [_bc("cheetah-run", 0, norm=0.8, raw=560.0), _bc("walker-walk", 0, 0.2, 140.0)]
     for task in ("cheetah-run", "walker-walk", "hopper-hop"):  # hopper-hop: no bc-labels run

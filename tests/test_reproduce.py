@@ -61,3 +61,15 @@ def test_an_older_protocol_is_refused_and_the_current_one_passes(tmp_path):
     del record["config"]["preset"]
     with pytest.raises(UserError, match="records no preset values"):
         reproduce.check_protocol("f.json", record, config)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_bf16_file_rerun_on_a_cpu_without_bf16_says_so(tmp_path, monkeypatch, fast):
+    from masklam_bench import precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
+    bf16 = reproduce.config_from_record(_record(bf16=True), tmp_path)
+    fp32 = reproduce.config_from_record(_record(bf16=False), tmp_path)
+    assert bf16.bf16 is True and fp32.bf16 is False  # the file's precision, whatever the CPU
+    assert bool(reproduce.precision_notes(bf16)) is not fast
+    assert reproduce.precision_notes(fp32) == []

@@ -448,9 +448,9 @@ def test_a_redone_stage_redoes_the_stages_made_from_it(tmp_path, data_root):
 
 
 def test_settings_that_change_a_result_give_the_run_its_own_name(tmp_path, data_root):
-    base = _config(tmp_path, data_root, "lapo")
+    base = _config(tmp_path, data_root, "lapo", bf16=True)
     fp32 = _config(tmp_path, data_root, "lapo", bf16=False)
-    longer = _config(tmp_path, data_root, "lapo", overrides={"train.lam_steps": 4})
+    longer = _config(tmp_path, data_root, "lapo", bf16=True, overrides={"train.lam_steps": 4})
     names = {base.run_name, fp32.run_name, longer.run_name}
     assert len(names) == 3 and "+fp32" in fp32.run_name and "+set-" in longer.run_name
     result = runner.run(longer, progress=False)

@@ -93,7 +93,7 @@ def test_grid_from_flags_and_from_a_file_agree(tmp_path, capsys):
     names = [c.run_name for c in from_flags]
     # lapo 2 tasks x 2 dims x 2 seeds; bc-labels has no latent dim; masklam twice for masks.
     assert len(names) == 8 + 4 + 16 == len(set(names))
-    assert any(n.startswith("cheetah-run__bc-labels__s0__smoke+set-") for n in names)
+    assert any(n.startswith("cheetah-run__bc-labels__s0__smoke+fp32+set-") for n in names)
     assert sum("[dilate-2]" in n for n in names) == 8
     assert "lapo trains without agent masks" in capsys.readouterr().out
     # A flag given with --grid wins over the file.
@@ -104,12 +104,12 @@ def test_set_at_the_presets_own_value_is_the_presets_run():
     """``--set`` to the value the preset already has changes nothing, so it names no variant."""
     base = ["sweep", "--methods", "lapo", "--envs", "cheetah", "--dims", "8", "--preset", "smoke"]
     plain = [c.run_name for c in _grid(base)]
-    assert plain == ["cheetah-run__lapo__d8__s0__smoke"]
+    assert plain == ["cheetah-run__lapo__d8__s0__smoke+fp32"]
     assert [c.run_name for c in _grid(base + ["--set", "train.lam_steps=3",
                                               "--set", "train.lam_lr=0.0006"])] == plain
     changed = _grid(base + ["--set", "train.lam_steps=3", "--set", "train.lam_steps=4"])
     assert changed[0].overrides == {"train.lam_steps": 4}
-    assert changed[0].run_name.startswith("cheetah-run__lapo__d8__s0__smoke+set-")
+    assert changed[0].run_name.startswith("cheetah-run__lapo__d8__s0__smoke+fp32+set-")
 
 
 @pytest.mark.parametrize("grid", sorted((Path(__file__).parents[1] / "sweeps").glob("*.toml")),
@@ -218,14 +218,14 @@ def test_cluster_paths_must_be_absolute(tmp_path, capsys):
 def test_dry_run_prints_the_grid_and_its_resources(tmp_path, capsys):
     argv = ["sweep", "--methods", "lapo,bc-labels", "--dims", "8,16", "--seeds", "0,1",
             "--preset", "smoke", "--cpus-per-run", "2", "--dry-run", *_paths(tmp_path)]
-    finished = tmp_path / "out" / "cheetah-run__lapo__d8__s0__smoke.json"
+    finished = tmp_path / "out" / "cheetah-run__lapo__d8__s0__smoke+fp32.json"
     finished.parent.mkdir()
     finished.write_text("{}")
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "6 run(s) at preset smoke, 1 finished (skipped), 5 to run" in out
     assert "each run asks for 2 CPU(s)" in out
-    assert ("stale cheetah-run__lapo__d8__s0__smoke (its result file is unreadable or "
+    assert ("stale cheetah-run__lapo__d8__s0__smoke+fp32 (its result file is unreadable or "
             "incomplete: not run again)") in out
     assert "1 dataset job(s) first" in out and not (tmp_path / "data").exists()
 
@@ -313,13 +313,13 @@ def ray_sweep(tmp_path_factory, plugin_path):
 def test_ray_sweep_runs_the_grid_and_survives_a_failing_run(ray_sweep):
     root, code, out, err = ray_sweep
     names = sorted(p.name for p in (root / "out").glob("*.json"))
-    assert names == ["cheetah-run__lapo__d8__s0__smoke.json",
-                     "cheetah-run__masklam__d8__s0__smoke.json"]
+    assert names == ["cheetah-run__lapo__d8__s0__smoke+fp32.json",
+                     "cheetah-run__masklam__d8__s0__smoke+fp32.json"]
     assert code == 2  # a run failed: the exit code says so, and the table names it
     assert "| done | 2 |" in out and "| skipped | 0 |" in out and "| failed | 1 |" in out
     # The local instance's runs get `run`'s priority, not Ray's default worker niceness of 15.
-    assert ("failed: cheetah-run__sweep_broken_lam-Broken__d8__s0__smoke: RuntimeError: broken "
-            f"on purpose at niceness {os.nice(0)}") in out
+    assert ("failed: cheetah-run__sweep_broken_lam-Broken__d8__s0__smoke+fp32: RuntimeError: "
+            f"broken on purpose at niceness {os.nice(0)}") in out
     assert "1 of 3 run(s) failed (cheetah-run__sweep_broken_lam-Broken" in err
 
 
@@ -340,7 +340,7 @@ def test_a_finished_sweep_is_skipped_without_starting_ray(ray_sweep, capsys, mon
     assert before == {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.json")}
     assert written == [(str(root / "out"), root / "out" / "leaderboard")]
     # A result made by other method source is not taken for this code's: stale, named, not rerun.
-    lapo = root / "out" / "cheetah-run__lapo__d8__s0__smoke.json"
+    lapo = root / "out" / "cheetah-run__lapo__d8__s0__smoke+fp32.json"
     saved = lapo.read_text()
     record = json.loads(saved)
     record["code"]["method_sha256"] = "0" * 64
@@ -351,8 +351,8 @@ def test_a_finished_sweep_is_skipped_without_starting_ray(ray_sweep, capsys, mon
         lapo.write_text(saved)
     out = capsys.readouterr().out
     assert "| skipped | 1 |" in out and "| stale | 1 |" in out
-    assert ("stale: cheetah-run__lapo__d8__s0__smoke: made with another method source; not run "
-            "again") in out
+    assert ("stale: cheetah-run__lapo__d8__s0__smoke+fp32: made with another method source; "
+            "not run again") in out
 
 
 @needs_ray
@@ -369,7 +369,7 @@ def test_submitit_local_executor_runs_a_grid(ray_sweep, tmp_path, capsys):
     assert cli.main(argv) == 2
     out = capsys.readouterr().out
     assert "| done | 1 |" in out and "RuntimeError: broken on purpose" in out
-    name = "cheetah-run__lapo__d8__s0__smoke.json"
+    name = "cheetah-run__lapo__d8__s0__smoke+fp32.json"
     assert _metrics(tmp_path / "out" / name) == _metrics(root / "out" / name)
     assert list((tmp_path / "runs" / "submitit").glob("*_log.out"))
 
