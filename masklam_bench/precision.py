@@ -3,8 +3,8 @@
 bf16 autocast is faster than float32 only where the hardware has bf16 arithmetic: CUDA GPUs, and
 CPUs whose oneDNN kernels take bf16 (x86 with AVX-512 or AMX, Arm with BF16). Elsewhere, on an
 x86 CPU with AVX2 alone, say, PyTorch has no bf16 kernel for matrix products or convolutions and
-falls back to scalar loops: on a 2-core AVX2 VM a MaskLAM step took 10x as long as in float32 at
-latent 64 and 60x at latent 8192 (BENCHMARK.md, "bf16 on CPUs without bf16 instructions"). A run
+falls back to scalar loops: on a 2-core AVX2 VM a MaskLAM step took 9x as long as in float32 at
+latent 64 and 77x at latent 8192 (BENCHMARK.md, "bf16 on CPUs without bf16 instructions"). A run
 whose ``bf16`` is None therefore uses bf16 where it is fast and float32 elsewhere; True or False
 (``--bf16`` / ``--no-bf16``) forces either. A float32 run is named ``+fp32`` and its result sits
 in a leaderboard table of its own, never ranked with the preset's bf16 rows.
@@ -17,7 +17,7 @@ import functools
 
 FLOAT32_NOTE = (
     "note: this CPU has no bf16 matrix instructions (AVX-512 or AMX on x86), where bf16 autocast "
-    "runs 10-60x slower than float32, so the run trains in float32: its result is named +fp32 "
+    "runs 10-80x slower than float32, so the run trains in float32: its result is named +fp32 "
     "and has a leaderboard table of its own (--bf16 forces bf16, --no-bf16 float32).")
 """What ``run`` and ``sweep`` print when a run's precision resolves to float32 on a CPU."""
 
@@ -50,7 +50,7 @@ def add_bf16_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None,
         help="bf16 autocast for the LAM, latent BC and decoder (default: on CUDA and on CPUs with "
-             "bf16 instructions, AVX-512 or AMX; float32 elsewhere, where bf16 is 10-60x slower)")
+             "bf16 instructions, AVX-512 or AMX; float32 elsewhere, where bf16 is 10-80x slower)")
 
 
 def float32_note(bf16: bool | None, device: str) -> str | None:
