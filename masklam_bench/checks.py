@@ -9,8 +9,10 @@ first use), and nothing that imports it is imported back, so it closes no import
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from masklam_bench.errors import UserError
 
@@ -87,6 +89,21 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, a folder a command would write into but cannot make or write:
+    one that is a file, or sits under a file, or whose nearest existing folder is read-only.
+    Nothing is created (a dry run leaves no folder behind)."""
+    folder = Path(path).expanduser()
+    for existing in (folder, *folder.parents):  # a relative path ends in ".", which exists
+        if existing.exists():
+            break
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing}"
+        raise UserError(f"{flag} {path}{where} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied).")
+
+
 def method_class(name: str) -> type:
     """The method registered as ``name``, or the ``module:Class`` it names; else a UserError.
 
@@ -101,5 +118,5 @@ def method_class(name: str) -> type:
         raise UserError(str(err)) from None
 
 
-__all__ = ["check_device", "int_at_least", "method_class", "parse_envs", "parse_int_list",
-           "parse_overrides"]
+__all__ = ["check_device", "check_output_folder", "int_at_least", "method_class", "parse_envs",
+           "parse_int_list", "parse_overrides"]

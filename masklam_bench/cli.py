@@ -9,10 +9,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from masklam_bench import interrupts
 from masklam_bench.checks import (
     check_device,
+    check_output_folder,
     int_at_least,
     method_class,
     parse_int_list,
@@ -28,6 +30,7 @@ def _cmd_show(args: argparse.Namespace) -> None:
     from masklam_bench.show import image_format, rollout_frames, save_strip
 
     image_format(args.out)  # before rolling out: a bad --out loses no minutes
+    check_output_folder(Path(args.out).parent, "--out")
     kwargs = {"level": args.level, "floor": args.floor}
     rows = rollout_frames(args.env, frames=args.frames, every=args.every, seed=args.seed, **kwargs)
     out = save_strip(rows, args.out, f"{args.env} (seed {args.seed}, every {args.every} steps, "
@@ -59,6 +62,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print(f"note: {', '.join(same)} already {'is' if len(same) == 1 else 'are'} the "
               f"{args.preset} preset's value; the run is the preset's own, not a variant.")
     jobs = run_jobs(args)
+    for flag, folder in (("--out", args.out), ("--data-root", args.data_root),
+                         ("--runs-root", args.runs_root)):
+        check_output_folder(folder, flag)  # not after a run of 20 minutes
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)
     note = float32_note(args.bf16, device)

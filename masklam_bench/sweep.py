@@ -22,7 +22,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from masklam_bench.checks import check_device, int_at_least, method_class, parse_overrides
+from masklam_bench.checks import (
+    check_device,
+    check_output_folder,
+    int_at_least,
+    method_class,
+    parse_overrides,
+)
 from masklam_bench.errors import BenchError, UserError
 from masklam_bench.plan import check_experts, check_run_options, run_jobs
 from masklam_bench.precision import add_bf16_flag, float32_note, uses_bf16
@@ -297,6 +303,10 @@ def check_options(options: SweepOptions) -> None:
                         "the CPUs it was started with. Drop one of them.")
     if options.gpus_per_run > 0 and not options.on_cluster:
         check_device("cuda")
+    if not options.on_cluster:  # a cluster's shared storage need not be mounted here
+        for flag, path in (("--data-root", options.data_root), ("--runs-root", options.runs_root),
+                           ("--out", options.out)):
+            check_output_folder(path, flag)
 
 
 def result_path(config: RunConfig) -> Path:

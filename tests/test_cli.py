@@ -176,9 +176,19 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
     (["mask-quality", "--dataset", "nowhere"], "nowhere"),
     (["show", "DistractingCheetah-v0", "--frames", "2", "--every", "1001"], "step 1001, past"),
     (["show", "DistractingCheetah-v0", "--out", "strip.txt"], "expected a picture file"),
+    (["show", "DistractingCheetah-v0", "--out", "a_file/strip.png"], "a_file is a file"),
+    (["run", "--method", "lapo", "--preset", "smoke", "--out", "a_file/x"],
+     "--out a_file/x: a_file is a file, not a folder"),
+    (["run", "--method", "lapo", "--preset", "smoke", "--data-root", "a_file"],
+     "--data-root a_file is a file, not a folder"),
+    (["run", "--method", "lapo", "--preset", "smoke", "--runs-root", "a_file/runs"],
+     "--runs-root a_file/runs: a_file is a file"),
+    (["sweep", "--methods", "lapo", "--preset", "smoke", "--dry-run", "--out", "a_file"],
+     "a_file is a file, not a folder"),
 ])
 def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")  # where a folder is asked for
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
