@@ -59,7 +59,9 @@ def compare(before: dict, after: dict, labels: tuple[str, str] = ("before", "aft
              f"{_s(collection(after))} s", f"{collection(before) / collection(after):.2f}x")]
     stages = " / ".join(STAGES[:-1])
     for name in before["runs"]:
-        b, a = before["runs"][name], after["runs"].get(name)
+        # A run of another precision on the other side (+fp32: a CPU without bf16) is its pair.
+        twin = name[:-len("+fp32")] if name.endswith("+fp32") else name + "+fp32"
+        b, a = before["runs"][name], after["runs"].get(name, after["runs"].get(twin))
         if a is None:
             continue
         rows.append((f"{name}: {stages}", " / ".join(_s(b[k]) for k in STAGES[:-1]),
@@ -131,7 +133,13 @@ def main() -> None:
         runs[result["run_name"]] = {k: result["timings"].get(k) for k in STAGES}
         metrics[result["run_name"]] = result["metrics"]
     git = git_state()
+    import torch
+
+    from masklam_bench.precision import fast_bf16
+
     figures = {"code": git["git_commit"], "code_dirty": git["git_dirty"],
+               "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
+                       "fast_bf16": fast_bf16("cpu")},
                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()}, "
                f"{os.cpu_count()} CPUs", "command": _recorded_command(cmd, fresh_data),
                "data_collected": fresh_data,

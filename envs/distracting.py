@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import atexit
-import functools
+import contextlib
 import numbers
 import os
 import weakref
@@ -33,7 +33,8 @@ SHADOW_TEXELS_PER_PIXEL = 8
 """Default shadow map side per image pixel: 512 texels at 64 px (dm_control's models use 2048).
 
 ``masklam-bench bench-env`` measures both over the same seeded trajectory: at 64 px the 512 map
-changes 0.02-0.10% of the pixels and renders about 2-3x faster (1.9-3.4x measured; BENCHMARK.md).
+changes 0.02-0.10% of the pixels and renders about 2x faster (1.8-2.3x on an idle 2-core VM, up
+to 3.4x under load; BENCHMARK.md).
 """
 _WORLD_BODY = 0
 _LLVMPIPE_THREAD = "llvmpipe-"
@@ -118,8 +119,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
                 pools) instead of procedural ones; defaults to ``$MASKLAM_DAVIS_DIR`` when set.
             render_mode: ``None`` or ``"rgb_array"`` (``render()`` returns the last observation).
             shadow_size: Side of the shadow map in texels. The default, ``SHADOW_TEXELS_PER_PIXEL``
-                times ``size`` (at most the model's own 2048), renders 2-3x faster than dm_control's
-                2048 map at 64 px and changes at most about 0.1% of the pixels.
+                times ``size`` (at most the model's own 2048), renders about 2x faster than
+                dm_control's 2048 map at 64 px and changes at most about 0.1% of the pixels.
         """
         self.task_spec: Task = get_task(task)
         self._check_arguments(distractors, size, level, coupling, floor, render_mode)
@@ -183,7 +184,6 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         # The renderer (and its OpenGL context) is made on first render, so that building an env in
         # a parent process, as AsyncVectorEnv does before it forks, leaves no context to inherit.
         self._renderer: rendering.SceneRenderer | None = None
-        self._exit_hook: functools.partial[None] | None = None
         self._hide_floor_effects = distractors != "none" and floor == "replace"
         self._agent_geoms = np.asarray(model.geom_bodyid) != _WORLD_BODY
         floor_geoms = (np.asarray(model.geom_bodyid) == _WORLD_BODY) & (
@@ -271,9 +271,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     def close(self) -> None:
         """Free the renderer, its OpenGL context and the physics; the env cannot be used after."""
         self._renderer = None
-        if getattr(self, "_exit_hook", None) is not None:
-            atexit.unregister(self._exit_hook)
-            self._exit_hook = None
+        _OPEN_ENVS.discard(self)
         if getattr(self, "_dm", None) is not None:
             self._dm._env.close()
             self._dm = None
@@ -322,13 +320,13 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             self._renderer = rendering.SceneRenderer(
                 self._physics, self.size, self.camera_id, self._geom_labels,
                 floor_effects=not self._hide_floor_effects)
-            if self._exit_hook is None:
-                # Registered after dm_control's own exit hook for the context the renderer has
-                # just made, so it runs first (last in, first out): an env left open at exit is
-                # closed before dm_control frees that context, which would otherwise find the
-                # renderer's references to it and print an AssertionError.
-                self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
-                atexit.register(self._exit_hook)
+            # The one exit hook moves behind dm_control's hook for the context the renderer has
+            # just made, so it runs first (last in, first out): an env left open at exit is
+            # closed before dm_control frees that context, which would otherwise find the
+            # renderer's references to it and print an AssertionError.
+            _OPEN_ENVS.add(self)
+            atexit.unregister(_close_open_envs)
+            atexit.register(_close_open_envs)
         return self._renderer.render()
 
     def _observe(self, state_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -382,11 +380,15 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 
-def _close_at_exit(env_ref: weakref.ref[DistractingControlEnv]) -> None:
-    """Close an env that is still open when the interpreter exits."""
-    env = env_ref()
-    if env is not None:
-        env.close()
+_OPEN_ENVS: weakref.WeakSet[DistractingControlEnv] = weakref.WeakSet()
+"""Envs that have rendered and are not closed (an env dropped without ``close()`` leaves it)."""
+
+
+def _close_open_envs() -> None:
+    """Close the envs still open when the interpreter exits (quietly: it is exiting)."""
+    for env in list(_OPEN_ENVS):
+        with contextlib.suppress(Exception):  # a half-torn-down renderer at exit is not news
+            env.close()
 
 
 def _blend_table(alpha: float) -> np.ndarray | None:

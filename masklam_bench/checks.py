@@ -89,19 +89,27 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+def check_output_folder(path: str | os.PathLike, flag: str, shown: str | None = None) -> None:
     """Refuse, before any work, a folder a command would write into but cannot make or write:
-    one that is a file, or sits under a file, or whose nearest existing folder is read-only.
-    Nothing is created (a dry run leaves no folder behind)."""
-    folder = Path(path).expanduser()
-    for existing in (folder, *folder.parents):  # a relative path ends in ".", which exists
-        if existing.exists():
-            break
+    one that is a file, or sits under a file or a broken link, or whose nearest existing folder
+    is read-only. Nothing is created (a dry run leaves no folder behind). The path is taken as
+    written, as the writes take it (``~`` is the shell's to expand). ``shown`` is what the
+    message names as the flag's value (default ``path``)."""
+    shown = str(path) if shown is None else shown
+    folder = Path(path)
+    try:
+        for existing in (folder, *folder.parents):  # a relative path ends in ".", which exists
+            if existing.exists():
+                break
+            if existing.is_symlink():
+                raise UserError(f"{flag} {shown}: {existing} is a link to nothing.")
+    except OSError as exc:  # a folder on the way that cannot be searched, say
+        raise UserError(f"{flag} {shown}: {exc.strerror or exc}.") from None
     if not existing.is_dir():
-        where = "" if existing == folder else f": {existing}"
-        raise UserError(f"{flag} {path}{where} is a file, not a folder.")
+        where = "" if existing == Path(shown) else f": {existing}"
+        raise UserError(f"{flag} {shown}{where} is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied).")
+        raise UserError(f"{flag} {shown}: cannot write in {existing} (permission denied).")
 
 
 def method_class(name: str) -> type:

@@ -30,7 +30,7 @@ def _cmd_show(args: argparse.Namespace) -> None:
     from masklam_bench.show import image_format, rollout_frames, save_strip
 
     image_format(args.out)  # before rolling out: a bad --out loses no minutes
-    check_output_folder(Path(args.out).parent, "--out")
+    check_output_folder(Path(args.out).parent, "--out", shown=args.out)
     kwargs = {"level": args.level, "floor": args.floor}
     rows = rollout_frames(args.env, frames=args.frames, every=args.every, seed=args.seed, **kwargs)
     out = save_strip(rows, args.out, f"{args.env} (seed {args.seed}, every {args.every} steps, "
@@ -100,10 +100,10 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     check_device(args.device)
     for name in args.methods.split(","):
         method_class(name)
-    note = float32_note(args.bf16, args.device)
-    if note:
-        print(note)
     bf16 = uses_bf16(args.bf16, args.device)
+    if float32_note(args.bf16, args.device):
+        print("note: float32, since this CPU has no bf16 instructions (AVX-512 or AMX), where "
+              "bf16 autocast is 10-80x slower; --bf16 times bf16 anyway.")
     print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
           "\n|---|---|---:|---|---:|---:|---:|")
     for name in args.methods.split(","):

@@ -25,6 +25,7 @@ import numpy as np
 from masklam_bench import metrics
 from masklam_bench.envs.backgrounds import PROCEDURAL_VIDEOS, distractor_videos
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
+from masklam_bench.precision import add_bf16_flag, float32_note
 from masklam_bench.provenance import unlock_run_folder
 
 PROBE_STEPS = (1500, 6000, 24000)
@@ -40,7 +41,8 @@ SHIFT_KEY = "train.bc_random_shift"
 
 def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int], dim: int,
                 preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
-                threads: int, progress: bool = True) -> list[dict[str, Any]]:
+                threads: int, progress: bool = True, bf16: bool | None = None,
+                ) -> list[dict[str, Any]]:
     """Probe NMSE after each of ``steps`` LAM steps (one run to ``max(steps)``), and its control."""
     from masklam_bench import runner
 
@@ -49,7 +51,7 @@ def probe_curve(task: str, methods: list[str], steps: list[int], seeds: list[int
         for seed in seeds:
             config = runner.RunConfig(
                 method=method, task=task, latent_dim=dim, seed=seed, preset=preset,
-                data_root=data_root, runs_root=runs_root, threads=threads,
+                data_root=data_root, runs_root=runs_root, threads=threads, bf16=bf16,
                 overrides={**overrides, "train.lam_steps": max(steps)})
             r = runner._open_run(config, progress)
             try:
@@ -90,8 +92,9 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
     Every file must be a probe curve of ``task`` at ``preset`` and one latent dim, with the same
     ``--set`` overrides and distractor videos (a file without them: procedural), and every point
     must come from one LAM schedule (peak lr, warm-up, schedule length) and one precision (bf16
-    or float32), so that methods are compared at the same training. A (method, seed, step) point found twice must agree in every
-    field. Returns the points, the overrides, the dim and the videos.
+    or float32; a point without the record is bf16's), so that methods are compared at the same
+    training. A (method, seed, step) point found twice must agree in every field. Returns the
+    points, the overrides, the dim and the videos.
     """
     from masklam_bench.errors import UserError
 
@@ -103,7 +106,8 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
         try:
             curve = json.loads(Path(path).read_text())
             found = (curve["task"], curve["preset"])
-            new = curve["points"]
+            # A point made before curves recorded the precision is a bf16 run's.
+            new = [{"bf16": True, **p} for p in curve["points"]]
             keys = [(p["method"], p["seed"], p["step"]) for p in new]
             missing = sorted({k for p in new for k in POINT_FIELDS if k not in p})
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -139,10 +143,10 @@ def merge_probe_curves(paths: list[Path], task: str, preset: str,
     if len(schedules) > 1:
         raise UserError("the points come from different LAM schedules (lr, warm-up, steps): "
                         f"{sorted(schedules)}; one curve compares methods at one schedule.")
-    # Points made before curves recorded the precision were all bf16 runs.
-    if len({p.get("bf16", True) for p in points.values()}) > 1:
+    if len({p["bf16"] for p in points.values()}) > 1:
         raise UserError("the points mix bf16 and float32 runs (a CPU without bf16 instructions "
-                        "trains in float32); one curve compares methods at one precision.")
+                        "trains in float32 unless `curve probe --bf16`); one curve compares "
+                        "methods at one precision.")
     return [points[k] for k in sorted(points)], overrides or {}, dim or 0, \
         videos or PROCEDURAL_VIDEOS
 
@@ -162,7 +166,8 @@ def _probe_action(r: Any) -> float:
 def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], seeds: list[int],
                   preset: str, overrides: dict[str, Any], data_root: str, runs_root: str,
                   results_dir: str, threads: int, progress: bool = True,
-                  shifts: tuple[int, ...] = (0,)) -> list[dict[str, Any]]:
+                  shifts: tuple[int, ...] = (0,), bf16: bool | None = None,
+                  ) -> list[dict[str, Any]]:
     """``bc-labels`` normalised return for every (train episodes, shift, BC steps, seed)."""
     import itertools
 
@@ -183,7 +188,7 @@ def ceiling_curve(task: str, bc_steps: list[int], train_episodes: list[int], see
         config = runner.RunConfig(
             method="bc-labels", task=task, latent_dim=0, seed=seed, preset=preset,
             data_root=data_root, runs_root=runs_root, results_dir=results_dir,
-            threads=threads, overrides=sets)
+            threads=threads, overrides=sets, bf16=bf16)
         points.append(ceiling_point(runner.run(config, progress)))
     return points
 
@@ -215,7 +220,7 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
     videos = distractor_videos()
     files = sorted({f for p in paths for f in (sorted(Path(p).glob("*.json"))
                                                if Path(p).is_dir() else [Path(p)])})
-    kept: dict[tuple[int, int, int, int], dict[str, Any]] = {}
+    kept: dict[tuple[int, int, bool, int, int], dict[str, Any]] = {}
     skipped = []
     for f in files:
         try:
@@ -316,8 +321,8 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
             if float(y.mean()) < gate:  # above it, a steeper line would reach it later
                 fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
         fits.append({"train_episodes": series[0], "bc_random_shift": series[1],
-                     "bf16": series[2], "runs": len(mine), "per_doubling": slope, "per_doubling_ci95": ci,
-                     "p_value": p_value, "intercept_log2": intercept, "gate": gate,
+                     "bf16": series[2], "runs": len(mine), "per_doubling": slope,
+                     "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept, "gate": gate,
                      "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
                      "steps_to_gate_fastest": fastest})
     return fits
@@ -484,6 +489,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "ignored")
     p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
     p.add_argument("--threads", type=int, default=0)
+    add_bf16_flag(p)
     p.set_defaults(func=_cmd_curve)
 
 
@@ -512,15 +518,18 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                 method_class(method)
             steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
             dim, videos = args.dim, distractor_videos()
+            _say_float32(args.bf16)
             points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, dim,
                                  args.preset, overrides, args.data_root, args.runs_root,
-                                 args.threads)
+                                 args.threads, bf16=args.bf16)
         rows = summarise_probe(points)
+        bf16 = all(p.get("bf16", True) for p in points)  # one precision (merge checks it)
         seed_list = ",".join(str(x) for x in sorted({p["seed"] for p in points}))
-        title = f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}{_videos_text(videos)}"
+        title = (f"{task}, d{dim}, {args.preset} preset, seeds {seed_list}"
+                 f"{_videos_text(videos)}{'' if bf16 else ', float32'}")
         png = plot_probe(rows, title)
         payload = {"task": task, "preset": args.preset, "dim": dim, "overrides": overrides,
-                   "distractor_videos": videos, "points": points, "summary": rows}
+                   "distractor_videos": videos, "bf16": bf16, "points": points, "summary": rows}
         for row in rows:
             ci = (f"[{row['lo']:.3f}, {row['hi']:.3f}]" if row["lo"] is not None
                   else "(n=1, no interval)")
@@ -541,8 +550,9 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                   f"{p['normalized_return_id']:.3f}")
         for fit in fits:
             print(f"fit, {describe_fit(fit)}")
-    # DAVIS curves beside, not over, procedural ones in the same --out.
-    stem = f"{args.kind}_curve_{task}{'' if videos == PROCEDURAL_VIDEOS else '_davis'}"
+    # DAVIS and float32 curves beside, not over, procedural bf16 ones in the same --out.
+    stem = (f"{args.kind}_curve_{task}{'' if videos == PROCEDURAL_VIDEOS else '_davis'}"
+            f"{'' if payload.get('bf16', True) else '_fp32'}")
     atomic_write_json(out / f"{stem}.json", payload)
     atomic_write_bytes(out / f"{stem}.png", png)
     print(f"wrote {out}/{stem}.json and .png")
@@ -585,9 +595,17 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
     shifts = parse_int_list(args.shifts, "--shifts", 0, example="0,4")
     for shift in shifts:
         parse_override(f"{SHIFT_KEY}={shift}")  # its bounds, in --set's words
+    _say_float32(args.bf16)
     return ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
                          args.data_root, args.runs_root, str(out / "results"), args.threads,
-                         shifts=tuple(shifts))
+                         shifts=tuple(shifts), bf16=args.bf16)
+
+
+def _say_float32(bf16: bool | None) -> None:
+    """Print the note that a curve's runs train in float32 on this CPU, when they do."""
+    note = float32_note(bf16, "cpu")
+    if note:
+        print(note)
 
 
 __all__ = ["ceiling_curve", "ceiling_point", "ceiling_points_from_results", "describe_fit",

@@ -160,7 +160,8 @@ def lam_rate(method: str, dim: int, encoder: str, batch: int, steps: int, device
             # networks) and its first step shows no compile cost. fresh_cache keeps its folder
             # when a step raises; the folder it is made in goes either way.
             torch._dynamo.reset()
-            parent = cold.enter_context(tempfile.TemporaryDirectory(prefix="masklam-inductor-"))
+            parent = cold.enter_context(tempfile.TemporaryDirectory(
+                prefix="masklam-inductor-", ignore_cleanup_errors=True))
             cold.enter_context(fresh_cache(dir=parent))
             model.compile()
         data = random_batch(config, 64, 6, batch, device=device)

@@ -14,9 +14,9 @@ Rules (issues 17 and 18):
 
 - Protocols are never mixed. A row's protocol is the hash of its resolved preset
   (``config.preset``, see :func:`protocol_id`) plus its ``--set`` overrides. Main tables hold the
-  current protocol of each preset without overrides; any other protocol, and any run whose
-  distractors played DAVIS-2017 videos instead of the procedural ones, gets its own section and is
-  never in the main aggregates.
+  current protocol of each preset without overrides; any other protocol, any run whose
+  distractors played DAVIS-2017 videos instead of the procedural ones, and any run trained in
+  float32 instead of bf16 autocast, gets its own section and is never in the main aggregates.
 - Returns are gated: they count only where the ``bc-labels`` row (pixel BC on all true actions)
   reaches ``RETURN_GATE``; elsewhere they are shown marked and left out of return aggregates.
 - A row whose latent is the true action has no probe and no latent dim: its cells show "–".
@@ -992,8 +992,8 @@ def _header(n_runs: int, reps: int) -> list[str]:
         ("- **Protocols are never mixed**: a protocol is the resolved preset of a run "
          "(`config.preset`; its id is the first 8 hex digits of the SHA-256 of its sorted JSON). "
          "Main tables hold the current protocol without `--set` overrides, on the procedural "
-         "distractor videos; other protocols, and runs on DAVIS-2017 videos, have their own "
-         "sections and are never in the main aggregates."),
+         "distractor videos, in bf16; other protocols, runs on DAVIS-2017 videos and runs in "
+         "float32 have their own sections and are never in the main aggregates."),
         ("- **Oracle OOD**: the oracle runs in the clean environment, which has no OOD variant of "
          "its own, so its OOD return is its ID return: marked \"same env\" and left out of OOD "
          "aggregates."),

@@ -26,16 +26,15 @@ FLOAT32_NOTE = (
 def fast_bf16(device: str) -> bool:
     """Whether ``device`` (``cpu``, ``cuda``, ``cuda:1``, ...) does bf16 arithmetic fast.
 
-    CUDA: True, unless this machine has a GPU that does not support bf16 (a sweep may plan GPU
-    runs on a machine without one: its workers' GPUs are the suite's targets, which all do). CPU:
-    oneDNN, which PyTorch's bf16 matrix products and convolutions need, supports bf16 on this
-    processor. Other devices: True (nothing is known against bf16 there).
+    CUDA: True, without asking the GPU (which would start CUDA in a process that only plans runs;
+    the GPUs the ``gpu`` preset is sized for all compute in bf16; ``--no-bf16`` for one that
+    does not). CPU: oneDNN, which PyTorch's bf16 matrix products and convolutions need, supports
+    bf16 on this processor (any x86 CPU with AVX-512 or AMX; False where ``ONEDNN_MAX_CPU_ISA``
+    caps oneDNN below AVX-512, or in a torch build without oneDNN). Other devices: True.
     """
     import torch
 
     kind = torch.device(device).type
-    if kind == "cuda":
-        return not torch.cuda.is_available() or bool(torch.cuda.is_bf16_supported())
     if kind == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -66,6 +66,7 @@ def config_from_record(record: dict[str, Any], workdir: str | Path, data_root: s
 
     known = {f.name for f in dataclasses.fields(RunConfig)}
     settings = {k: v for k, v in record["config"]["run"].items() if k in known}
+    settings.setdefault("bf16", True)  # files made before the precision was decided were bf16
     workdir = Path(workdir)
     settings.update(runs_root=str(workdir / "runs"), results_dir=str(workdir / "results"),
                     threads=recorded_threads(record) if threads is None else threads)

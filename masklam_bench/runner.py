@@ -678,6 +678,7 @@ def load_run_folder(run_dir: str | os.PathLike, check_code: bool = True) -> Trai
     run_dir = Path(run_dir)
     try:
         settings = json.loads((run_dir / "config.json").read_text())
+        settings.setdefault("bf16", True)  # folders made before the precision was decided
         config = RunConfig(**settings)
     except FileNotFoundError:
         raise UserError(f"{run_dir} has no config.json: not a run folder.") from None

@@ -87,8 +87,8 @@ class SweepOptions:
     """Folder of the result files; a run whose file is here is skipped."""
     bf16: bool | None = None
     """bf16 autocast (``--bf16`` / ``--no-bf16``, as for ``run``); None: decided for every run
-    on this machine when the sweep is planned (:func:`masklam_bench.precision.uses_bf16`), so
-    that the runs' names are known before any worker starts."""
+    when the sweep is planned (:attr:`uses_bf16`), so that the runs' names are known before any
+    worker starts."""
     tensorboard: bool = True
     """TensorBoard curves in each run's folder (``--no-tensorboard`` turns them off)."""
     compile: bool = False
@@ -113,6 +113,15 @@ class SweepOptions:
     def device(self) -> str:
         """The torch device of every run."""
         return "cuda" if self.gpus_per_run > 0 else "cpu"
+
+    @property
+    def uses_bf16(self) -> bool:
+        """The precision of every run, decided when the sweep is planned: the flag's, else bf16
+        where this machine computes in bf16 fast; but on a cluster, whose CPUs are not this
+        machine's, bf16 (the presets' precision) unless ``--no-bf16``."""
+        if self.bf16 is None and self.on_cluster and self.device == "cpu":
+            return True
+        return uses_bf16(self.bf16, self.device)
 
     @property
     def log_dir(self) -> str:
@@ -253,7 +262,7 @@ def expand_grid(values: dict[str, Any], options: SweepOptions) -> list[RunConfig
                     device=options.device, data_root=options.data_root,
                     runs_root=options.runs_root, results_dir=options.out,
                     threads=options.cpus_per_run, compile=options.compile, mask_source=source,
-                    bf16=uses_bf16(options.bf16, options.device), overrides=overrides,
+                    bf16=options.uses_bf16, overrides=overrides,
                     tensorboard=options.tensorboard)
                 runs.setdefault(config.run_name, config)
     check_experts(c.task for c in runs.values())
@@ -668,7 +677,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         print("note: preset gpu with no GPU per run: every run trains the gpu preset's IMPALA "
               "networks (30,000 LAM steps, 440 episodes) on the CPU, which it was not sized for; "
               "pass --gpus-per-run 1, or --preset cpu for the CPU-sized benchmark.")
-    note = float32_note(options.bf16, options.device)
+    note = float32_note(options.bf16, options.device) if options.uses_bf16 is False else None
+    if options.bf16 is None and options.on_cluster and options.device == "cpu":
+        note = ("note: the runs train in bf16, the presets' precision, on the cluster's CPUs; "
+                "where those lack bf16 instructions (AVX-512 or AMX) bf16 is 10-80x slower than "
+                "float32: pass --no-bf16 for such nodes.")
     if runs and note:
         print(note)
     if options.dry_run:

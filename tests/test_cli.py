@@ -185,10 +185,13 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
      "--runs-root a_file/runs: a_file is a file"),
     (["sweep", "--methods", "lapo", "--preset", "smoke", "--dry-run", "--out", "a_file"],
      "a_file is a file, not a folder"),
+    (["run", "--method", "lapo", "--preset", "smoke", "--out", "dead/results"],
+     "--out dead/results: dead is a link to nothing"),
 ])
 def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")  # where a folder is asked for
+    (tmp_path / "dead").symlink_to(tmp_path / "gone")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err

@@ -210,6 +210,14 @@ def test_fit_ceiling_above_the_gate_has_no_fastest_line():
     assert fit["steps_to_gate"] < 1000 and fit["steps_to_gate_fastest"] is None
 
 
+def test_probe_curve_points_without_a_precision_merge_with_bf16_ones(tmp_path):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(_curve(0, 0.2)))  # made before points recorded their precision
+    new.write_text(json.dumps(_curve(0, 0.2, bf16=True)))
+    points, *_ = curves.merge_probe_curves([old, new], "cheetah-run", "cpu")
+    assert [p["bf16"] for p in points] == [True]
+
+
 def test_float32_ceiling_points_are_a_line_of_their_own():
     points = [{"bc_steps": s, "train_episodes": 24, "normalized_return_id": r, "bf16": bf16}
               for bf16 in (True, False) for s, r in [(1000, 0.1), (2000, 0.2)]]

@@ -13,14 +13,14 @@ from masklam_bench.precision import fast_bf16  # the real one: conftest replaces
 def cpu_bf16(monkeypatch):
     """Set whether this machine's CPU counts as fast at bf16: ``cpu_bf16(False)``."""
     def set_fast(fast: bool) -> None:
-        monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
+        monkeypatch.setattr(precision, "fast_bf16",
+                            lambda device: fast if device.startswith("cpu") else True)
     return set_fast
 
 
 def test_the_cpu_check_is_onednn_bf16_support():
     assert fast_bf16("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if not torch.cuda.is_available():  # a sweep may plan GPU runs on a machine without one
-        assert fast_bf16("cuda")
+    assert fast_bf16("cuda")  # without starting CUDA: a sweep plans GPU runs on a login node
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -78,3 +78,19 @@ def test_the_bf16_benchmark_reports_the_cpu_and_times_a_step(benchmark_script):
     facts = bench.cpu_facts()
     assert set(facts["flags"]) == set(bench.FLAGS) and isinstance(facts["fast_bf16"], bool)
     assert bench.seconds_per_step(8, False, 1) > 0
+
+
+def test_a_cluster_sweep_of_cpu_runs_keeps_bf16_unless_told(cpu_bf16, capsys):
+    cpu_bf16(False)  # the login node's CPU says nothing about the nodes'
+    for options in (sweep.SweepOptions(launcher="slurm"),
+                    sweep.SweepOptions(ray_address="auto")):
+        assert options.on_cluster and options.uses_bf16 is True
+        assert sweep.SweepOptions(launcher="slurm", bf16=False).uses_bf16 is False
+    assert sweep.SweepOptions().uses_bf16 is False  # a local sweep runs here: this CPU decides
+    assert sweep.SweepOptions(gpus_per_run=1).uses_bf16 is True  # CUDA
+
+
+def test_curve_commands_take_the_bf16_flags():
+    parser = cli._build_parser()
+    assert parser.parse_args(["curve", "probe"]).bf16 is None
+    assert parser.parse_args(["curve", "ceiling", "--no-bf16"]).bf16 is False
