@@ -290,57 +290,59 @@ def test_other_protocols_get_their_own_sections_and_stay_out_of_main_aggregates(
     assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(9.0)
 
 
-def test_runs_on_davis_videos_get_their_own_section(tmp_path):
-    procedural = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
-    davis = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
-    for r in procedural:
-        r["dataset"] = {"distractor_videos": "procedural"}
-    for r in davis:
-        r["dataset"] = {"distractor_videos": "DAVIS-2017"}
-        r["overrides"] = {"train.bc_steps": 10}
-    readme, summary = _board(tmp_path, procedural + davis)  # same seeds: no duplicates
-
-    now = leaderboard.current_protocol("cpu")
+def _beside_the_main_rows(tmp_path, main_kind, other_kind, overrides_text):
+    """Three main-table runs of lapo d8 and three others (probe 7.0) made ``other_kind`` after
+    ``main_kind`` marked the first three; the board, its summary, the current protocol and the
+    other runs (checked: never in the main section, and in a table of ``overrides_text``)."""
+    main_runs = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
+    others = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
+    for r in main_runs:
+        main_kind(r)
+    for r in others:
+        other_kind(r)
+    readme, summary = _board(tmp_path, main_runs + others)  # same seeds: no duplicates
     main = readme.split("## Preset `cpu`, protocol")[0]
     assert "Skipped result files" not in readme and "7.000" not in main
+    assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
+    other = _iqm_row(summary, "lapo", overrides=overrides_text)
+    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
+    return readme, leaderboard.current_protocol("cpu"), others
+
+
+def test_runs_on_davis_videos_get_their_own_section(tmp_path):
+    def davis(r):
+        r["dataset"] = {"distractor_videos": "DAVIS-2017"}
+        r["overrides"] = {"train.bc_steps": 10}
+
+    readme, now, davis_runs = _beside_the_main_rows(
+        tmp_path, lambda r: r.update(dataset={"distractor_videos": "procedural"}), davis,
+        "train.bc_steps=10, videos=DAVIS-2017")
     assert f"protocol `{now}` with DAVIS-2017 videos and `--set` overrides" in readme
     assert ("Made with DAVIS-2017 distractor videos, not the procedural ones of the main tables "
             f"and --set train.bc_steps=10 (protocol `{now}`; current `{now}`)") in readme
-    assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
-    other = _iqm_row(summary, "lapo", overrides="train.bc_steps=10, videos=DAVIS-2017")
-    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
     assert f"(protocol `{now}`, DAVIS-2017 videos, overrides)" in readme  # the tables' titles
 
     # DAVIS runs alone: the main section says there is no procedural result yet.
-    for r in davis:
+    for r in davis_runs:
         r["overrides"] = {}
     (tmp_path / "alone").mkdir()
-    readme, _ = _board(tmp_path / "alone", davis)
+    readme, _ = _board(tmp_path / "alone", davis_runs)
     assert "without `--set` overrides on the procedural videos yet" in readme
     assert f"protocol `{now}` with DAVIS-2017 videos\n" in readme
     assert f"(protocol `{now}`, DAVIS-2017 videos)" in readme
 
 
 def test_float32_runs_get_their_own_section(tmp_path):
-    bf16 = [_result("cheetah-run", "lapo", 8, s) for s in SEEDS]
-    fp32 = [_result("cheetah-run", "lapo", 8, s, probe_nmse=7.0) for s in SEEDS]
-    for r in bf16:
-        r["config"]["run"] = {"bf16": True}
-    for r in fp32:
+    def fp32(r):
         r["config"]["run"] = {"bf16": False}
         r["run_name"] += "+fp32"
-    readme, summary = _board(tmp_path, bf16 + fp32)  # same seeds: no duplicates
 
-    now = leaderboard.current_protocol("cpu")
-    main = readme.split("## Preset `cpu`, protocol")[0]
-    assert "Skipped result files" not in readme and "7.000" not in main
+    readme, now, _ = _beside_the_main_rows(
+        tmp_path, lambda r: r["config"].update(run={"bf16": True}), fp32, "precision=float32")
     assert f"## Preset `cpu`, protocol `{now}` with float32\n" in readme
     assert ("Made with float32 training, not the bf16 autocast of the main tables "
             f"(protocol `{now}`; current `{now}`)") in readme
     assert f"(protocol `{now}`, float32)" in readme
-    assert _iqm_row(summary, "lapo", overrides="")["current_protocol"] == "1"
-    other = _iqm_row(summary, "lapo", overrides="precision=float32")
-    assert other["current_protocol"] == "0" and float(other["probe_nmse"]) == pytest.approx(7.0)
 
 
 def test_return_gate_marks_uninformative_returns_and_drops_them_from_aggregates(tmp_path):
