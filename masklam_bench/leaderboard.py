@@ -946,8 +946,8 @@ def _readme(board: _Board, plots: dict[tuple[str, str], list[str]]) -> str:
             lines += _section(board, main, plots, "")
         else:
             lines += [(f"No result of the current protocol (`{current}`) without `--set` "
-                       "overrides on the procedural videos yet; every result is listed below by "
-                       "protocol, overrides and videos."), ""]
+                       "overrides on the procedural videos in bf16 yet; every result is listed "
+                       "below by protocol, overrides, videos and precision."), ""]
         for table in tables:
             if table.preset == preset and table != main:
                 lines += _other_section(board, table, current)

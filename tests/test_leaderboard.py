@@ -327,7 +327,7 @@ def test_runs_on_davis_videos_get_their_own_section(tmp_path):
         r["overrides"] = {}
     (tmp_path / "alone").mkdir()
     readme, _ = _board(tmp_path / "alone", davis_runs)
-    assert "without `--set` overrides on the procedural videos yet" in readme
+    assert "without `--set` overrides on the procedural videos in bf16 yet" in readme
     assert f"protocol `{now}` with DAVIS-2017 videos\n" in readme
     assert f"(protocol `{now}`, DAVIS-2017 videos)" in readme
 
