@@ -22,7 +22,7 @@ from masklam_bench.checks import (
 )
 from masklam_bench.errors import BenchError, UserError
 from masklam_bench.plan import check_experts, run_jobs
-from masklam_bench.precision import add_bf16_flag, float32_note, uses_bf16
+from masklam_bench.precision import add_bf16_flag, float32_note, say_if_float32, uses_bf16
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -67,9 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         check_output_folder(folder, flag)  # not after a run of 20 minutes
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)
-    note = float32_note(args.bf16, device)
-    if note:
-        print(note)
+    say_if_float32(args.bf16, device)
     from masklam_bench.runner import RunConfig, run
 
     print(f"preset {args.preset}" + (f" with --set {args.overrides}" if args.overrides else "")

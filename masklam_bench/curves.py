@@ -25,7 +25,7 @@ import numpy as np
 from masklam_bench import metrics
 from masklam_bench.envs.backgrounds import PROCEDURAL_VIDEOS, distractor_videos
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
-from masklam_bench.precision import add_bf16_flag, float32_note
+from masklam_bench.precision import add_bf16_flag, say_if_float32
 from masklam_bench.provenance import unlock_run_folder
 
 PROBE_STEPS = (1500, 6000, 24000)
@@ -257,7 +257,9 @@ def ceiling_points_from_results(paths: list[Path], task: str, preset: str,
 
 def ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
     """One ceiling point from a ``bc-labels`` result (as ``runner.run`` returns and writes it):
-    its sizes, seed, mean normalised ID return and every episode's normalised return."""
+    its sizes, seed, precision, mean normalised ID return and every episode's normalised return."""
+    from masklam_bench.leaderboard import recorded_bf16
+
     preset, m = record["config"]["preset"], record["metrics"]
     lo, hi = m["ref_min_score"], m["ref_max_score"]
     return {"bc_steps": preset["train"]["bc_steps"],
@@ -265,7 +267,7 @@ def ceiling_point(record: dict[str, Any]) -> dict[str, Any]:
             # Absent from records at its old value 0 (presets.LATE_FIELDS).
             "bc_random_shift": preset["train"].get("bc_random_shift", 0), "seed": record["seed"],
             # A float32 run (no bf16 autocast: ``--no-bf16``, a CPU without bf16) is its own line.
-            "bf16": (record["config"].get("run") or {}).get("bf16", True) is not False,
+            "bf16": recorded_bf16(record),
             "normalized_return_id": m["normalized_return_id"],
             "episodes": [metrics.normalized_return(x, lo, hi) for x in m["return_id_episodes"]],
             "bc_s": record.get("timings", {}).get("bc_s")}
@@ -322,7 +324,8 @@ def fit_ceiling(points: list[dict[str, Any]], gate: float = 0.5) -> list[dict[st
                 fastest = _steps_to(gate, float(x.mean()), float(y.mean()), ci[1])
         fits.append({"train_episodes": series[0], "bc_random_shift": series[1],
                      "bf16": series[2], "runs": len(mine), "per_doubling": slope,
-                     "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept, "gate": gate,
+                     "per_doubling_ci95": ci, "p_value": p_value, "intercept_log2": intercept,
+                     "gate": gate,
                      "steps_to_gate": _steps_to(gate, 0.0, intercept, slope),
                      "steps_to_gate_fastest": fastest})
     return fits
@@ -518,7 +521,7 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                 method_class(method)
             steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
             dim, videos = args.dim, distractor_videos()
-            _say_float32(args.bf16)
+            say_if_float32(args.bf16, "cpu")
             points = probe_curve(task, args.methods.split(","), sorted(steps), seeds, dim,
                                  args.preset, overrides, args.data_root, args.runs_root,
                                  args.threads, bf16=args.bf16)
@@ -595,17 +598,11 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
     shifts = parse_int_list(args.shifts, "--shifts", 0, example="0,4")
     for shift in shifts:
         parse_override(f"{SHIFT_KEY}={shift}")  # its bounds, in --set's words
-    _say_float32(args.bf16)
+    say_if_float32(args.bf16, "cpu")
     return ceiling_curve(task, sorted(steps), episodes, seeds, args.preset, overrides,
                          args.data_root, args.runs_root, str(out / "results"), args.threads,
                          shifts=tuple(shifts), bf16=args.bf16)
 
-
-def _say_float32(bf16: bool | None) -> None:
-    """Print the note that a curve's runs train in float32 on this CPU, when they do."""
-    note = float32_note(bf16, "cpu")
-    if note:
-        print(note)
 
 
 __all__ = ["ceiling_curve", "ceiling_point", "ceiling_points_from_results", "describe_fit",

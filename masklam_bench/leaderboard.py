@@ -338,6 +338,13 @@ def recorded_videos(record: dict[str, Any]) -> str:
     return PROCEDURAL_VIDEOS if videos is None else videos
 
 
+def recorded_bf16(record: dict[str, Any]) -> bool:
+    """Whether a result record's run trained under bf16 autocast (``config.run.bf16``); a record
+    that does not say is a bf16 run's (every run was, before the precision followed the CPU)."""
+    run = (record.get("config") or {}).get("run")
+    return not (isinstance(run, dict) and run.get("bf16") is False)
+
+
 def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its table, latent-dim key, no-probe and same-env flags (``_``-prefixed)."""
     no_probe = bool(record.get("latent_is_action")) or record["method"] == CEILING_METHOD
@@ -346,8 +353,7 @@ def _annotate(record: dict[str, Any]) -> dict[str, Any]:
     videos = recorded_videos(record)
     if videos != PROCEDURAL_VIDEOS:
         overrides[VIDEOS_KEY] = videos
-    run = (record.get("config") or {}).get("run")
-    if isinstance(run, dict) and run.get("bf16") is False:
+    if not recorded_bf16(record):
         overrides[PRECISION_KEY] = "float32"
     record["_table"] = _TableId(record["preset"], protocol_id(record), overrides_text(overrides))
     record["_no_probe"] = no_probe

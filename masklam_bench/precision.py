@@ -60,10 +60,18 @@ def float32_note(bf16: bool | None, device: str) -> str | None:
     return None
 
 
+def say_if_float32(bf16: bool | None, device: str) -> None:
+    """Print :func:`float32_note` when there is one (``run`` and ``curve``, before training)."""
+    note = float32_note(bf16, device)
+    if note:
+        print(note)
+
+
 def uses_bf16(requested: bool | None, device: str) -> bool:
     """The precision a run with ``bf16=requested`` trains in on ``device``: the request when
     given, else bf16 where it is fast (:func:`fast_bf16`)."""
     return fast_bf16(device) if requested is None else bool(requested)
 
 
-__all__ = ["FLOAT32_NOTE", "add_bf16_flag", "fast_bf16", "float32_note", "uses_bf16"]
+__all__ = ["FLOAT32_NOTE", "add_bf16_flag", "fast_bf16", "float32_note", "say_if_float32",
+           "uses_bf16"]

@@ -115,13 +115,17 @@ class SweepOptions:
         return "cuda" if self.gpus_per_run > 0 else "cpu"
 
     @property
+    def cluster_cpus_unknown(self) -> bool:
+        """Whether the runs' precision was not given and their CPUs are a cluster's, not this
+        machine's, so this machine's CPU cannot decide it."""
+        return self.bf16 is None and self.on_cluster and self.device == "cpu"
+
+    @property
     def uses_bf16(self) -> bool:
         """The precision of every run, decided when the sweep is planned: the flag's, else bf16
-        where this machine computes in bf16 fast; but on a cluster, whose CPUs are not this
-        machine's, bf16 (the presets' precision) unless ``--no-bf16``."""
-        if self.bf16 is None and self.on_cluster and self.device == "cpu":
-            return True
-        return uses_bf16(self.bf16, self.device)
+        where this machine computes in bf16 fast; but on a cluster's CPUs
+        (:attr:`cluster_cpus_unknown`), bf16 (the presets' precision) unless ``--no-bf16``."""
+        return True if self.cluster_cpus_unknown else uses_bf16(self.bf16, self.device)
 
     @property
     def log_dir(self) -> str:
@@ -677,11 +681,12 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         print("note: preset gpu with no GPU per run: every run trains the gpu preset's IMPALA "
               "networks (30,000 LAM steps, 440 episodes) on the CPU, which it was not sized for; "
               "pass --gpus-per-run 1, or --preset cpu for the CPU-sized benchmark.")
-    note = float32_note(options.bf16, options.device) if options.uses_bf16 is False else None
-    if options.bf16 is None and options.on_cluster and options.device == "cpu":
+    if options.cluster_cpus_unknown:
         note = ("note: the runs train in bf16, the presets' precision, on the cluster's CPUs; "
                 "where those lack bf16 instructions (AVX-512 or AMX) bf16 is 10-80x slower than "
                 "float32: pass --no-bf16 for such nodes.")
+    else:
+        note = float32_note(options.bf16, options.device)
     if runs and note:
         print(note)
     if options.dry_run:
