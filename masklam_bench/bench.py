@@ -85,9 +85,14 @@ def _seconds_in_turns(contenders: dict[str, _Stock | _Ours], steps: int) -> dict
     return {key: np.asarray(s) for key, s in seconds.items()}
 
 
+def _frames_per_s(seconds: dict[str, np.ndarray], steps: int) -> dict[str, float]:
+    """Frames/s of each contender from its seconds per turn over ``steps`` steps in all."""
+    return {key: steps / s.sum() for key, s in seconds.items()}
+
+
 def _fps_in_turns(contenders: dict[str, _Stock | _Ours], steps: int) -> dict[str, float]:
     """Frames/s of each contender over ``steps`` steps, run in turns of ``CHUNK_STEPS``."""
-    return {key: steps / s.sum() for key, s in _seconds_in_turns(contenders, steps).items()}
+    return _frames_per_s(_seconds_in_turns(contenders, steps), steps)
 
 
 MIN_TURNS = 5
@@ -144,7 +149,7 @@ def run_benchmark(names: list[str], steps: int) -> list[dict[str, Any]]:
             if split != "none":
                 contenders[f"{name}/replace"] = _Ours(name, floor="replace")
         seconds = _seconds_in_turns(contenders, steps)
-        fps = {key: steps / s.sum() for key, s in seconds.items()}
+        fps = _frames_per_s(seconds, steps)
         for name, split in ids:
             frames = np.stack(contenders[f"{name}/default"].frames)
             stock_frames = np.stack(contenders[f"{name}/2048"].frames)
