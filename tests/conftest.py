@@ -10,6 +10,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share the machine's cores: one thread each (children inherit it).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _float32_unless_asked():
@@ -21,6 +26,26 @@ def _float32_unless_asked():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "fast_bf16", lambda device: not device.startswith("cpu"))
         yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A smoke dataset for cheetah, collected once for each module that asks for it (the
+    pipeline's tests: ``test_runner.py``, ``test_resume.py``)."""
+    root = tmp_path_factory.mktemp("data")
+    from masklam_bench.collect import collect
+    from masklam_bench.envs import env_id
+    from masklam_bench.presets import get_preset
+
+    data = get_preset("smoke").data
+    from masklam_bench.experts import available_experts
+
+    policy = "expert" if "cheetah-run" in available_experts() else "random"
+    collect(env_id("cheetah-run", "id"), root / "smoke" / "cheetah-run",
+            episodes=data.train_episodes + data.test_episodes, test_episodes=data.test_episodes,
+            episode_steps=data.episode_steps, action_noise=data.action_noise, seed=0,
+            workers=1, policy=policy, preset="smoke", progress=False)
+    return root
 
 
 def write_fake_cheetah_expert(path, *, hidden: int = 16, seed: int = 0,

@@ -113,3 +113,12 @@ def test_experts_table_matches_laom_returns_and_its_commands():
         assert float(laom) == LAOM_RETURNS[task], task
         assert float(re.search(r"([\d.]+)%", share)[1]) == round(100 * mean / LAOM_RETURNS[task], 1)
         assert command == f"`masklam-bench eval-expert --task {task} --episodes 10`", task
+
+
+def test_ci_runs_the_readmes_test_command():
+    """CI must run the tests the way the README tells a newcomer to (its second command)."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(),
+                        re.DOTALL | re.MULTILINE)
+    (command,) = [b.strip() for b in blocks if "pytest" in b.split("\n")[0]][:1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci and "bash setup.sh" in ci
