@@ -120,3 +120,26 @@ def test_size_beyond_the_models_framebuffer_renders():
     env = gym.make("CleanCheetah-v0", size=641)
     obs, info = env.reset(seed=0)
     assert obs.shape == (641, 641, 3) and info["agent_mask"].any()
+
+
+def test_render_passes_script_measures_every_piece_and_leaves_the_renderer_as_it_was(
+        benchmark_script):
+    """``benchmarks/render_passes.py`` times passes the envs never render (no shadow, the floor
+    alone, a coarser tessellation in a context of its own); afterwards the env renders what a
+    fresh one does."""
+    script = benchmark_script("render_passes")
+    times = script.measure("DistractingHopper-v0", repeats=2)
+    assert all(ms > 0 for ms in times.values()) and len(times) == 13
+    assert "RGB pass, whole floor, 14 slices x 8 stacks" in times
+    env, fresh = gym.make("DistractingHopper-v0"), gym.make("DistractingHopper-v0")
+    env.reset(seed=0)
+    fresh.reset(seed=0)
+    renderer = env.unwrapped._renderer
+    with env.unwrapped._physics.contexts.gl.make_current() as ctx:
+        script._coarser(env.unwrapped._physics, renderer, ctx, repeats=1)
+    for _ in range(3):
+        a, b = env.step(np.full(4, 0.3)), fresh.step(np.full(4, 0.3))
+        assert np.array_equal(a[0], b[0])
+    assert np.array_equal(renderer.render()[0], fresh.unwrapped._renderer.render()[0])
+    env.close()
+    fresh.close()
