@@ -66,13 +66,14 @@ main() {
   # The whole pipeline once at the smoke preset on the machine's default device (CUDA there):
   # collection, LAM, probe, latent BC, decoder and rollouts, in seconds; its result file comes
   # back in smoke/. A failure is reported and the check goes on.
+  # (run from /tmp with -P: neither the checkout nor stray files in /tmp shadow a module)
   local scratch
   scratch="$(mktemp -d)"
-  (cd /tmp && timeout 300 python3 -m masklam_bench.cli run --method masklam --preset smoke \
+  (cd /tmp && timeout 300 python3 -P -m masklam_bench.cli run --method masklam --preset smoke \
     --dims 8 --runs-root "$scratch/runs" --data-root "$scratch/data" --out "$out/smoke") \
     || echo "the smoke run failed (exit $?); going on with gpu-check"
   rm -rf "$scratch"  # its dataset and run folder; the result file is in $out/smoke
-  (cd /tmp && python3 -m masklam_bench.cli gpu-check --out "$out/gpu_check.json" \
+  (cd /tmp && python3 -P -m masklam_bench.cli gpu-check --out "$out/gpu_check.json" \
     --max-minutes "${MAX_MINUTES:-5}" "$@")
 }
 

@@ -7,12 +7,15 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share the machine's cores: one thread each (before torch loads its
+    # OpenMP; child processes inherit it).
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two test workers share the machine's cores: one thread each (children inherit it).
-    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 

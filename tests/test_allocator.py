@@ -25,5 +25,5 @@ print(repr([float(method.train_step(batch)["loss"]) for _ in range(3)]))
 def test_tuned_allocator_gives_bit_identical_training():
     # Fresh processes: the thresholds are process-wide and cannot be unset.
     outs = [subprocess.run([sys.executable, "-c", _SCRIPT, mode], check=True,
-                           capture_output=True, text=True).stdout for mode in ("plain", "tuned")]
+                           capture_output=True, text=True, timeout=300).stdout for mode in ("plain", "tuned")]
     assert outs[0] == outs[1] and outs[0].startswith("[")

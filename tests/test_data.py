@@ -354,7 +354,8 @@ def test_second_process_waits_for_the_lock(dataset, fake_expert, no_recollection
         waiter.start()
         waiter.join(timeout=1.5)
         assert waiter.is_alive() and "path" not in result
-    waiter.join(timeout=30)
+    waiter.join(timeout=120)
+    assert not waiter.is_alive(), "the waiting collection did not finish in 120 s"
     assert result["path"] == dataset
     assert "waiting for it" in capsys.readouterr().err
     assert not lock.exists()

@@ -304,8 +304,12 @@ def ray_sweep(tmp_path_factory, plugin_path):
     argv = ["sweep", "--methods", f"lapo,masklam,{BROKEN}", "--dims", "8", "--preset", "smoke",
             "--ray-cpus", "2", *_paths(root)]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray's processes inherit these at start: a worker slow to register on a loaded 2-core
+        # machine (the other test worker busy) is waited for, not failed after Ray's 60 s.
+        patch.setenv("RAY_worker_register_timeout_seconds", "300")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
     return root, code, out.getvalue(), err.getvalue()
 
 
@@ -314,9 +318,10 @@ def test_ray_sweep_runs_the_grid_and_survives_a_failing_run(ray_sweep):
     root, code, out, err = ray_sweep
     names = sorted(p.name for p in (root / "out").glob("*.json"))
     assert names == ["cheetah-run__lapo__d8__s0__smoke+fp32.json",
-                     "cheetah-run__masklam__d8__s0__smoke+fp32.json"]
-    assert code == 2  # a run failed: the exit code says so, and the table names it
-    assert "| done | 2 |" in out and "| skipped | 0 |" in out and "| failed | 1 |" in out
+                     "cheetah-run__masklam__d8__s0__smoke+fp32.json"], out + err
+    assert code == 2, out + err  # a run failed: the exit code says so, and the table names it
+    assert "| done | 2 |" in out and "| skipped | 0 |" in out and "| failed | 1 |" in out, (
+        out + err)
     # The local instance's runs get `run`'s priority, not Ray's default worker niceness of 15.
     assert ("failed: cheetah-run__sweep_broken_lam-Broken__d8__s0__smoke+fp32: RuntimeError: "
             f"broken on purpose at niceness {os.nice(0)}") in out
