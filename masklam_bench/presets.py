@@ -134,9 +134,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 """Overridable string fields and the values each accepts."""
 
-_MAXIMA: dict[str, int] = {"train.bc_random_shift": 16}
+_MAXIMA: dict[str, int] = {"train.bc_random_shift": 16, "data.episode_steps": 1000}
 """Upper bounds of overridable numbers where a larger value cannot be meant (a shift of more than
-16 pixels moves the cheetah out of the 64-pixel frame)."""
+16 pixels moves the cheetah out of the 64-pixel frame; a DMC episode has 1,000 steps)."""
+
+_MINIMA: dict[str, int] = dict.fromkeys(
+    ("data.train_episodes", "data.test_episodes", "data.episode_steps",
+     "data.labelled_transitions", "train.lam_batch", "train.bc_batch",
+     "train.probe_fit_transitions", "train.eval_episodes", "train.eval_episode_steps"), 1)
+"""Sizes that cannot be 0: a batch of none trains on NaN, no test episodes leave nothing to probe
+on, no evaluation episodes nothing to score (step counts may be 0: an untrained stage)."""
 
 
 def overridable_keys() -> list[str]:
@@ -175,6 +182,8 @@ def parse_override(text: str) -> tuple[str, int | float | str]:
                          f"got {raw!r}.") from None
     if not (math.isfinite(value) and value >= 0):
         raise UserError(f"--set {key}: expected a finite value >= 0, got {raw!r}.")
+    if value < _MINIMA.get(key, 0):
+        raise UserError(f"--set {key}: expected at least {_MINIMA[key]}, got {raw!r}.")
     if key in _MAXIMA and value > _MAXIMA[key]:
         raise UserError(f"--set {key}: expected at most {_MAXIMA[key]}, got {raw!r}.")
     return key, value
