@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from masklam_bench.errors import UserError
 
@@ -112,6 +113,25 @@ def check_output_folder(path: str | os.PathLike, flag: str, shown: str | None = 
         raise UserError(f"{flag} {shown}: cannot write in {existing} (permission denied).")
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, a file a command would write but cannot: a path that is a folder,
+    or whose folder :func:`check_output_folder` refuses."""
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; give the path of a file to write.")
+    check_output_folder(Path(path).parent, flag, shown=str(path))
+
+
+def check_declared_outputs(args: Any) -> None:
+    """Check the output paths a sub-command declares with ``set_defaults(output_folders=(dest,
+    ...), output_files=(dest, ...))`` (argparse destinations; unset ones are skipped), so that a
+    path that cannot be written is refused before the command's work, not after it."""
+    for dests, check in ((getattr(args, "output_folders", ()), check_output_folder),
+                         (getattr(args, "output_files", ()), check_output_file)):
+        for dest in dests:
+            if getattr(args, dest, None) is not None:
+                check(getattr(args, dest), "--" + dest.replace("_", "-"))
+
+
 def method_class(name: str) -> type:
     """The method registered as ``name``, or the ``module:Class`` it names; else a UserError.
 
@@ -126,5 +146,5 @@ def method_class(name: str) -> type:
         raise UserError(str(err)) from None
 
 
-__all__ = ["check_device", "check_output_folder", "int_at_least", "method_class", "parse_envs",
-           "parse_int_list", "parse_overrides"]
+__all__ = ["check_declared_outputs", "check_device", "check_output_file", "check_output_folder",
+           "int_at_least", "method_class", "parse_envs", "parse_int_list", "parse_overrides"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from masklam_bench import interrupts
 from masklam_bench.checks import (
+    check_declared_outputs,
     check_device,
     check_output_folder,
     int_at_least,
@@ -252,7 +253,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace-shipped", action="store_true",
                    help="export over the package's shipped expert (default: RUN_DIR/candidate.pt;"
                         " datasets of the old expert are then refused)")
-    p.set_defaults(func=_cmd_train_expert)
+    p.set_defaults(func=_cmd_train_expert, output_folders=("out",))
 
     p = sub.add_parser("eval-expert", help="measure shipped experts' returns next to random's")
     p.add_argument("--task", required=True, help="task, or a comma-separated list")
@@ -293,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = interrupts.install() if in_main else {}
     try:
+        check_declared_outputs(args)  # an unwritable --out refused now, not after the work
         status = args.func(args)  # None, or a command's own exit status (reproduce: 1 = differs)
     except BenchError as err:  # bad input; anything else is a bug and keeps its traceback
         print(f"masklam-bench {args.command}: error: {err}", file=sys.stderr)

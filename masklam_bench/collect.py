@@ -889,7 +889,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="distractor level (default: low)")
     p.add_argument("--floor", default=None, choices=["keep", "replace"],
                    help="floor mode (default: keep)")
-    p.set_defaults(func=_cmd_collect)
+    p.set_defaults(func=_cmd_collect, output_folders=("out",))
 
 
 __all__ = ["POLICIES", "CollectConfig", "add_cli", "collect", "episode_seed"]

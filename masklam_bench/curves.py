@@ -493,7 +493,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
     p.add_argument("--threads", type=int, default=0)
     add_bf16_flag(p)
-    p.set_defaults(func=_cmd_curve)
+    p.set_defaults(func=_cmd_curve, output_folders=("data_root", "runs_root", "out"))
 
 
 def _cmd_curve(args: argparse.Namespace) -> None:

@@ -374,7 +374,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no measurement after this many minutes (the file keeps the rest)")
-    p.set_defaults(func=_cmd_gpu_check)
+    p.set_defaults(func=_cmd_gpu_check, output_files=("out",))
 
 
 def _cmd_gpu_check(args: argparse.Namespace) -> None:

@@ -1387,7 +1387,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, metavar="N",
                    help=f"bootstrap replicates of every cross-task interval "
                         f"(default: {BOOTSTRAP_REPS})")
-    p.set_defaults(func=_cmd_leaderboard)
+    p.set_defaults(func=_cmd_leaderboard, output_folders=("out",))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> None:

@@ -208,7 +208,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="folder for mask_quality.md and mask_quality.png (default: mask_quality)")
     p.add_argument("--bins", type=int_at_least(1), default=DEFAULT_BINS,
                    help=f"episode-step bins of the plot (default: {DEFAULT_BINS})")
-    p.set_defaults(func=_cmd_mask_quality)
+    p.set_defaults(func=_cmd_mask_quality, output_folders=("out",))
 
 
 __all__ = [

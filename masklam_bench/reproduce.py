@@ -208,7 +208,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: the file's)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would run and the code differences, run nothing")
-    p.set_defaults(func=_cmd_reproduce)
+    p.set_defaults(func=_cmd_reproduce, output_folders=("workdir", "data_root"))
 
 
 def _checked_jobs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], Any]]:

@@ -774,4 +774,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="print the grid and the resources it asks for; start nothing")
     p.add_argument("--no-leaderboard", action="store_true",
                    help="do not regenerate OUT/leaderboard at the end")
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(func=_cmd_sweep, output_folders=("slurm_logs",))

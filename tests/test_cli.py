@@ -3,6 +3,7 @@ suite's own (one line, exit 2) or a bug (its traceback, never disguised as bad i
 
 from __future__ import annotations
 
+import argparse
 import ast
 from pathlib import Path
 
@@ -187,6 +188,17 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
      "a_file is a file, not a folder"),
     (["run", "--method", "lapo", "--preset", "smoke", "--out", "dead/results"],
      "--out dead/results: dead is a link to nothing"),
+    (["curve", "probe", "--methods", "lapo", "--out", "a_file"], "--out a_file is a file"),
+    (["curve", "ceiling", "--runs-root", "a_file/x"], "--runs-root a_file/x: a_file is a file"),
+    (["leaderboard", "--out", "a_file"], "--out a_file is a file, not a folder"),
+    (["collect", "--env", "DistractingCheetah-v0", "--out", "a_file"], "--out a_file is a file"),
+    (["train-expert", "--task", "cheetah", "--out", "a_file"], "--out a_file is a file"),
+    (["gpu-check", "--out", "."], "--out . is a folder; give the path of a file"),
+    (["gpu-check", "--out", "a_file/g.json"], "--out a_file/g.json: a_file is a file"),
+    (["reproduce", "r.json", "--workdir", "a_file"], "--workdir a_file is a file"),
+    (["mask-quality", "--dataset", "d", "--out", "a_file"], "--out a_file is a file"),
+    (["sweep", "--methods", "lapo", "--launcher", "local-submitit", "--slurm-logs", "a_file",
+      "--dry-run"], "--slurm-logs a_file is a file, not a folder"),
 ])
 def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
@@ -195,6 +207,29 @@ def test_bad_input_to_other_commands_is_one_line(argv, message, monkeypatch, tmp
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+_CHECKED_IN_THE_COMMAND = {"run", "sweep", "show"}
+"""Sub-commands that check their output paths themselves (``run`` and ``sweep`` after planning,
+``show`` after its image format)."""
+
+
+def test_every_output_path_is_declared_for_checking():
+    """A sub-command with an output flag declares it (``output_folders``/``output_files``), so
+    ``main`` refuses an unwritable path before the work: a new sub-command cannot forget."""
+    parser = cli._build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = []
+    for name, sub in commands.choices.items():
+        declared = {*sub._defaults.get("output_folders", ()), *sub._defaults.get("output_files", ())}
+        for action in sub._actions:
+            if action.dest in _OUTPUT_DESTS and action.dest not in declared and (
+                    name not in _CHECKED_IN_THE_COMMAND):
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing
+
+
+_OUTPUT_DESTS = {"out", "data_root", "runs_root", "workdir", "slurm_logs"}
 
 
 def test_a_foreign_checkpoint_given_as_expert_weights_is_refused(tmp_path, capsys):
