@@ -117,6 +117,19 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL (?P<name>\S+) was not an allowed global")
 """The class or function a refused file pickles, in torch's refusal."""
 
 
+def load_run_json(path: str | os.PathLike, hint: str = "delete it to redo the stage") -> Any:
+    """A JSON file of a run folder; one that is damaged (hand-edited, or written by something
+    else) is a clear error with what to do, as a damaged checkpoint is.
+
+    Raises:
+        CheckpointError: ``<path> is unreadable (<why>); <hint>.``
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} is unreadable ({err}); {hint}.") from None
+
+
 def load_checkpoint(path: str | os.PathLike, hint: str = "delete it to redo the stage",
                     map_location: str = "cpu") -> Any:
     """Load a checkpoint the suite wrote, safely; a file that will not load is a clear error.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from masklam_bench.errors import UserError
-from masklam_bench.fileio import atomic_write_json
+from masklam_bench.fileio import atomic_write_json, load_run_json
 
 IDENTITY_FILE = "identity.json"
 """The file in a run folder that records what the run is made with."""
@@ -140,7 +140,7 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     stages = [p for p in run_dir.glob("*")
               if p.name not in (IDENTITY_FILE, "config.json", RUN_LOCK_FILE)]
     if path.exists():
-        old = json.loads(path.read_text())
+        old = load_run_json(path, "delete the run folder to start the run again")
     elif stages:
         old = {"(recorded)": "nothing: the folder predates identity records"}
     else:

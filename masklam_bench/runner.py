@@ -40,7 +40,12 @@ from masklam_bench.dataset import (
 from masklam_bench.envs import env_id, get_task
 from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, distractor_videos
 from masklam_bench.errors import UserError
-from masklam_bench.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
+from masklam_bench.fileio import (
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    load_run_json,
+)
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.precision import uses_bf16
 from masklam_bench.presets import (
@@ -461,7 +466,7 @@ def _save_json(value: dict[str, Any], path: Path) -> None:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return load_run_json(path)
 
 
 def _stage_lam(run: _Run, snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -749,7 +754,7 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
     identity = run_identity(config, preset, cls, meta)
     recorded = run_dir / IDENTITY_FILE
     if not check_code and recorded.exists():  # an analysis: other code and threads are fine
-        old = json.loads(recorded.read_text())
+        old = load_run_json(recorded, "delete the run folder to start the run again")
         identity.update({k: old[k] for k in ("method_sha256", "harness_sha256", "cpu_threads")
                          if k in old})
     check_identity(run_dir, identity)
@@ -769,7 +774,8 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
     test_s = TransitionSampler(test, lam_cfg.context_frames, 1, use_clean=cls.uses_clean_data,
                                device=device, masks=masks["test"])
     timings_file = run_dir / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings = load_run_json(timings_file, "delete it (only the stages' recorded times go)") \
+        if timings_file.exists() else {}
     return _Run(config, preset, cls, run_dir, data_dir, meta, train, test, train_s, test_s,
                 method, device, progress, identity, timings)
 

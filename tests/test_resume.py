@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,23 @@ def test_laom_labels_supervision_reads_only_the_labelled_subset(tmp_path, data_r
             assert all(torch.isfinite(p).all() for p in method.nets.parameters())
     with pytest.raises(ValueError, match="pass the labelled subset"):
         runner.train_lam(method, sampler, 1, 2, tmp_path, seed=0, progress=False)
+
+
+def test_a_damaged_json_file_in_a_run_folder_is_a_clear_error(tmp_path, data_root):
+    """A hand-edited or half-written JSON file of a run folder is named, with what to do, as a
+    damaged checkpoint is; nothing is overwritten."""
+    from masklam_bench.errors import CheckpointError
+
+    config = _config(tmp_path, data_root, "lapo")
+    runner.run(config, progress=False)
+    run_dir = tmp_path / "runs" / config.run_name
+    for name, hint in (("probe.json", "delete it to redo the stage"),
+                       ("timings.json", "delete it (only the stages' recorded times go)"),
+                       ("identity.json", "delete the run folder to start the run again")):
+        good = (run_dir / name).read_text()
+        (run_dir / name).write_text("{bad")
+        with pytest.raises(CheckpointError, match=f"{name} is unreadable .*; {re.escape(hint)}"):
+            runner.run(config, progress=False)
+        assert (run_dir / name).read_text() == "{bad"
+        (run_dir / name).write_text(good)
+    assert runner.run(config, progress=False)["metrics"]["probe_nmse"] is not None
