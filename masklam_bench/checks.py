@@ -9,6 +9,7 @@ first use), and nothing that imports it is imported back, so it closes no import
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -47,6 +48,31 @@ def parse_int_list(text: str, flag: str, minimum: int = 0, example: str = "64,81
             f"e.g. {flag} {example}; got {text!r}."
         )
     return values
+
+
+MAX_LATENT_DIM = 65_536
+"""The largest latent size accepted (the papers use 32..8192; a 65,536-wide dense latent is
+already several GB of weights and optimiser state)."""
+
+
+def parse_dims(text: str, flag: str = "--dims") -> list[int]:
+    """Latent sizes ``"64,8192"``: distinct integers from 1 to :data:`MAX_LATENT_DIM`."""
+    dims = parse_int_list(text, flag, minimum=1)
+    if max(dims) > MAX_LATENT_DIM:
+        raise UserError(f"{flag}: {max(dims)} is above the largest latent size accepted "
+                        f"({MAX_LATENT_DIM}); the papers use 32..8192.")
+    return dims
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for a finite number above 0: anything else is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
 
 
 def parse_envs(text: str) -> list[str]:
@@ -146,5 +172,17 @@ def method_class(name: str) -> type:
         raise UserError(str(err)) from None
 
 
-__all__ = ["check_declared_outputs", "check_device", "check_output_file", "check_output_folder",
-           "int_at_least", "method_class", "parse_envs", "parse_int_list", "parse_overrides"]
+__all__ = [
+    "MAX_LATENT_DIM",
+    "check_declared_outputs",
+    "check_device",
+    "check_output_file",
+    "check_output_folder",
+    "int_at_least",
+    "method_class",
+    "parse_dims",
+    "parse_envs",
+    "parse_int_list",
+    "parse_overrides",
+    "positive_float",
+]

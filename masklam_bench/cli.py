@@ -18,6 +18,7 @@ from masklam_bench.checks import (
     check_output_folder,
     int_at_least,
     method_class,
+    parse_dims,
     parse_int_list,
     parse_overrides,
 )
@@ -94,7 +95,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     from masklam_bench.baselines.base import LamConfig
     from masklam_bench.baselines.bench import train_throughput
 
-    dims = parse_int_list(args.dims, "--dims", minimum=1)
+    dims = parse_dims(args.dims)
     threads = parse_int_list(args.threads, "--threads", minimum=1, example="1,2")
     check_device(args.device)
     for name in args.methods.split(","):
@@ -207,7 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int_at_least(1), default=8, help="columns (default: 8)")
     p.add_argument("--every", type=int_at_least(1), default=10,
                    help="steps between columns (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the episode and actions")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the episode and actions")
     p.add_argument("--level", default="low", choices=["low", "hard"], help="distractor level")
     p.add_argument("--floor", default="keep", choices=["keep", "replace"], help="floor mode")
     p.set_defaults(func=_cmd_show)
@@ -226,17 +227,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", default="64,8192", help="latent sizes (default: 64,8192)")
     p.add_argument("--threads", default="1", help="torch thread counts (default: 1)")
     p.add_argument("--encoder", default="light", choices=["light", "impala"])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per block")
+    p.add_argument("--batch", type=int_at_least(1), default=64)
+    p.add_argument("--steps", type=int_at_least(1), default=20, help="timed steps per block")
     p.add_argument("--device", default="cpu")
     add_bf16_flag(p)
     p.set_defaults(func=_cmd_bench_train)
 
     p = sub.add_parser("train-expert", help="train (or resume) a state-based SAC expert")
     p.add_argument("--task", required=True, help="cheetah-run, walker-run, hopper-hop, ...")
-    p.add_argument("--steps", type=int, default=1_000_000, help="environment steps in total")
+    p.add_argument("--steps", type=int_at_least(1), default=1_000_000,
+                   help="environment steps in total")
     p.add_argument("--out", default=None, help="checkpoint folder (default runs/experts/TASK)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch CPU threads (default: 1)")
     p.add_argument("--stand-bonus", type=float, default=0.0,
@@ -258,7 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-expert", help="measure shipped experts' returns next to random's")
     p.add_argument("--task", required=True, help="task, or a comma-separated list")
     p.add_argument("--episodes", type=int_at_least(1), default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="an exported expert file to measure instead of the shipped one")
     p.set_defaults(func=_cmd_eval_expert)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from masklam_bench import metrics
+from masklam_bench.checks import int_at_least, method_class, parse_int_list, parse_overrides
 from masklam_bench.envs.backgrounds import PROCEDURAL_VIDEOS, distractor_videos
 from masklam_bench.fileio import atomic_write_bytes, atomic_write_json, load_checkpoint
 from masklam_bench.precision import add_bf16_flag, say_if_float32
@@ -476,7 +477,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="ceiling: random-shift augmentation of BC's frames, in pixels (0: off; "
                         "e.g. 0,4)")
     p.add_argument("--seeds", default="0", help="training seeds (default: 0)")
-    p.add_argument("--dim", type=int, default=64, help="probe: latent dim (default: 64)")
+    p.add_argument("--dim", type=int_at_least(1), default=64,
+                   help="probe: latent dim (default: 64)")
     p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field (as for run)")
@@ -491,7 +493,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "(repeatable) instead of running; --steps/--episodes/--shifts/--seeds are "
                         "ignored")
     p.add_argument("--out", default="curves", help="folder for the curve's JSON and PNG")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int_at_least(0), default=0,
+                   help="torch CPU threads (default 0: torch's own count)")
     add_bf16_flag(p)
     p.set_defaults(func=_cmd_curve, output_folders=("data_root", "runs_root", "out"))
 
@@ -500,7 +503,6 @@ def _cmd_curve(args: argparse.Namespace) -> None:
     """Run (or resume) one curve and write ``<out>/<kind>_curve_<task>.{json,png}``."""
     import torch
 
-    from masklam_bench.checks import method_class, parse_int_list, parse_overrides
     from masklam_bench.envs import get_task
     from masklam_bench.errors import UserError
 
@@ -518,7 +520,10 @@ def _cmd_curve(args: argparse.Namespace) -> None:
                 [Path(p) for p in args.merge], task, args.preset)
         else:
             for method in args.methods.split(","):
-                method_class(method)
+                cls = method_class(method)
+                if cls.latent_is_action or cls.skips_pretraining:
+                    raise UserError(f"--methods: {method} trains no LAM, so there is no probe "
+                                    f"to follow over LAM steps; drop it.")
             steps = parse_int_list(args.steps or ",".join(map(str, PROBE_STEPS)), "--steps", 1)
             dim, videos = args.dim, distractor_videos()
             say_if_float32(args.bf16, "cpu")
@@ -571,7 +576,6 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
     """The ceiling curve's points: read from ``--from-results``, or run (resuming) otherwise."""
     import sys
 
-    from masklam_bench.checks import parse_int_list
     from masklam_bench.errors import UserError
     from masklam_bench.presets import parse_override
 

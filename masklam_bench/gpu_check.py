@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from masklam_bench.checks import check_device, int_at_least, parse_dims, positive_float
 from masklam_bench.fileio import atomic_write_json
 
 PACKAGES = ("torch", "mujoco", "dm_control", "gymnasium", "shimmy", "minari", "h5py", "numpy",
@@ -368,11 +369,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="gpu", choices=["smoke", "cpu", "gpu"])
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dims", default="64,8192", help="latent dims (default: 64,8192)")
-    p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--steps", type=int_at_least(1), default=100,
+                   help="timed steps per measurement")
+    p.add_argument("--workers", type=int_at_least(0), default=0,
                    help=f"collection workers (0: the usable cores, at most {MAX_WORKERS})")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=positive_float, default=None,
                    help="start no measurement after this many minutes (the file keeps the rest)")
     p.set_defaults(func=_cmd_gpu_check, output_files=("out",))
 
@@ -380,10 +382,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_gpu_check(args: argparse.Namespace) -> None:
     import torch
 
-    from masklam_bench.checks import check_device, parse_int_list
 
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dims = parse_int_list(args.dims, "--dims", minimum=1)
+    dims = parse_dims(args.dims)
     workers = args.workers or min(usable_cpus(), MAX_WORKERS)
     # On the CPU torch.compile builds C++ kernels for minutes; the check is about the GPU.
     modes = (False,) if args.no_compile or device == "cpu" else (False, True)

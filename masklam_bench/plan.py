@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from masklam_bench.checks import method_class, parse_envs, parse_int_list
+from masklam_bench.checks import (
+    method_class,
+    parse_dims,
+    parse_envs,
+    parse_int_list,
+)
 from masklam_bench.errors import UserError
-
-MAX_LATENT_DIM = 65_536
-"""Largest ``--dims`` value accepted (the papers sweep 32..8192; LAOM uses 8192)."""
 
 
 def check_run_options(method_cls: type, mask_source: str, envs: str) -> None:
@@ -41,10 +43,7 @@ def run_jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     """
     from masklam_bench.presets import apply_overrides, get_preset
 
-    dims = parse_int_list(args.dims, "--dims", minimum=1)
-    if max(dims) > MAX_LATENT_DIM:
-        raise UserError(f"--dims: {max(dims)} is above the largest latent size accepted "
-                        f"({MAX_LATENT_DIM}); the papers use 32..8192.")
+    dims = parse_dims(args.dims)
     seeds = parse_int_list(args.seeds, "--seeds", minimum=0, example="0,1,2")
     tasks = parse_envs(args.envs)
     cls = method_class(args.method)
@@ -77,4 +76,4 @@ def check_experts(tasks: Iterable[str]) -> None:
         )
 
 
-__all__ = ["MAX_LATENT_DIM", "check_experts", "check_run_options", "run_jobs"]
+__all__ = ["check_experts", "check_run_options", "run_jobs"]

@@ -124,6 +124,9 @@ def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
         (["run", "--method", "masklam", "--envs", "DistractingCheetahOOD-v1"], "name the task"),
         (["run", "--method", "masklam", "--device", "meta"], "--device must be"),
         (["bench-train", "--device", "tpu"], "--device must be"),
+        (["bench-train", "--dims", "100000000"], "largest latent size"),
+        (["gpu-check", "--dims", "100000000"], "largest latent size"),
+        (["curve", "probe", "--methods", "lapo,bc-labels"], "bc-labels trains no LAM"),
         (["masks", "--dataset", "x", "--checkpoint", "random", "--device", "tpu"],
          "--device must be"),
         (["eval-expert", "--task", "cheetah,,walker"], "Unknown task ''"),
@@ -146,6 +149,13 @@ def test_bad_run_arguments_are_clear_errors(argv, message, capsys):
         (["show", "DistractingCheetah-v0", "--every", "0"], "--every: must be at least 1"),
         (["bench-env", "--steps", "0"], "--steps: must be at least 1"),
         (["eval-expert", "--task", "cheetah", "--episodes", "x"], "expected an integer"),
+        (["show", "DistractingCheetah-v0", "--seed", "-1"], "--seed: must be at least 0"),
+        (["train-expert", "--task", "cheetah", "--steps", "0"], "--steps: must be at least 1"),
+        (["bench-train", "--batch", "0"], "--batch: must be at least 1"),
+        (["gpu-check", "--steps", "-1"], "--steps: must be at least 1"),
+        (["gpu-check", "--max-minutes", "nan"], "--max-minutes: must be a finite number above 0"),
+        (["curve", "probe", "--dim", "0"], "--dim: must be at least 1"),
+        (["curve", "probe", "--threads", "-1"], "--threads: must be at least 0"),
     ],
 )
 def test_out_of_range_counts_are_usage_errors(argv, message, capsys):
