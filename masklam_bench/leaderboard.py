@@ -234,6 +234,9 @@ def read_records(results_dir: str | os.PathLike = "leaderboards/results",
     ``_no_probe`` and ``_same_env`` (see ``_annotate``).
     """
     root = Path(results_dir)
+    if root.is_file():
+        raise UserError(f"{root} is a file; pass the folder of result JSON files (--results DIR)"
+                        f", e.g. {root.parent}.")
     if not root.is_dir():
         raise MissingFileError(f"no results directory at {root}; runs write their result JSON "
                                 "there (pass --results DIR to read another folder).")

@@ -44,7 +44,34 @@ def load_record(path: str | Path) -> dict[str, Any]:
             record.get("metrics"), dict):
         raise UserError(f"{path} is not a result file of `masklam-bench run` (no config.run or "
                         "metrics).")
+    _check_settings(path, run)
     return record
+
+
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "bool": (bool,), "bool | None": (bool, type(None)),
+    "dict[str, Any]": (dict,)}
+"""The Python types a result file's ``config.run`` entries may hold, by ``RunConfig``'s
+annotation of the field."""
+
+
+def _check_settings(path: str | Path, run: dict[str, Any]) -> None:
+    """Refuse a ``config.run`` that ``run`` cannot have written (an entry of the wrong type, no
+    preset): a file edited by hand, or damaged, would otherwise fail deep inside the rerun."""
+    import dataclasses
+
+    from masklam_bench.runner import RunConfig
+
+    if "preset" not in run:
+        raise UserError(f"{path} records no preset in config.run; it was not written by "
+                        "`masklam-bench run`, or was edited.")
+    for field in dataclasses.fields(RunConfig):
+        if field.name not in run:
+            continue
+        value, allowed = run[field.name], _SETTING_TYPES[field.type]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise UserError(f"{path}: config.run.{field.name} is {value!r}, which `masklam-bench "
+                            f"run` never writes ({field.type} expected); was the file edited?")
 
 
 def recorded_threads(record: dict[str, Any]) -> int:

@@ -168,6 +168,7 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["leaderboard", "--results", "nowhere"], "no results directory at nowhere"),
+    (["leaderboard", "--results", "a_file"], "a_file is a file; pass the folder of result JSON"),
     (["leaderboard", "--results", ".", "--bootstrap-reps", "0"], "--bootstrap-reps must be"),
     (["eval-expert", "--task", "cheetah", "--weights", "missing.pt"], "No expert weights"),
     (["train-expert", "--task", "cheetah", "--stand-bonus", "0.1"], "stand_bonus applies"),

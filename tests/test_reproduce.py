@@ -1,6 +1,8 @@
 """masklam-bench reproduce's pure parts: thread count, comparison and protocol check (no runs)."""
 
+import json
 import math
+import re
 
 import pytest
 
@@ -73,3 +75,24 @@ def test_a_bf16_file_rerun_on_a_cpu_without_bf16_says_so(tmp_path, monkeypatch, 
     assert bf16.bf16 is True and fp32.bf16 is False  # the file's precision, whatever the CPU
     assert bool(reproduce.precision_notes(bf16)) is not fast
     assert reproduce.precision_notes(fp32) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threads": "x"}, "config.run.threads is 'x'"),
+    ({"overrides": [1]}, "config.run.overrides is [1]"),
+    ({"latent_dim": "abc"}, "config.run.latent_dim is 'abc'"),
+    ({"seed": True}, "config.run.seed is True"),
+    ({"preset": None}, "records no preset"),
+])
+def test_a_hand_edited_result_file_is_refused_with_the_entry_named(tmp_path, change, message):
+    record = _record(latent_dim=64, seed=0, overrides={}, bf16=None)
+    record["config"]["run"].update(change)
+    if change.get("preset", "") is None:
+        del record["config"]["run"]["preset"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=re.escape(message)):
+        reproduce.load_record(path)
+    record = _record(latent_dim=64, seed=0, overrides={}, bf16=None)
+    path.write_text(json.dumps(record))
+    assert reproduce.load_record(path) == record
