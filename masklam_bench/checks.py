@@ -164,12 +164,18 @@ def method_class(name: str) -> type:
     The registry (``baselines/``, whose files are hashed into results) reports an unknown name or
     an unimportable plug-in as ``ValueError``/``ImportError``; they become the suite's error here.
     """
-    from masklam_bench.baselines import get_method
+    from masklam_bench.baselines import available_methods, get_method
 
     try:
-        return get_method(name)
+        cls = get_method(name)
     except (ValueError, ImportError) as err:
         raise UserError(str(err)) from None
+    if ":" in name and cls.name in available_methods() and get_method(cls.name) is not cls:
+        # Its results would be labelled, and pooled on the leaderboard, as the built-in's.
+        raise UserError(f"{name} calls itself {cls.name!r} (its `name`, declared or inherited), "
+                        f"the name of a built-in method; set `name = \"...\"` in the class to a "
+                        f"name of its own.")
+    return cls
 
 
 __all__ = [

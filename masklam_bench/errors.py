@@ -24,8 +24,13 @@ class CheckpointError(BenchError, ValueError):
     """A checkpoint that cannot be loaded: damaged, of another run, or not a checkpoint of ours."""
 
 
+class PluginError(BenchError, TypeError):
+    """A method that breaks the interface the runner relies on (what ``train_step`` or ``encode``
+    return); the message names the method, what it did and what is expected."""
+
+
 class MissingFileError(BenchError, FileNotFoundError):
     """A file or folder the suite needs is absent; the message says how to make it."""
 
 
-__all__ = ["BenchError", "CheckpointError", "MissingFileError", "UserError"]
+__all__ = ["BenchError", "CheckpointError", "MissingFileError", "PluginError", "UserError"]

@@ -152,7 +152,8 @@ def load_checkpoint(path: str | os.PathLike, hint: str = "delete it to redo the 
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if refused:
             why = (f"it holds {refused['name']}, and a checkpoint of this suite holds only "
-                   "tensors, plain values and NumPy RNG states")
+                   "tensors, plain values and NumPy RNG states; a method's state_dict() that "
+                   "holds anything else makes such files every time")
         else:
             why = reason["reason"] if reason else (lines[0] if lines else type(err).__name__)
         raise CheckpointError(f"Checkpoint {path} is unreadable ({why}); {hint}.") from err

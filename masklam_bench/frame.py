@@ -59,7 +59,7 @@ def load_results(path: str | os.PathLike = "leaderboards/results") -> pd.DataFra
     """
     records, problems = leaderboard.read_records(path)
     for problem in problems:
-        warnings.warn(f"skipped malformed result file {problem}", stacklevel=2)
+        warnings.warn(f"skipped result file {problem}", stacklevel=2)
     frame = records_frame(records)
     frame.attrs["problems"] = problems
     return frame

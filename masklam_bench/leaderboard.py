@@ -243,6 +243,7 @@ def read_records(results_dir: str | os.PathLike = "leaderboards/results",
     records: list[dict[str, Any]] = []
     problems: list[str] = []
     seen: dict[tuple, str] = {}
+    declared: dict[str, tuple[str | None, str]] = {}  # method label: (plug-in path, first file)
     for path in sorted(p for p in root.rglob("*.json") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         try:
@@ -256,6 +257,13 @@ def read_records(results_dir: str | os.PathLike = "leaderboards/results",
         except _Malformed as err:
             problems.append(f"{rel}: {err}")
             continue
+        label, plugin = record["method_label"], record.get("method_path")
+        first = declared.setdefault(label, (plugin, rel))
+        if first[0] != plugin:
+            problems.append(f"{rel}: method {label!r} here is {_declarer(plugin)}, but in "
+                            f"{first[1]} it is {_declarer(first[0])}; one row cannot hold two "
+                            "methods: give the plug-in class a `name` of its own")
+            continue
         key = (_key(record), record["seed"])
         if key in seen:
             problems.append(f"{rel}: duplicate of {seen[key]} (same preset, protocol, overrides, "
@@ -265,6 +273,10 @@ def read_records(results_dir: str | os.PathLike = "leaderboards/results",
         record["_path"] = rel
         records.append(record)
     return records, problems
+
+
+def _declarer(plugin: str | None) -> str:
+    return f"the plug-in {plugin}" if plugin else "the built-in one"
 
 
 class _Malformed(Exception):
@@ -1399,7 +1411,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> None:
         raise UserError(f"--bootstrap-reps must be at least 1; got {args.bootstrap_reps}.")
     records, problems = read_records(args.results)
     for problem in problems:
-        print(f"skipped malformed result file {problem}", file=sys.stderr)
+        print(f"skipped result file {problem}", file=sys.stderr)
     if not records:
         raise UserError(_no_results_message(args.results, problems))
     written = _write_all(records, problems, Path(args.out), args.bootstrap_reps)

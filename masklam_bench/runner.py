@@ -39,7 +39,7 @@ from masklam_bench.dataset import (
 )
 from masklam_bench.envs import env_id, get_task
 from masklam_bench.envs.backgrounds import DAVIS_VIDEOS, distractor_videos
-from masklam_bench.errors import UserError
+from masklam_bench.errors import PluginError, UserError
 from masklam_bench.fileio import (
     atomic_torch_save,
     atomic_write_json,
@@ -278,6 +278,9 @@ def train_lam(method: LatentActionMethod, sampler: TransitionSampler, steps: int
         if labelled_rng is not None:
             batch_dict["labelled"] = sampler.sample(labelled_rng, labelled_size, pool=labelled)
         logs = method.train_step(batch_dict)
+        if not isinstance(logs, dict) or "loss" not in logs:
+            raise PluginError(f"{type(method).__name__}.train_step must return a dict holding at "
+                              f"least 'loss' (the step's loss); it returned {logs!r:.80}.")
         log["loss"].append(float(logs["loss"]))
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
@@ -322,7 +325,13 @@ def encode_all(method: LatentActionMethod, sampler: TransitionSampler,
     out = []
     for chunk in np.array_split(index, max(1, int(np.ceil(len(index) / ENCODE_BATCH)))):
         if len(chunk):
-            out.append(method.encode(sampler.batch(chunk)).float().cpu().numpy())
+            latents = method.encode(sampler.batch(chunk))
+            if tuple(latents.shape) != (len(chunk), method.latent_dim):
+                raise PluginError(
+                    f"{type(method).__name__}.encode returned latents of shape "
+                    f"{tuple(latents.shape)} for a batch of {len(chunk)}; it must return "
+                    f"(batch, latent_dim) = ({len(chunk)}, {method.latent_dim}).")
+            out.append(latents.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, method.latent_dim), np.float32)
 
 

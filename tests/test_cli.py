@@ -335,3 +335,20 @@ def test_show_writes_a_strip_of_every_row(monkeypatch, tmp_path, capsys):
     assert cli.main(["show", "DistractingCheetah-v0", "--frames", "2", "--every", "1",
                      "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG") and f"wrote {out}" in capsys.readouterr().out
+
+
+def test_a_plug_in_that_inherits_a_built_in_name_is_refused(tmp_path, monkeypatch, capsys):
+    """A subclass of MaskLAM that sets no `name` of its own would be labelled, and pooled on the
+    leaderboard, as the built-in masklam: refused before anything runs."""
+    (tmp_path / "inherits.py").write_text(
+        "from masklam_bench.baselines.masklam import MaskLAM\n\n\n"
+        "class Mine(MaskLAM):\n    pass\n\n\n"
+        "class Named(MaskLAM):\n    name = 'my-masklam'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--method", "inherits:Mine", "--preset", "smoke"]) == 2
+    assert "inherits:Mine calls itself 'masklam'" in capsys.readouterr().err
+    from masklam_bench.checks import method_class
+
+    assert method_class("inherits:Named").name == "my-masklam"
+    assert method_class("masklam_bench.baselines.masklam:MaskLAM").name == "masklam"

@@ -41,7 +41,7 @@ def test_one_row_per_run_with_flattened_columns(results):
     assert row["metrics.return_id_episodes"] == [109.0, 111.0]
     # Malformed files: named in a warning each, skipped, and listed in attrs.
     assert [str(w.message) for w in caught] == [
-        f"skipped malformed result file {runs.attrs['problems'][0]}"]
+        f"skipped result file {runs.attrs['problems'][0]}"]
     assert runs.attrs["problems"][0].startswith("broken.json: not valid JSON")
 
 

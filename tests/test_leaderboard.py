@@ -124,6 +124,26 @@ def test_read_records_skips_duplicates_and_fills_normalised_return(tmp_path):
     assert records[0]["metrics"]["normalized_return_id"] == pytest.approx((100 - 5) / 695)
 
 
+def test_two_methods_that_declare_one_name_are_not_pooled(tmp_path):
+    """A plug-in whose class declares a built-in's name (or another plug-in's) would be pooled
+    into that method's row, its seeds counted as the other's: the later file is refused."""
+    (tmp_path / "a.json").write_text(json.dumps(_result("cheetah-run", "masklam", 8, 0)))
+    mine = {**_result("cheetah-run", "masklam", 8, 1), "method_path": "my_lam:MyLAM"}
+    (tmp_path / "b.json").write_text(json.dumps(mine))
+    theirs = {**_result("cheetah-run", "soft", 8, 0), "method_path": "theirs:Soft"}
+    (tmp_path / "c.json").write_text(json.dumps(theirs))
+    (tmp_path / "d.json").write_text(json.dumps({**theirs, "method_path": "mine:Soft"}))
+    (tmp_path / "e.json").write_text(json.dumps({**theirs, "seed": 1}))  # the same plug-in
+    records, problems = leaderboard.read_records(tmp_path)
+    assert sorted(r["_path"] for r in records) == ["a.json", "c.json", "e.json"]
+    assert problems == [
+        ("b.json: method 'masklam' here is the plug-in my_lam:MyLAM, but in a.json it is the "
+        "built-in one; one row cannot hold two methods: give the plug-in class a `name` of its "
+        "own"),
+        ("d.json: method 'soft' here is the plug-in mine:Soft, but in c.json it is the plug-in "
+        "theirs:Soft; one row cannot hold two methods: give the plug-in class a `name` of its own")]
+
+
 def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
     out = tmp_path / "board"
     written = leaderboard.write_leaderboard(results, out, reps=REPS)

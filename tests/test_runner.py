@@ -25,6 +25,24 @@ class MyLAM(LAPO):
     name = "my-lam"
 
 
+class NarrowLatents(LAPO):
+    """A plug-in whose ``encode`` returns 3 of its latent's columns."""
+
+    name = "narrow-latents"
+
+    def encode(self, batch):
+        return super().encode(batch)[:, :3]
+
+
+class NoLoss(LAPO):
+    """A plug-in whose ``train_step`` logs its loss under another key."""
+
+    name = "no-loss"
+
+    def train_step(self, batch):
+        return {"total": super().train_step(batch)["loss"]}
+
+
 def _config(tmp_path, data_root, method="masklam", **kwargs):
     return runner.RunConfig(method=method, task="cheetah-run", latent_dim=8, seed=0,
                             preset="smoke", device="cpu", data_root=str(data_root),
@@ -90,6 +108,19 @@ def test_plugin_method_runs_through_module_class(tmp_path, data_root):
     assert Path(__file__).name in result["code"]["method_files"]
     assert len(result["code"]["method_sha256"]) == 64
     assert list((tmp_path / "results").glob("*MyLAM*"))
+
+
+@pytest.mark.parametrize("cls, message", [
+    ("NarrowLatents", (r"NarrowLatents.encode returned latents of shape \(\d+, 3\) for a batch "
+                      r"of \d+; it must return \(batch, latent_dim\) = \(\d+, 8\)")),
+    ("NoLoss", r"NoLoss.train_step must return a dict holding at least 'loss'"),
+])
+def test_a_plug_in_that_breaks_the_interface_is_told_what_it_broke(tmp_path, data_root, cls,
+                                                                     message):
+    from masklam_bench.errors import PluginError
+
+    with pytest.raises(PluginError, match=message):
+        runner.run(_config(tmp_path, data_root, f"{__name__}:{cls}"), progress=False)
 
 
 def test_worked_example_submission_runs(tmp_path, data_root, monkeypatch):
