@@ -101,6 +101,31 @@ def test_probability_of_improvement_is_rliables():
     assert high == pytest.approx(theirs["xy"][1], abs=CI_NOISE)
 
 
+def test_the_bootstraps_improvement_statistic_is_rliables_bit_for_bit():
+    """The statistic the bootstrap calls (without SciPy's per-task overhead) equals rliable's
+    exactly: ties, equal columns, NaN, unequal run counts; and so do whole intervals."""
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        shape_x, shape_y = (rng.integers(1, 7), 3), (rng.integers(1, 7), 3)
+        if trial % 2:
+            x, y = rng.integers(0, 4, shape_x) / 4, rng.integers(0, 4, shape_y) / 4
+        else:
+            x, y = rng.normal(size=shape_x), rng.normal(size=shape_y)
+        if trial % 5 == 0:
+            y = x.copy()
+        if trial % 11 == 0:
+            x[0, 1] = np.nan
+        theirs, ours = (rly_metrics.probability_of_improvement(x, y),
+                        aggregate.improvement_probability(x, y))
+        assert ours == theirs or (np.isnan(ours) and np.isnan(theirs)), (trial, ours, theirs)
+    x, y = SCORES, SCORES[::-1] * 0.8 + 0.1
+    ours = aggregate.probability_of_improvement(_columns(x), _columns(y), REPS, 0.95, 0)
+    with aggregate.seeded_global_numpy(0):
+        points, intervals = rly.get_interval_estimates(
+            {"xy": [x, y]}, rly_metrics.probability_of_improvement, reps=REPS)
+    assert ours == (float(points["xy"]), *map(float, np.ravel(intervals["xy"])))
+
+
 def test_probability_of_improvement_of_a_lower_nmse_is_high_on_one_minus_nmse():
     better, worse = [[0.2, 0.25, 0.3]] * 2, [[0.6, 0.65, 0.7]] * 2
     flip = [[[1 - v for v in task] for task in m] for m in (better, worse)]
