@@ -319,9 +319,9 @@ def method_batch_keys(method: LatentActionMethod) -> frozenset[str] | None:
 
 
 @torch.no_grad()
-def encode_all(method: LatentActionMethod, sampler: TransitionSampler,
-               index: np.ndarray) -> np.ndarray:
-    """Latents (len(index), D) float32 of k = 1 transitions."""
+def encode_all(method: LatentActionMethod, sampler: TransitionSampler, index: np.ndarray,
+               done: Callable[[int], Any] | None = None) -> np.ndarray:
+    """Latents (len(index), D) float32 of k = 1 transitions; ``done(n)`` after each n encoded."""
     out = []
     for chunk in np.array_split(index, max(1, int(np.ceil(len(index) / ENCODE_BATCH)))):
         if len(chunk):
@@ -332,19 +332,24 @@ def encode_all(method: LatentActionMethod, sampler: TransitionSampler,
                     f"{tuple(latents.shape)} for a batch of {len(chunk)}; it must return "
                     f"(batch, latent_dim) = ({len(chunk)}, {method.latent_dim}).")
             out.append(latents.float().cpu().numpy())
+            if done is not None:
+                done(len(chunk))
     return np.concatenate(out) if out else np.zeros((0, method.latent_dim), np.float32)
 
 
 def probe(method: LatentActionMethod, train: TransitionSampler, test: TransitionSampler,
-          fit_index: np.ndarray,
-          targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+          fit_index: np.ndarray, targets: dict[str, tuple[np.ndarray, np.ndarray]],
+          progress: bool = False, desc: str = "stage 2/5 probe") -> dict[str, float]:
     """Stage 2: NMSE of linear probes z -> target, fitted on train and scored on held-out data.
 
     ``targets`` maps a name to per-frame arrays (train split, test split); the probe of each is
-    fitted on the ``fit_index`` transitions and scored on every test transition.
+    fitted on the ``fit_index`` transitions and scored on every test transition. With
+    ``progress``, a bar counts the transitions encoded (most of the stage's time).
     """
-    z_fit = encode_all(method, train, fit_index)
-    z_test = encode_all(method, test, test.data.transitions)
+    total = len(fit_index) + len(test.data.transitions)
+    with tqdm(total=total, desc=desc, unit="transition", disable=not progress) as bar:
+        z_fit = encode_all(method, train, fit_index, bar.update)
+        z_test = encode_all(method, test, test.data.transitions, bar.update)
     return metrics.linear_probe_nmses(z_fit, z_test, {
         name: (y_train[fit_index], y_test[test.data.transitions])
         for name, (y_train, y_test) in targets.items()})
@@ -553,7 +558,8 @@ def _stage_probe(run: _Run) -> dict[str, Any]:
         untrained = build_method(config, run.preset, train.image_size, train.action_dim,
                                  config.seed)
         for suffix, model in (("", run.method), ("_untrained", untrained)):
-            nmse = probe(model, run.train_s, run.test_s, fit_index, targets)
+            nmse = probe(model, run.train_s, run.test_s, fit_index, targets, run.progress,
+                         f"stage 2/5 probe{' (untrained control)' if suffix else ''}")
             res.update({f"{name}{suffix}": value for name, value in nmse.items()})
         return res
 
