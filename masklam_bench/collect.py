@@ -40,6 +40,7 @@ from gymnasium.envs.registration import EnvSpec
 
 from masklam_bench import dataset as ds
 from masklam_bench import interrupts
+from masklam_bench.checks import int_at_least
 from masklam_bench.envs import EPISODE_STEPS, parse_env_id
 from masklam_bench.errors import UserError
 from masklam_bench.fileio import atomic_path, atomic_write_json, atomic_write_text
@@ -840,6 +841,9 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     """Collect a dataset with sizes from a preset, overridden by the flags given."""
     from masklam_bench.presets import default_preset_name, get_preset
 
+    if args.expert is not None and args.policy != "expert":
+        raise UserError(f"--expert gives the weights of --policy expert; drop it, or --policy "
+                        f"{args.policy}.")
     preset_name = args.preset or default_preset_name()
     data = get_preset(preset_name).data
     episodes = args.episodes if args.episodes is not None else (
@@ -878,8 +882,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="steps per episode (default: the preset's)")
     p.add_argument("--action-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise on the expert's actions (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="base seed (default: 0)")
+    p.add_argument("--workers", type=int_at_least(1), default=2,
+                   help="parallel processes (default: 2)")
     p.add_argument("--policy", default="expert", choices=POLICIES,
                    help="the task's shipped expert or uniform random actions (default: expert)")
     p.add_argument("--expert", default=None, metavar="PATH",

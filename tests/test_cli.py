@@ -192,6 +192,8 @@ def test_the_suites_own_error_from_deep_inside_is_one_line(monkeypatch, tmp_path
     (["curve", "probe", "--methods", "lapo", "--out", "a_file"], "--out a_file is a file"),
     (["curve", "ceiling", "--runs-root", "a_file/x"], "--runs-root a_file/x: a_file is a file"),
     (["leaderboard", "--out", "a_file"], "--out a_file is a file, not a folder"),
+    (["collect", "--env", "DistractingCheetah-v0", "--out", "d", "--policy", "random",
+      "--expert", "x.pt"], "--expert gives the weights of --policy expert"),
     (["collect", "--env", "DistractingCheetah-v0", "--out", "a_file"], "--out a_file is a file"),
     (["train-expert", "--task", "cheetah", "--out", "a_file"], "--out a_file is a file"),
     (["gpu-check", "--out", "."], "--out . is a folder; give the path of a file"),
