@@ -148,6 +148,7 @@ def test_leaderboard_tables_csvs_and_plots(results, tmp_path):
     out = tmp_path / "board"
     written = leaderboard.write_leaderboard(results, out, reps=REPS)
     readme = (out / "README.md").read_text()
+    assert f"`masklam-bench reproduce {results.as_posix()}/<run>.json`" in readme
     assert "do not edit; regenerate with `masklam-bench leaderboard`" in readme
     assert "`broken.json`" in readme and "`cheetah-run/bad_dim.json`" in readme
 
