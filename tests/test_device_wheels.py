@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -92,8 +93,15 @@ def _device_script(tmp_path: Path, wheel_dir: Path, *args: str) -> subprocess.Co
     env = {**os.environ, "OUT": str(tmp_path / "out"), "MASKLAM_WHEELS": str(wheel_dir),
            "MASKLAM_GL": str(tmp_path / "no-gl"), "MASKLAM_SITE": str(tmp_path / "site"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.Popen(["bash", str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # the script's Python children go too, not only bash
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the device script ran over 600 s; its output ended with:\n{out[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_the_device_command_installs_the_suite_and_runs_the_check(wheels, tmp_path):

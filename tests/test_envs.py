@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import gymnasium as gym
@@ -287,9 +285,9 @@ def test_id_and_ood_use_different_projections():
     assert not np.allclose(w_id, w_ood)
 
 
-def test_vector_env_async():
+def test_vector_env_async(fresh_python):
     # A fresh interpreter, as a user would run it: forking after this test process has rendered
-    # would inherit its OpenGL state.
+    # would inherit its OpenGL state. (fresh_python kills the forked workers too on a timeout.)
     code = (
         "import gymnasium as gym, numpy as np, masklam_bench\n"
         "envs = gym.make_vec('DistractingHopper-v0', num_envs=2, vectorization_mode='async')\n"
@@ -301,8 +299,7 @@ def test_vector_env_async():
         "envs.close()\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                            timeout=120)
+    result = fresh_python(code, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 
