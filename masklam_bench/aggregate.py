@@ -67,6 +67,18 @@ def _matrix(per_task: PerTask) -> np.ndarray:
     return np.concatenate([c[:runs] for c in columns], axis=1)
 
 
+def interquartile_mean(scores: np.ndarray) -> np.floating:
+    """rliable's ``aggregate_iqm`` (SciPy's ``trim_mean`` of a quarter at each end over all
+    scores), bit for bit, without SciPy's argument handling, which was most of the bootstrap's
+    time: the same partition and the same mean of the kept middle; NaN if any score is NaN."""
+    a = np.asarray(scores).ravel()
+    if a.size == 0 or np.isnan(a).any():
+        return np.float64(np.nan)
+    low = int(0.25 * a.size)
+    high = a.size - low
+    return np.mean(np.partition(a, (low, high - 1))[low:high])
+
+
 def _all_statistics(*columns: np.ndarray) -> np.ndarray:
     """[IQM of all runs, mean of task means, optimality gap averaged over tasks] (rliable's).
 
@@ -77,7 +89,7 @@ def _all_statistics(*columns: np.ndarray) -> np.ndarray:
 
     pooled = np.concatenate(columns)
     return np.array([
-        rly_metrics.aggregate_iqm(pooled),
+        interquartile_mean(pooled),
         np.mean([rly_metrics.aggregate_mean(c) for c in columns]),
         np.mean([rly_metrics.aggregate_optimality_gap(c, OPTIMALITY_GAMMA) for c in columns]),
     ])
@@ -91,7 +103,8 @@ def improvement_probability(scores_x: np.ndarray, scores_y: np.ndarray) -> np.fl
     pairs (0.5 where the two columns are equal; NaN where either holds a NaN, as SciPy gives),
     then averaged over tasks in the same order. U counts pairs, so it is exact in float64 either
     way. The bootstrap calls this thousands of times per pair of methods, and SciPy's argument
-    handling was most of ``masklam-bench leaderboard``'s two minutes.
+    handling was most of ``masklam-bench leaderboard``'s two minutes
+    (``benchmarks/leaderboard_speed.py``).
     """
     per_task = []
     for x, y in zip(scores_x.T, scores_y.T):

@@ -1420,7 +1420,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> None:
     if not records:
         raise UserError(_no_results_message(args.results, problems))
     print(f"summarising {len(records)} runs ({args.bootstrap_reps:,} bootstrap replicates per "
-          "interval; about 30 s for the committed 130 on 2 cores)", flush=True)
+          "interval; about 20 s for the committed 130 on 2 cores)", flush=True)
     written = _write_all(records, problems, Path(args.out), args.bootstrap_reps, args.results)
     print(f"{len(records)} runs, {len(problems)} file(s) skipped")
     for path in written.values():
