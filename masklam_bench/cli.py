@@ -9,13 +9,11 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from masklam_bench import interrupts
 from masklam_bench.checks import (
     check_declared_outputs,
     check_device,
-    check_output_folder,
     int_at_least,
     method_class,
     parse_dims,
@@ -32,7 +30,6 @@ def _cmd_show(args: argparse.Namespace) -> None:
     from masklam_bench.show import image_format, rollout_frames, save_strip
 
     image_format(args.out)  # before rolling out: a bad --out loses no minutes
-    check_output_folder(Path(args.out).parent, "--out", shown=args.out)
     kwargs = {"level": args.level, "floor": args.floor}
     rows = rollout_frames(args.env, frames=args.frames, every=args.every, seed=args.seed, **kwargs)
     out = save_strip(rows, args.out, f"{args.env} (seed {args.seed}, every {args.every} steps, "
@@ -64,9 +61,6 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print(f"note: {', '.join(same)} already {'is' if len(same) == 1 else 'are'} the "
               f"{args.preset} preset's value; the run is the preset's own, not a variant.")
     jobs = run_jobs(args)
-    for flag, folder in (("--out", args.out), ("--data-root", args.data_root),
-                         ("--runs-root", args.runs_root)):
-        check_output_folder(folder, flag)  # not after a run of 20 minutes
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_experts(t for t, _, _ in jobs)
     say_if_float32(args.bf16, device)
@@ -192,7 +186,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-source", default="exact",
                    help="masks to train with: exact, sam2, dilate-R, erode-R, flip-P, drop-P "
                         "(default: exact); non-exact sources get their own leaderboard rows")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, output_folders=("out", "data_root", "runs_root"))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -211,7 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the episode and actions")
     p.add_argument("--level", default="low", choices=["low", "hard"], help="distractor level")
     p.add_argument("--floor", default="keep", choices=["keep", "replace"], help="floor mode")
-    p.set_defaults(func=_cmd_show)
+    p.set_defaults(func=_cmd_show, output_files=("out",))
 
     p = sub.add_parser("bench-env", help="frames/s of each id next to stock dm_control rendering")
     p.add_argument("--envs", default="", help="comma-separated ids (default: all twelve)")

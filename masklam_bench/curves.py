@@ -608,7 +608,6 @@ def _ceiling_points(args: argparse.Namespace, task: str, seeds: list[int],
                          shifts=tuple(shifts), bf16=args.bf16)
 
 
-
 __all__ = ["ceiling_curve", "ceiling_point", "ceiling_points_from_results", "describe_fit",
            "fit_ceiling", "merge_probe_curves", "plot_ceiling", "plot_probe", "probe_curve",
            "summarise_probe"]

@@ -382,7 +382,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_gpu_check(args: argparse.Namespace) -> None:
     import torch
 
-
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = parse_dims(args.dims)
     workers = args.workers or min(usable_cpus(), MAX_WORKERS)

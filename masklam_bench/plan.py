@@ -9,12 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from masklam_bench.checks import (
-    method_class,
-    parse_dims,
-    parse_envs,
-    parse_int_list,
-)
+from masklam_bench.checks import method_class, parse_dims, parse_envs, parse_int_list
 from masklam_bench.errors import UserError
 
 

@@ -130,6 +130,14 @@ def git_state() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty}
 
 
+def recorded_identity(run_dir: Path) -> dict[str, Any] | None:
+    """The identity a run folder recorded (``identity.json``), or None if it has none."""
+    path = run_dir / IDENTITY_FILE
+    if not path.exists():
+        return None
+    return load_run_json(path, "delete the run folder to start the run again")
+
+
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """Record ``identity`` in a new run folder, or refuse one that was started with another.
 
@@ -139,13 +147,12 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     path = run_dir / IDENTITY_FILE
     stages = [p for p in run_dir.glob("*")
               if p.name not in (IDENTITY_FILE, "config.json", RUN_LOCK_FILE)]
-    if path.exists():
-        old = load_run_json(path, "delete the run folder to start the run again")
-    elif stages:
-        old = {"(recorded)": "nothing: the folder predates identity records"}
-    else:
+    old = recorded_identity(run_dir)
+    if old is None and not stages:
         atomic_write_json(path, identity)
         return
+    if old is None:
+        old = {"(recorded)": "nothing: the folder predates identity records"}
     # Entries recorded since a later version: a folder that predates one is not refused for it.
     identity = {k: v for k, v in identity.items() if k in old or k not in LATE_ENTRIES}
     if old == identity:

@@ -56,13 +56,13 @@ from masklam_bench.presets import (
     preset_record,
 )
 from masklam_bench.provenance import (
-    IDENTITY_FILE,
     check_identity,
     git_state,
     harness_sha256,
     lock_run_folder,
     method_sha256,
     method_source_files,
+    recorded_identity,
     unlock_run_folder,
 )
 from masklam_bench.sam_masks import sam_masks_file, sidecar_settings
@@ -479,10 +479,6 @@ def _save_json(value: dict[str, Any], path: Path) -> None:
     atomic_write_json(path, value)
 
 
-def _load_json(path: Path) -> dict[str, Any]:
-    return load_run_json(path)
-
-
 def _stage_lam(run: _Run, snapshot_steps: tuple[int, ...] = ()) -> dict[str, Any]:
     """Stage 1: LAM pretraining (none for methods that skip it)."""
     steps = 0 if (run.cls.latent_is_action or run.cls.skips_pretraining) \
@@ -563,7 +559,7 @@ def _stage_probe(run: _Run) -> dict[str, Any]:
             res.update({f"{name}{suffix}": value for name, value in nmse.items()})
         return res
 
-    return _stage(run, "probe_s", run.run_dir / "probe.json", compute, _save_json, _load_json)
+    return _stage(run, "probe_s", run.run_dir / "probe.json", compute, _save_json, load_run_json)
 
 
 def _stage_bc(run: _Run) -> LatentPolicy:
@@ -724,7 +720,7 @@ def _stage_eval(run: _Run, policy: LatentPolicy, decoder: ActionDecoder) -> dict
         returns.setdefault("ood", returns["id"])
         return returns
 
-    return _stage(run, "eval_s", run.run_dir / "eval.json", compute, _save_json, _load_json)
+    return _stage(run, "eval_s", run.run_dir / "eval.json", compute, _save_json, load_run_json)
 
 
 def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
@@ -767,9 +763,8 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
     cls = get_method(config.method)
     # Read once: the source files hashed here are the ones this process imported.
     identity = run_identity(config, preset, cls, meta)
-    recorded = run_dir / IDENTITY_FILE
-    if not check_code and recorded.exists():  # an analysis: other code and threads are fine
-        old = load_run_json(recorded, "delete the run folder to start the run again")
+    old = None if check_code else recorded_identity(run_dir)
+    if old is not None:  # an analysis: other code and threads are fine
         identity.update({k: old[k] for k in ("method_sha256", "harness_sha256", "cpu_threads")
                          if k in old})
     check_identity(run_dir, identity)

@@ -96,3 +96,13 @@ def test_a_hand_edited_result_file_is_refused_with_the_entry_named(tmp_path, cha
     record = _record(latent_dim=64, seed=0, overrides={}, bf16=None)
     path.write_text(json.dumps(record))
     assert reproduce.load_record(path) == record
+
+
+def test_every_run_setting_has_its_types_for_the_check():
+    """A RunConfig field of a new annotation would make the check of a result file raise
+    KeyError instead of checking it."""
+    import dataclasses
+
+    from masklam_bench.runner import RunConfig
+
+    assert {f.type for f in dataclasses.fields(RunConfig)} <= set(reproduce._SETTING_TYPES)

@@ -58,15 +58,7 @@ def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_
     monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 1)
     full = runner.run(_config(tmp_path / "a", data_root, "lapo"), progress=False)
     original = LAPO.train_step
-    state = {"n": 0}
-
-    def dies_at_step_two(self, batch):
-        state["n"] += 1
-        if state["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(LAPO, "train_step", dies_at_step_two)
+    monkeypatch.setattr(LAPO, "train_step", _killed_at_step_two(original))
     with pytest.raises(KeyboardInterrupt):
         runner.run(_config(tmp_path / "b", data_root, "lapo"), progress=False)
     monkeypatch.setattr(LAPO, "train_step", original)
@@ -78,6 +70,20 @@ def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_
     tensors = [dict(_tensors(w)) for w in weights]  # networks and AdamW state
     assert tensors[0].keys() == tensors[1].keys() and len(tensors[0]) > 10
     assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+
+
+def _killed_at_step_two(train_step):
+    """``train_step`` as a method that raises KeyboardInterrupt (as Ctrl-C would) at its second
+    call, after one step has been checkpointed."""
+    calls = {"n": 0}
+
+    def dies_at_step_two(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return train_step(self, batch)
+
+    return dies_at_step_two
 
 
 def _tensors(tree, prefix=""):
@@ -249,16 +255,8 @@ def test_laom_methods_run_the_smoke_pipeline_and_resume_after_a_kill(tmp_path, d
     assert full["method"] == method and full["metrics"]["probe_nmse"] >= 0
     assert full["config"]["lam"]["max_future"] == 10
     original = LAOM.train_step
-    calls = {"n": 0}
-
-    def dies_at_step_two(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
     config = _config(tmp_path / "b", data_root, method)
-    monkeypatch.setattr(LAOM, "train_step", dies_at_step_two)
+    monkeypatch.setattr(LAOM, "train_step", _killed_at_step_two(original))
     with pytest.raises(KeyboardInterrupt):
         runner.run(config, progress=False)
     assert (Path(config.runs_root) / config.run_name / "lam_ckpt.pt").exists()
