@@ -824,15 +824,41 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         returns = _stage_eval(r, policy, decoder)
         r.timings["total_s"] = sum(v for k, v in r.timings.items() if k != "total_s")
         result = _result(r, lam_log, probe_res, returns)
-        # Written before the folder is unlocked, so that a second process on the same run is
-        # refused ("in use") until the result exists, never let in just before it is written.
-        atomic_write_json(Path(r.config.results_dir) / f"{r.config.run_name}.json", result)
+        path = Path(r.config.results_dir) / f"{r.config.run_name}.json"
+        recorded = _recorded_result(path)
+        if recorded is not None and _same_result(recorded, result):
+            result = recorded  # a finished run run again: its file keeps when and how it was made
+        else:
+            # Written before the folder is unlocked, so that a second process on the same run
+            # is refused ("in use") until the result exists, never let in just before it is.
+            atomic_write_json(path, result)
     finally:
         unlock_run_folder(r.run_dir)
     with Curves(r.run_dir, "final", r.config.tensorboard) as curves:
         curves.scalars({k: v for k, v in result["metrics"].items()
                         if not k.startswith("ref_")}, 0, "final")
     return result
+
+
+_MADE_WHEN = ("created", "code", "versions", "machine")
+"""Result entries that say when, where and with what code a result was written, not what it is:
+a finished run run again keeps its file when everything else is the same."""
+
+
+def _recorded_result(path: Path) -> dict[str, Any] | None:
+    """The result file at ``path``, or None if there is none or it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_result(recorded: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether ``recorded`` holds ``result`` but for :data:`_MADE_WHEN` (JSON's view of both)."""
+    def what(r: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in r.items() if k not in _MADE_WHEN}, sort_keys=True)
+
+    return what(recorded) == what(result)
 
 
 def _result_metrics(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],

@@ -49,8 +49,22 @@ def test_resume_after_kill_never_redoes_a_finished_stage(tmp_path, data_root, mo
     monkeypatch.setattr(LAPO, "train_step", counting)
     result = runner.run(config, progress=False)
     assert calls["train"] == lam_steps  # stage 1 was not redone
-    assert (tmp_path / "results" / f"{config.run_name}.json").exists()
+    path = tmp_path / "results" / f"{config.run_name}.json"
+    assert path.exists()
     assert result["metrics"]["probe_nmse"] is not None
+
+    # Run again once finished: nothing is trained and the file keeps when it was made.
+    recorded = json.loads(path.read_text())
+    recorded["created"] = "2000-01-01T00:00:00Z"
+    path.write_text(json.dumps(recorded))
+    assert runner.run(config, progress=False)["created"] == "2000-01-01T00:00:00Z"
+    assert calls["train"] == lam_steps
+    assert json.loads(path.read_text()) == recorded
+    # A file that differs in what it holds is written again.
+    recorded["metrics"]["probe_nmse"] = -1.0
+    path.write_text(json.dumps(recorded))
+    assert runner.run(config, progress=False)["created"] != "2000-01-01T00:00:00Z"
+    assert json.loads(path.read_text())["metrics"] == result["metrics"]
 
 
 def test_resume_inside_lam_training_matches_an_uninterrupted_run(tmp_path, data_root,
