@@ -436,7 +436,8 @@ def plot_ceiling(points: list[dict[str, Any]], title: str,
                 xs = np.asarray([steps[0], steps[-1]], dtype=np.float64)
                 ax.plot(xs, fit["intercept_log2"] + fit["per_doubling"] * np.log2(xs),
                         color=f"C{i}", linestyle=":", linewidth=1,
-                        label=f"fit: {fit['per_doubling']:+.3f} per doubling")
+                        label=f"fit, {_series_label(series)}: "
+                              f"{fit['per_doubling']:+.3f} per doubling")
     ax.axhline(0.5, color="grey", linestyle=":", label="gate: 0.5")
     ax.set_xlabel("BC steps")
     ax.set_ylabel("bc-labels normalised return (ID)")
