@@ -97,7 +97,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     bf16 = uses_bf16(args.bf16, args.device)
     if float32_note(args.bf16, args.device):
         print("note: float32, since this CPU has no bf16 instructions (AVX-512 or AMX), where "
-              "bf16 autocast is 10-80x slower; --bf16 times bf16 anyway.")
+              "bf16 autocast is 9-77x slower; --bf16 times bf16 anyway.")
     print("| method | encoder | latent | bf16 | threads | ours samples/s | bare loop samples/s |"
           "\n|---|---|---:|---|---:|---:|---:|")
     for name in args.methods.split(","):

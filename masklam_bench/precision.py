@@ -17,7 +17,7 @@ import functools
 
 FLOAT32_NOTE = (
     "note: this CPU has no bf16 matrix instructions (AVX-512 or AMX on x86), where bf16 autocast "
-    "runs 10-80x slower than float32, so the run trains in float32: its result is named +fp32 "
+    "runs 9-77x slower than float32, so the run trains in float32: its result is named +fp32 "
     "and has a leaderboard table of its own (--bf16 forces bf16, --no-bf16 float32).")
 """What ``run`` and ``sweep`` print when a run's precision resolves to float32 on a CPU."""
 
@@ -49,7 +49,7 @@ def add_bf16_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None,
         help="bf16 autocast for the LAM, latent BC and decoder (default: on CUDA and on CPUs with "
-             "bf16 instructions, AVX-512 or AMX; float32 elsewhere, where bf16 is 10-80x slower)")
+             "bf16 instructions, AVX-512 or AMX; float32 elsewhere, where bf16 is 9-77x slower)")
 
 
 def float32_note(bf16: bool | None, device: str) -> str | None:

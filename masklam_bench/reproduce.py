@@ -176,7 +176,7 @@ def precision_notes(config) -> list[str]:
 
     if config.bf16 and not fast_bf16(config.device):
         return [("the file's run used bf16 autocast, and this CPU has no bf16 instructions "
-                 "(AVX-512 or AMX): the rerun is 10-80x slower than float32 here, and its "
+                 "(AVX-512 or AMX): the rerun is 9-77x slower than float32 here, and its "
                  "numbers differ from those of a CPU with them (other kernels).")]
     return []
 

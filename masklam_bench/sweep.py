@@ -683,7 +683,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
               "pass --gpus-per-run 1, or --preset cpu for the CPU-sized benchmark.")
     if options.cluster_cpus_unknown:
         note = ("note: the runs train in bf16, the presets' precision, on the cluster's CPUs; "
-                "where those lack bf16 instructions (AVX-512 or AMX) bf16 is 10-80x slower than "
+                "where those lack bf16 instructions (AVX-512 or AMX) bf16 is 9-77x slower than "
                 "float32: pass --no-bf16 for such nodes.")
     else:
         note = float32_note(options.bf16, options.device)

@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def _float32_unless_asked():
     """Runs that ask for no precision train in float32 here, on every machine, so that their names
     (``+fp32``) and speed do not depend on whether the CPU has bf16 instructions (bf16 autocast
-    is 10-80x slower without them); tests of bf16 ask for it (``bf16=True``)."""
+    is 9-77x slower without them); tests of bf16 ask for it (``bf16=True``)."""
     from masklam_bench import precision
 
     with pytest.MonkeyPatch.context() as patch:
