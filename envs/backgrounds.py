@@ -7,6 +7,7 @@ every step; the video's own animation advances one frame per step.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -88,10 +89,16 @@ def video_pool(split: str) -> tuple[VideoSpec, ...]:
 
 
 def _colourise(field: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Map a scalar field in [0, 1] through a palette's colour stops to uint8 RGB."""
+    """Map a scalar field in [0, 1] through a palette's colour stops to uint8 RGB.
+
+    One frame and channel at a time into the uint8 result, so that the float64 intermediates stay
+    a frame's size (all of them at once peaked at about 19 bytes per output byte)."""
     stops = np.linspace(0.0, 1.0, len(palette))
-    rgb = np.stack([np.interp(field, stops, palette[:, c]) for c in range(3)], axis=-1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    out = np.empty(field.shape + (3,), np.uint8)
+    for t in range(field.shape[0]):
+        for c in range(3):
+            out[t, ..., c] = np.clip(np.interp(field[t], stops, palette[:, c]), 0, 255)
+    return out
 
 
 def _normalise(field: np.ndarray) -> np.ndarray:
@@ -171,14 +178,37 @@ def _plasma(rng: np.random.Generator, canvas: int, frames: int) -> np.ndarray:
 _FAMILIES = {"noise": _noise, "shapes": _shapes, "stripes": _stripes, "plasma": _plasma}
 
 
-@functools.lru_cache(maxsize=16)
+VIDEO_CACHE_BYTES = 256 * 2**20
+"""The videos :func:`render_video` keeps, in bytes: every video of both pools at 64 px (3 MiB
+each), a few at 256 px; the latest video is kept whatever its size."""
+_video_cache: collections.OrderedDict[tuple[VideoSpec, int, int], np.ndarray] = \
+    collections.OrderedDict()
+
+
 def render_video(spec: VideoSpec, canvas: int, frames: int = VIDEO_FRAMES) -> np.ndarray:
-    """Generate a procedural video as a read-only ``(frames, canvas, canvas, 3)`` uint8 array."""
+    """A procedural video as a read-only ``(frames, canvas, canvas, 3)`` uint8 array.
+
+    Generated once and kept while the videos kept stay under :data:`VIDEO_CACHE_BYTES` (the least
+    recently used go first)."""
+    key = (spec, canvas, frames)
+    video = _video_cache.get(key)
+    if video is not None:
+        _video_cache.move_to_end(key)
+        return video
     rng = np.random.default_rng(spec.seed)
     field = _FAMILIES[spec.family](rng, canvas, frames)
     video = _colourise(field, PALETTES[spec.palette])
     video.flags.writeable = False
+    _video_cache[key] = video
+    while len(_video_cache) > 1 and sum(v.nbytes for v in _video_cache.values()) \
+            > VIDEO_CACHE_BYTES:
+        _video_cache.popitem(last=False)
     return video
+
+
+def clear_video_cache() -> None:
+    """Drop every video :func:`render_video` keeps."""
+    _video_cache.clear()
 
 
 # --------------------------------------------------------------------------------------------

@@ -229,11 +229,34 @@ def test_old_ood_version_is_refused_naming_v1():
     assert parse_envs("DistractingCheetahOOD-v1,walker") == ["cheetah-run", "walker-run"]
 
 
+def test_video_colours_and_cache(monkeypatch):
+    """Colours as one whole-video float64 mapping gives them; the kept videos bounded by bytes."""
+    field = np.random.default_rng(0).random((3, 5, 7), dtype=np.float32)
+    palette = backgrounds.PALETTES["warm"]
+    stops = np.linspace(0.0, 1.0, len(palette))
+    whole = np.clip(np.stack([np.interp(field, stops, palette[:, c]) for c in range(3)], -1),
+                    0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(backgrounds._colourise(field, palette), whole)
+
+    backgrounds.clear_video_cache()
+    pool = backgrounds.video_pool("id")
+    first = backgrounds.render_video(pool[0], 32, 4)
+    monkeypatch.setattr(backgrounds, "VIDEO_CACHE_BYTES", 2 * first.nbytes)
+    for spec in pool[1:4]:
+        backgrounds.render_video(spec, 32, 4)
+    assert [key[0] for key in backgrounds._video_cache] == list(pool[2:4])
+    monkeypatch.setattr(backgrounds, "VIDEO_CACHE_BYTES", first.nbytes // 2)
+    big = backgrounds.render_video(pool[0], 32, 4)  # larger than the budget: kept alone
+    assert list(backgrounds._video_cache.values()) == [big]
+    np.testing.assert_array_equal(big, first)
+    backgrounds.clear_video_cache()
+
+
 def test_videos_are_tileable_and_seeded():
     spec = backgrounds.video_pool("id")[1]
     a = backgrounds.render_video(spec, 64, 8)
     assert a.shape == (8, 64, 64, 3) and a.dtype == np.uint8
-    backgrounds.render_video.cache_clear()
+    backgrounds.clear_video_cache()
     np.testing.assert_array_equal(a, backgrounds.render_video(spec, 64, 8))
     # A window straddling the wrap shows continuous content: the wrap seam is no sharper than
     # the video's ordinary neighbouring-pixel differences.
