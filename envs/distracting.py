@@ -149,6 +149,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         self._video_direction = 1
         self._t = 0
         self._last_obs: np.ndarray | None = None
+        self._needs_reset = True  # before the first reset, and once an episode has ended
 
     def _check_arguments(self, distractors: str, size: int, level: str, coupling: float,
                          floor: str, render_mode: str | None) -> None:
@@ -168,7 +169,8 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         """Rendering settings of the model, and the per-geom labels the masks are made from."""
         model = self._physics.model
         if not _is_int(camera_id) or not 0 <= camera_id < model.ncam:
-            raise UserError(f"camera_id must be in [0, {model.ncam}) for {self.task_spec.name}.")
+            raise UserError(f"camera_id must be an int in [0, {model.ncam}) for "
+                            f"{self.task_spec.name}, got {camera_id!r}.")
         # Exact masks need unblended edges: no multisampling in the offscreen buffer. This, and the
         # shadow map's size, must be set before the first render creates the rendering context.
         model.vis.quality.offsamples = 0
@@ -229,6 +231,7 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
         state_obs, _ = self._dm.reset(seed=int(self.np_random.integers(2**31 - 1)))
         rng = self.np_random
         self._t = 0
+        self._needs_reset = False
         if self._pool:
             self._video_index = int(rng.integers(len(self._pool)))
             self._video = self._load_video(self._pool[self._video_index])
@@ -245,6 +248,12 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: np.ndarray):
         """Apply an action for one control step and render the next frame."""
         self._check_open()
+        if self._needs_reset:
+            # dm_control would start a new episode under the old background and step counter.
+            raise gym.error.ResetNeeded(
+                f"This {self.task_spec.name} env needs reset() before step(): "
+                + ("its episode has ended (terminated or truncated)." if self._last_obs is not None
+                   else "no episode has started."))
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
             raise ValueError(f"Expected an action of shape {self.action_space.shape}, got "
@@ -260,7 +269,15 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
             self._colour.step(rng)
             self._apply_colour()
         obs, info = self._observe(state_obs)
+        self._needs_reset = bool(terminated or truncated)
         return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def __getstate__(self):
+        raise TypeError(
+            f"A {type(self).__name__} cannot be copied or pickled: it holds MuJoCo's physics and "
+            "an OpenGL context. Make another with gym.make(env.spec) and reset it with the same "
+            "seed for the same episode; vector envs take makers (functools.partial(gym.make, "
+            "spec)), not envs.")
 
     def render(self) -> np.ndarray | None:
         """Return the last observation (``render_mode="rgb_array"``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import textwrap
 
 import gymnasium as gym
@@ -354,12 +356,31 @@ def test_vector_env_async_after_the_parent_has_rendered(fresh_python):
 
 
 def test_episode_ends_truncated_after_1000_steps():
-    env = gym.make("DistractingHopper-v0", size=16, floor="replace")
+    # Gymnasium's own limit lifted: past 1,000 steps dm_control would start an episode unseen.
+    env = gym.make("DistractingHopper-v0", size=16, floor="replace", max_episode_steps=1500)
     env.reset(seed=0)
     for t in range(1000):
         _, _, terminated, truncated, _ = env.step(np.zeros(4, np.float32))
         assert not terminated
         assert truncated == (t == 999)
+    with pytest.raises(gym.error.ResetNeeded, match="episode has ended"):
+        env.step(np.zeros(4, np.float32))
+    env.reset(seed=0)
+    env.step(np.zeros(4, np.float32))
+    raw = type(env.unwrapped)(task="hopper-hop", size=16)  # without gym.make's order check
+    with pytest.raises(gym.error.ResetNeeded, match="no episode has started"):
+        raw.step(np.zeros(4, np.float32))
+    raw.close()
+    env.close()
+
+
+def test_an_env_cannot_be_copied_or_pickled_and_says_so():
+    env = gym.make("DistractingHopper-v0", size=16)
+    env.reset(seed=0)
+    for copy_it in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            copy_it(env.unwrapped)
+    env.close()
 
 
 @pytest.mark.parametrize(
