@@ -594,6 +594,7 @@ def _merge(config: CollectConfig, work: Path, expert_meta: dict[str, Any] | None
     main = data_dir / ds.MAIN_FILE
     merged = _merge_episodes(config.episodes, work / _EPISODES_DIR, main)
     metadata = _metadata(config, merged, main, expert_meta)
+    metadata[ds.METADATA_DIGEST_KEY] = ds.metadata_digest(metadata)
     atomic_write_text(data_dir / ds.METADATA_FILE, json.dumps(metadata, indent=1))
 
 

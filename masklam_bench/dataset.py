@@ -216,7 +216,57 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
         raise DatasetError(
             f"{folder} has dataset format version {version} but this masklam-bench reads "
             f"version {FORMAT_VERSION}; collect it again with this version.")
+    _check_metadata(meta, meta_path)
     return meta
+
+
+METADATA_DIGEST_KEY = "metadata_sha256"
+"""The metadata's own SHA-256 (:func:`metadata_digest`), recorded at collection since 2026-12-05:
+a hand edit (a reference score, an episode count) would otherwise change results while the data
+files' checksums still pass. Datasets collected before it have none and are not checked."""
+
+_METADATA_INTS = {"total_episodes": 1, "test_episodes": 0, "image_size": 1, "action_dim": 1,
+                  "state_dim": 1}
+"""Integer metadata fields the suite reads, with their least value."""
+
+
+def metadata_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``meta`` without :data:`METADATA_DIGEST_KEY`, as canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != METADATA_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_metadata(meta: dict[str, Any], meta_path: Path) -> None:
+    """One clear error for metadata that was edited, or lacks or mistypes a field the suite reads."""
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"{meta_path} {what}; restore it or delete the dataset and collect "
+                            f"it again.")
+
+    recorded = meta.get(METADATA_DIGEST_KEY)
+    if recorded is not None and recorded != metadata_digest(meta):
+        raise bad("was edited after collection (its recorded metadata_sha256 no longer matches)")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(r, dict) and _is_count(r.get("size"), 0)
+            and isinstance(r.get("sha256"), str) for r in files.values()):
+        raise bad("lacks a 'files' record of each data file's size and sha256")
+    for key, least in _METADATA_INTS.items():
+        if not _is_count(meta.get(key), least):
+            raise bad(f"has {key}={meta.get(key)!r}, not an integer >= {least}")
+    collection = meta.get("collection")
+    if not isinstance(collection, dict) or not isinstance(meta.get("env_id"), str):
+        raise bad("lacks the collection's settings or env_id")
+    if collection.get("test_episodes", meta["test_episodes"]) != meta["test_episodes"]:
+        raise bad(f"has test_episodes={meta['test_episodes']} but its collection used "
+                  f"{collection['test_episodes']}")
+    for key in ("ref_min_score", "ref_max_score"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(f"has {key}={value!r}, not a number")
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def validate_dataset(path: str | Path, checksum: bool = True) -> None:
@@ -245,12 +295,18 @@ def validate_dataset(path: str | Path, checksum: bool = True) -> None:
     try:
         with h5py.File(main, "r") as f:
             missing = [i for i in range(meta["total_episodes"]) if f"episode_{i}" not in f]
+            extra = sum(name.startswith("episode_") for name in f) \
+                - (meta["total_episodes"] - len(missing))
     except OSError as err:
         raise DatasetError(f"{main} cannot be read as HDF5 ({err}); delete the dataset and "
                            f"collect it again.") from err
     if missing:
         raise DatasetError(f"{main} lacks episodes {missing[:5]} of the {meta['total_episodes']} "
                            f"recorded; delete the dataset and collect it again.")
+    if extra:
+        raise DatasetError(f"{main} holds {extra} more episodes than the "
+                           f"{meta['total_episodes']} its metadata records; delete the dataset "
+                           f"and collect it again.")
 
 
 def dataset_metadata(path: str | Path) -> dict[str, Any]:

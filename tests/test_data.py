@@ -414,6 +414,32 @@ def test_missing_and_incomplete_datasets_are_detected(copy, tmp_path):
         validate_dataset(copy)
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"ref_max_score": 1.0}, "was edited after collection"),
+    ({"total_episodes": 2, "sign": True}, "holds 1 more episodes than the 2"),
+    ({"test_episodes": 2, "sign": True}, "test_episodes=2 but its collection used 1"),
+    ({"files": None, "sign": True}, "lacks a 'files' record"),
+    ({"image_size": "64", "sign": True}, "image_size='64', not an integer"),
+    ({"ref_min_score": "low", "sign": True}, "ref_min_score='low', not a number"),
+    ({"collection": None, "sign": True}, "lacks the collection's settings"),
+])
+def test_edited_or_malformed_metadata_is_a_clear_error(copy, edit, message):
+    """The data files' checksums cannot see a hand edit of the metadata (a reference score that
+    rescales every normalised return, an episode count that drops an episode): its own digest
+    and field checks do, before anything is loaded."""
+    meta_path = copy / ds.DATA_DIR / ds.METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta[ds.METADATA_DIGEST_KEY] == ds.metadata_digest(meta)
+    assert meta["total_episodes"] == 3 and meta["test_episodes"] == 1
+    sign = edit.pop("sign", False)
+    meta.update(edit)
+    if sign:  # re-signed, as a careful editor would: the field checks still refuse it
+        meta[ds.METADATA_DIGEST_KEY] = ds.metadata_digest(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=message):
+        load_frames(copy)
+
+
 def test_bad_arguments_are_refused(tmp_path, fake_expert):
     with pytest.raises(ValueError, match="Unknown environment"):
         collect("DistractingCheeta-v0", tmp_path, episodes=2)
@@ -519,8 +545,8 @@ def test_background_motion_of_distracting_and_clean_datasets(dataset, copy):
     assert motion.shape == (len(ds.load_frames(dataset, clean=False).frames), 2)
     assert np.abs(motion).sum() > 0
     meta_path = copy / ds.DATA_DIR / ds.METADATA_FILE
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "env_id": "CleanCheetah-v0"}))
+    meta = {**json.loads(meta_path.read_text()), "env_id": "CleanCheetah-v0"}
+    meta_path.write_text(json.dumps({**meta, ds.METADATA_DIGEST_KEY: ds.metadata_digest(meta)}))
     assert ds.load_background_motion(copy) is None
 
 
