@@ -50,14 +50,23 @@ def _sha256_of_files(paths: list[Path],
 
 
 def method_source_files(cls: type) -> list[Path]:
-    """Source files of ``cls``, of the classes it inherits from, and of the shared networks."""
+    """Source files of ``cls``, of the classes it inherits from, and of the shared networks, in
+    the order of their module names (so that where the package is installed, as a wheel or
+    editable from a checkout, or where a plug-in's file lies, does not change the hash)."""
     import importlib
 
-    files = {Path(inspect.getsourcefile(klass)).resolve() for klass in cls.__mro__
+    files = {klass.__module__: Path(inspect.getsourcefile(klass)).resolve()
+             for klass in cls.__mro__
              if klass.__module__ not in ("builtins", "abc") and _has_source(klass)}
     for name in _SHARED_MODULES:
-        files.add(Path(inspect.getsourcefile(importlib.import_module(name))).resolve())
-    return sorted(files)
+        files[name] = Path(inspect.getsourcefile(importlib.import_module(name))).resolve()
+    return _unique_in_key_order(files)
+
+
+def _unique_in_key_order(files: dict[str, Path]) -> list[Path]:
+    """The files of ``files`` sorted by key, each once."""
+    ordered = [files[key] for key in sorted(files)]
+    return [path for i, path in enumerate(ordered) if path not in ordered[:i]]
 
 
 def _has_source(klass: type) -> bool:
@@ -73,14 +82,18 @@ def method_sha256(cls: type) -> str:
 
 
 def harness_files() -> list[Path]:
-    """Source files of :data:`HARNESS_MODULES`, sorted."""
+    """Source files of :data:`HARNESS_MODULES` (a package's every module), in the order of their
+    module names, which does not depend on where or how the suite is installed."""
     import importlib
 
-    files: set[Path] = set()
+    files: dict[str, Path] = {}
     for name in HARNESS_MODULES:
         path = Path(inspect.getsourcefile(importlib.import_module(name))).resolve()
-        files.update(path.parent.glob("*.py") if path.name == "__init__.py" else [path])
-    return sorted(files)
+        if path.name == "__init__.py":
+            files.update({f"{name}.{module.stem}": module for module in path.parent.glob("*.py")})
+        else:
+            files[name] = path
+    return _unique_in_key_order(files)
 
 
 def harness_sha256() -> str:

@@ -597,6 +597,32 @@ def test_the_harness_hash_follows_code_not_comments_or_docstrings(tmp_path, monk
     assert {"runner.py", "sampling.py", "metrics.py", "rendering.py", "distracting.py"} <= names
 
 
+def test_code_hashes_do_not_depend_on_how_the_suite_is_installed(tmp_path, fresh_python):
+    """Editable from a checkout (envs/ and baselines/ beside masklam_bench/) or as a wheel lays
+    the files (inside it): the same code has the same harness and method hashes, so run folders
+    resume and result files agree across the two."""
+    import shutil
+
+    from masklam_bench import provenance
+    from masklam_bench.baselines.registry import get_method
+
+    root = Path(__file__).resolve().parent.parent
+    site = tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(root / "masklam_bench", site / "masklam_bench", ignore=ignore)
+    for part in ("envs", "baselines"):
+        shutil.copytree(root / part, site / "masklam_bench" / part, ignore=ignore)
+    code = (f"import sys; sys.path.insert(0, {str(site)!r})\n"
+            "from masklam_bench import provenance as p\n"
+            "from masklam_bench.baselines.registry import get_method\n"
+            "assert all(str(f).startswith(sys.path[0]) for f in p.harness_files())\n"
+            "print(p.harness_sha256(), p.method_sha256(get_method('laom-masked')))\n")
+    result = fresh_python(code, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    here = [provenance.harness_sha256(), provenance.method_sha256(get_method("laom-masked"))]
+    assert result.stdout.split() == here
+
+
 def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, monkeypatch):
     """Started before its SAM 2 masks exist, a ``sam2`` run stops with the command that makes
     them and records nothing, so it runs once they exist; its result file says which masks it
