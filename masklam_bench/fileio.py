@@ -53,6 +53,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` and below when a
+    process was killed outright (SIGKILL, power loss) mid-write; return them.
+
+    Only for a folder no other process writes to (a run folder its lock holds)."""
+    stale = sorted(p for p in Path(folder).rglob(".*.tmp") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -45,6 +45,7 @@ from masklam_bench.fileio import (
     atomic_write_json,
     load_checkpoint,
     load_run_json,
+    remove_temporaries,
 )
 from masklam_bench.mask_sources import parse_mask_source, resolve_masks
 from masklam_bench.precision import uses_bf16
@@ -746,6 +747,7 @@ def _open_run(config: RunConfig, progress: bool, check_code: bool = True) -> _Ru
     run_dir = Path(config.runs_root) / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_folder(run_dir)  # one process per run folder (a sweep launched twice, say)
+    remove_temporaries(run_dir)  # half-written files of a process killed outright
     try:
         return _load_run(config, preset, run_dir, progress, check_code)
     except BaseException:

@@ -53,13 +53,17 @@ def test_resume_after_kill_never_redoes_a_finished_stage(tmp_path, data_root, mo
     assert path.exists()
     assert result["metrics"]["probe_nmse"] is not None
 
-    # Run again once finished: nothing is trained and the file keeps when it was made.
+    # Run again once finished: nothing is trained and the file keeps when it was made; a
+    # half-written file that a SIGKILL left behind is cleared away.
+    stale = tmp_path / "runs" / result["run_name"] / ".lam_final.pt.x1y2z3.tmp"
+    stale.write_bytes(b"half a checkpoint")
     recorded = json.loads(path.read_text())
     recorded["created"] = "2000-01-01T00:00:00Z"
     path.write_text(json.dumps(recorded))
     assert runner.run(config, progress=False)["created"] == "2000-01-01T00:00:00Z"
     assert calls["train"] == lam_steps
     assert json.loads(path.read_text()) == recorded
+    assert not stale.exists()
     # A file that differs in what it holds is written again.
     recorded["metrics"]["probe_nmse"] = -1.0
     path.write_text(json.dumps(recorded))
