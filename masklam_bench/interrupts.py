@@ -13,7 +13,10 @@ This module imports only the standard library, so every module may use it withou
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 
@@ -52,3 +55,16 @@ def restore(previous: dict[int, object]) -> None:
     """Put back the handlers :func:`install` returned."""
     for signum, handler in previous.items():
         signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """Put this module's handlers back after a library that sets its own replaced them (Ray's
+    ``init`` sets a SIGTERM handler that exits with status 1 and skips the command's clean-up)."""
+    ours = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is on_signal]
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum in ours:
+                signal.signal(signum, on_signal)

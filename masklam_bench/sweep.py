@@ -16,12 +16,14 @@ import difflib
 import json
 import os
 import re
+import shutil
 import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from masklam_bench import interrupts
 from masklam_bench.checks import (
     check_device,
     check_output_folder,
@@ -166,6 +168,9 @@ def read_grid_file(path: str | os.PathLike) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = raw_key.replace("_", "-")
+        if key in values:
+            raise UserError(f"--grid {path}: {raw_key!r} and an earlier key are both {key!r} "
+                            "('_' and '-' spell the same key); keep one.")
         if key not in GRID_KEYS:
             close = difflib.get_close_matches(key, GRID_KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -316,6 +321,15 @@ def check_options(options: SweepOptions) -> None:
                         "the CPUs it was started with. Drop one of them.")
     if options.gpus_per_run > 0 and not options.on_cluster:
         check_device("cuda")
+    if options.launcher == "slurm" and not options.dry_run and shutil.which("srun") is None:
+        raise UserError("--launcher slurm needs Slurm's srun and sbatch, and this machine has no "
+                        "srun on its PATH: run the sweep on the cluster's login node, or use "
+                        "--launcher local-submitit or the default Ray launcher here.")
+    if options.launcher == "ray" and not options.ray_address:
+        have = options.ray_cpus or os.cpu_count() or 1
+        if options.cpus_per_run > have:
+            raise UserError(f"each run asks for {options.cpus_per_run} CPU(s) but the local Ray "
+                            f"instance would have {have}; ask for fewer with --cpus-per-run.")
     if not options.on_cluster:  # a cluster's shared storage need not be mounted here
         for flag, path in (("--data-root", options.data_root), ("--runs-root", options.runs_root),
                            ("--out", options.out)):
@@ -368,8 +382,11 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
                       f"{f', {options.mem_gb} GB' if options.mem_gb else ''} per job"
                       + "".join(f", --{k}={v}" for k, v in options.slurm_params.items()),
              "local-submitit": "submitit's local executor"}[options.launcher]
-    lines = [(f"{len(runs)} run(s) at preset {runs[0].preset}, {len(runs) - len(pending)} "
-              f"finished (skipped), {len(pending)} to run on {where}; results -> {options.out}/"),
+    stale = sum(1 for c in runs if result_path(c).exists() and stale_reason(c))
+    lines = [(f"{len(runs)} run(s) at preset {runs[0].preset}, "
+              f"{len(runs) - len(pending) - stale} finished (skipped), "
+              + (f"{stale} stale (not run again), " if stale else "")
+              + f"{len(pending)} to run on {where}; results -> {options.out}/"),
              (f"each run asks for {options.cpus_per_run} CPU(s) (torch threads, "
               f"OMP_NUM_THREADS) and {options.gpus_per_run:g} GPU(s), device {options.device}")]
     for c in runs:
@@ -377,8 +394,11 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
         lines.append(f"  run  {c.run_name}" if why is None else f"  skip {c.run_name}" if not why
                      else f"  stale {c.run_name} ({why}: not run again)")
     groups = datasets_of(pending)
-    lines.append(f"{len(groups)} dataset job(s) first, {options.cpus_per_run} CPU(s) each:")
-    lines += [f"  {path} (for {len(group)} run(s))" for path, group in groups.items()]
+    if groups:
+        lines.append(f"{len(groups)} dataset job(s) first, {options.cpus_per_run} CPU(s) each:")
+        lines += [f"  {path} (for {len(group)} run(s))" for path, group in groups.items()]
+    if options.launcher == "slurm" and shutil.which("srun") is None:
+        lines.append("note: no srun on this machine's PATH: launch it where Slurm is.")
     return "\n".join(lines)
 
 
@@ -448,7 +468,8 @@ def _start_ray(options: SweepOptions) -> bool:
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if options.ray_address:
-        ray.init(address=options.ray_address, **kwargs)
+        with interrupts.kept():
+            ray.init(address=options.ray_address, **kwargs)
     else:
         # Ray starts its workers at niceness 15, so that its own services stay responsive.
         # Beside anything else on the machine a run then gets only the CPU left over (with two
@@ -458,7 +479,9 @@ def _start_ray(options: SweepOptions) -> bool:
         os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
         # address="local": a new instance even where $RAY_ADDRESS or a `ray start` instance
         # exists (Ray would join that cluster instead, where `local` checks do not hold).
-        ray.init(address="local", num_cpus=options.ray_cpus, include_dashboard=False, **kwargs)
+        with interrupts.kept():
+            ray.init(address="local", num_cpus=options.ray_cpus, include_dashboard=False,
+                     **kwargs)
     have = ray.cluster_resources()
     for kind, ask in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
         if ask > have.get(kind, 0) and not options.ray_address:

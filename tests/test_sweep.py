@@ -8,12 +8,13 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from masklam_bench import cli, sweep
+from masklam_bench import cli, interrupts, sweep
 from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -170,6 +171,8 @@ def test_a_grid_without_experts_names_every_task(tmp_path, monkeypatch, capsys):
     ('methods = ["lapo"]\n[set]\ntrain.lam_steps = [1]\n', "'set' must be a table"),
     ('methods = ["lapo"\n', "is not valid TOML"),
     ('envs = ["cheetah"]\n', "sweep needs methods"),
+    ('methods = ["lapo"]\nmask_sources = ["exact"]\nmask-sources = ["exact"]\n',
+     "'mask-sources' and an earlier key are both 'mask-sources'"),
 ])
 def test_a_bad_grid_file_is_one_clear_sentence(tmp_path, capsys, content, message):
     (tmp_path / "grid.toml").write_text(content)
@@ -190,6 +193,23 @@ def test_slurm_options_are_checked(tmp_path, capsys, flags, message):
             "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_launcher_resources_this_machine_lacks_are_refused_up_front(tmp_path, capsys,
+                                                                       monkeypatch):
+    # Slurm's tools missing: a one-line error, not submitit's traceback; a dry run only notes it.
+    monkeypatch.setattr(sweep.shutil, "which", lambda name: None)
+    argv = ["sweep", "--methods", "lapo", "--preset", "smoke", "--launcher", "slurm",
+            *_paths(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs Slurm's srun and sbatch" in err and "Traceback" not in err
+    assert cli.main([*argv, "--dry-run"]) == 0
+    assert "note: no srun on this machine's PATH" in capsys.readouterr().out
+    # More CPUs per run than the local Ray instance would have: refused before Ray starts.
+    assert cli.main(["sweep", "--methods", "lapo", "--preset", "smoke", "--ray-cpus", "2",
+                     "--cpus-per-run", "3", "--dry-run", *_paths(tmp_path)]) == 2
+    assert "asks for 3 CPU(s) but the local Ray instance would have 2" in capsys.readouterr().err
 
 
 def test_slurm_dry_run_names_memory_and_params(tmp_path, capsys):
@@ -217,13 +237,15 @@ def test_cluster_paths_must_be_absolute(tmp_path, capsys):
 
 def test_dry_run_prints_the_grid_and_its_resources(tmp_path, capsys):
     argv = ["sweep", "--methods", "lapo,bc-labels", "--dims", "8,16", "--seeds", "0,1",
-            "--preset", "smoke", "--cpus-per-run", "2", "--dry-run", *_paths(tmp_path)]
+            "--preset", "smoke", "--cpus-per-run", "2", "--ray-cpus", "4", "--dry-run",
+            *_paths(tmp_path)]
     finished = tmp_path / "out" / "cheetah-run__lapo__d8__s0__smoke+fp32.json"
     finished.parent.mkdir()
     finished.write_text("{}")
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "6 run(s) at preset smoke, 1 finished (skipped), 5 to run" in out
+    assert ("6 run(s) at preset smoke, 0 finished (skipped), 1 stale (not run again), 5 to run "
+            "on a local Ray instance (4 CPUs)") in out
     assert "each run asks for 2 CPU(s)" in out
     assert ("stale cheetah-run__lapo__d8__s0__smoke+fp32 (its result file is unreadable or "
             "incomplete: not run again)") in out
@@ -304,13 +326,22 @@ def ray_sweep(tmp_path_factory, plugin_path):
     argv = ["sweep", "--methods", f"lapo,masklam,{BROKEN}", "--dims", "8", "--preset", "smoke",
             "--ray-cpus", "2", *_paths(root)]
     out, err = io.StringIO(), io.StringIO()
+    handlers = []  # SIGTERM's handler once Ray has started (its init sets one of its own)
+    start_ray = sweep._start_ray
+
+    def started(options):
+        began = start_ray(options)
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        return began
+
     with pytest.MonkeyPatch.context() as patch:
         # Ray's processes inherit these at start: a worker slow to register on a loaded 2-core
         # machine (the other test worker busy) is waited for, not failed after Ray's 60 s.
         patch.setenv("RAY_worker_register_timeout_seconds", "300")
+        patch.setattr(sweep, "_start_ray", started)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main(argv)
-    return root, code, out.getvalue(), err.getvalue()
+    return root, code, out.getvalue(), err.getvalue() + f"\nhandlers: {handlers}"
 
 
 @needs_ray
@@ -320,6 +351,8 @@ def test_ray_sweep_runs_the_grid_and_survives_a_failing_run(ray_sweep):
     assert names == ["cheetah-run__lapo__d8__s0__smoke+fp32.json",
                      "cheetah-run__masklam__d8__s0__smoke+fp32.json"], out + err
     assert code == 2, out + err  # a run failed: the exit code says so, and the table names it
+    # A SIGTERM during the sweep still gets the suite's clean-up and exit status, not Ray's.
+    assert f"handlers: [{interrupts.on_signal!r}]" in err
     assert "| done | 2 |" in out and "| skipped | 0 |" in out and "| failed | 1 |" in out, (
         out + err)
     # The local instance's runs get `run`'s priority, not Ray's default worker niceness of 15.
