@@ -16,6 +16,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from dm_control import suite
+from gymnasium.envs.registration import EnvSpec
 from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 
 from masklam_bench.envs import backgrounds, rendering
@@ -90,6 +91,23 @@ class DistractingControlEnv(gym.Env[np.ndarray, np.ndarray]):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
+    _spec: EnvSpec | None = None
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The spec ``gym.make`` made this env from (None when built directly)."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        # gym.make sets it right after building the env: the first moment an id is known, so a
+        # registered id made with another task or split is refused by make() itself.
+        self._spec = value
+        try:
+            self._check_registered_id()
+        except UserError:
+            self.close()
+            raise
 
     def __init__(
         self,

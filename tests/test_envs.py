@@ -405,10 +405,12 @@ def test_bad_kwarg_is_a_clear_error(kwargs, message):
 def test_an_id_made_with_another_task_or_split_is_refused():
     for kwargs, right in (({"task": "walker"}, "DistractingWalker-v0"),
                           ({"distractors": "ood"}, "DistractingCheetahOOD-v1")):
-        env = gym.make("DistractingCheetah-v0", **kwargs)
         with pytest.raises(ValueError, match=f"make {right} instead"):
-            env.reset(seed=0)
+            gym.make("DistractingCheetah-v0", **kwargs)  # by make(), before any reset
     gym.make("DistractingCheetah-v0", task="cheetah-run").reset(seed=0)  # the id's own: fine
+    env = gym.make(gym.spec("DistractingCheetah-v0"))  # a spec round-trips
+    assert env.spec.id == "DistractingCheetah-v0" and env.unwrapped.spec.kwargs["task"]
+    env.close()
 
 
 def test_bad_id_suggests_the_right_one():
