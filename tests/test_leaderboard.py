@@ -593,3 +593,11 @@ def test_no_performance_profile_without_returns_past_the_gate(tmp_path):
     assert "No performance profile" in readme
     assert not list((tmp_path / "board").glob("*_profile_*.png"))
     assert (tmp_path / "board" / "cpu_d8_poi_nmse.png").exists()
+
+
+def test_the_summary_caption_names_the_seed_counts_it_has():
+    from masklam_bench.leaderboard import _summary_caption
+
+    assert "With 2 seeds per task these intervals are too narrow" in _summary_caption(10, [2])
+    assert "With 1-3 seeds per task" in _summary_caption(10, [1, 3])
+    assert "too narrow" not in _summary_caption(10, [1])  # one run per task: no interval
