@@ -1020,6 +1020,16 @@ def _header(n_runs: int, reps: int, results: str) -> list[str]:
          "Main tables hold the current protocol without `--set` overrides, on the procedural "
          "distractor videos, in bf16; other protocols, runs on DAVIS-2017 videos and runs in "
          "float32 have their own sections and are never in the main aggregates."),
+        ("- **CSV files**: `<task>.csv` (a task's rows), `summary.csv` (every task's rows and "
+         "the cross-task aggregates, `task` = `all`) and `improvement.csv` (probability of "
+         "improvement of each pair). `current_protocol` is 1 for the rows of a main table (the "
+         "preset's current protocol, no `--set` overrides, procedural videos, bf16) and 0 for "
+         "the others; `overrides` names what gives a row its own section (`--set` fields, "
+         f"`{VIDEOS_KEY}=...`, `{PRECISION_KEY}=float32`). Per metric: the value (`statistic`: "
+         "`mean` over seeds for a task; `iqm`, `mean` or `optimality_gap` across tasks), `_low` "
+         "and `_high` (the Student-t interval over seeds, or the stratified-bootstrap interval) "
+         "and `_n` (the runs or tasks behind it, 0 where undefined); the `_episodes` columns are "
+         "the same over all evaluation episodes of all seeds."),
         ("- **Oracle OOD**: the oracle runs in the clean environment, which has no OOD variant of "
          "its own, so its OOD return is its ID return: marked \"same env\" and left out of OOD "
          "aggregates."),
