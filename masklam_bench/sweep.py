@@ -695,11 +695,27 @@ _SLURM_OWN = {"dependency": "each run waits for its dataset's job",
 """sbatch options ``--slurm-param`` may not set, and the flag or rule that does."""
 
 
+def _expand_naming_the_file(args: argparse.Namespace, options: SweepOptions) -> list[RunConfig]:
+    """:func:`expand_grid`, whose errors name the grid file's key when a value from the file is
+    at fault (they are ``run``'s sentences, which name its flags: ``--dims``, ``--set``)."""
+    values = grid_values(args)
+    try:
+        return expand_grid(values, options)
+    except UserError as err:
+        if args.grid:
+            from_file = [key for key in read_grid_file(args.grid)
+                         if key == "set" or getattr(args, key.replace("-", "_")) is None]
+            blamed = [key for key in from_file if f"--{key}" in str(err)]
+            if blamed:
+                raise UserError(f"--grid {args.grid}, key {blamed[0]!r}: {err}") from None
+        raise
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     """Check the whole grid, run what is unfinished, print the outcome table."""
     options = options_from_args(args)
     check_options(options)
-    runs = expand_grid(grid_values(args), options)
+    runs = _expand_naming_the_file(args, options)
     if runs and runs[0].preset == "gpu" and options.device == "cpu":
         print("note: preset gpu with no GPU per run: every run trains the gpu preset's IMPALA "
               "networks (30,000 LAM steps, 440 episodes) on the CPU, which it was not sized for; "

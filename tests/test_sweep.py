@@ -162,7 +162,8 @@ def test_a_grid_without_experts_names_every_task(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ('methods = ["lapo"]\ndim = [64]\n', "unknown key 'dim' (did you mean 'dims'?)"),
-    ('methods = ["lapo"]\ndims = "sixty"\n', "--dims must be a comma-separated list"),
+    ('methods = ["lapo"]\ndims = "sixty"\n', "key 'dims': --dims must be a comma-separated list"),
+    ('methods = ["lapo"]\n[set]\ntrain.lam_stepz = 5\n', "key 'set': --set"),
     ('methods = ["lapo"]\ndims = [64, "x"]\n', "'dims' must be a list of integers"),
     ('methods = "lapo"\nseeds = true\n', "'seeds' must be a list of integers"),
     ('methods = ["lapp"]\n', "Unknown method 'lapp'; did you mean 'lapo'?"),
