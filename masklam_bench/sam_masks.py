@@ -545,8 +545,23 @@ def sidecar_settings(path: str | os.PathLike) -> dict[str, Any] | None:
     file = folder / SIDECAR_FILE
     if not file.exists():
         return None
-    with h5py.File(file, "r") as f:
-        return {**json.loads(f.attrs["settings"]), **json.loads(f.attrs.get("info", "{}"))}
+    attrs = _sidecar_attrs(file, folder)
+    return {**json.loads(attrs["settings"]), **json.loads(attrs.get("info", "{}"))}
+
+
+def _sidecar_attrs(file: Path, folder: Path) -> dict[str, Any]:
+    """The attributes of a mask file, or a SamMaskError when it cannot be read (truncated by a
+    full disk, say): the command that makes it again, with ``--overwrite``."""
+    try:
+        with h5py.File(file, "r") as f:
+            attrs = dict(f.attrs)
+        json.loads(attrs["settings"])
+        return attrs
+    except (OSError, KeyError, ValueError) as err:
+        raise SamMaskError(
+            f"{file} cannot be read ({type(err).__name__}); make it again with `masklam-bench "
+            f"masks --dataset {folder} --source sam2 --checkpoint <sam2.1_hiera_tiny.pt> "
+            f"--overwrite`.") from None
 
 
 def add_sam_masks(dataset_path: str | os.PathLike, checkpoint: str | None,
@@ -603,7 +618,13 @@ def _make_masks(folder: Path, meta: dict[str, Any], predictor: Any, info: dict[s
     settings = _settings(info, user_box, chunk, meta)
     final, work = folder / SIDECAR_FILE, folder / PARTIAL_DIR
     if final.exists():
-        if _same_settings(sidecar_settings(folder), settings, folder, "finished", overwrite):
+        try:
+            made = sidecar_settings(folder)
+        except SamMaskError:
+            if not overwrite:
+                raise
+            made = None  # unreadable: --overwrite makes it again
+        if made is not None and _same_settings(made, settings, folder, "finished", overwrite):
             return final
         final.unlink()
     if (work / _SETTINGS_FILE).exists():
@@ -674,9 +695,9 @@ def sam_masks_file(dataset_path: str | os.PathLike) -> Path:
         why = ("has an unfinished SAM 2 mask run" if (folder / PARTIAL_DIR).exists()
                else "has no SAM 2 masks")
         raise _missing_masks_error(folder, why)
-    with h5py.File(file, "r") as f:
-        settings = json.loads(f.attrs["settings"])
-        complete = bool(f.attrs.get("complete"))
+    attrs = _sidecar_attrs(file, folder)
+    settings = json.loads(attrs["settings"])
+    complete = bool(attrs.get("complete"))
     if not complete or settings.get("format_version") != FORMAT_VERSION:
         raise _missing_masks_error(folder, f"has an incomplete or outdated {SIDECAR_FILE}")
     if settings.get("dataset_sha256") != _dataset_fingerprint(meta):

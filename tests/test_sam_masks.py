@@ -148,6 +148,24 @@ def test_other_settings_need_overwrite(reference, tmp_path, monkeypatch):
     assert load_sam_masks(path, "all").all()
 
 
+def test_an_unreadable_mask_file_is_one_clear_error_and_overwrite_replaces_it(reference,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    path = _copy(reference[0], tmp_path)
+    file = sam_masks.sam_masks_file(path)
+    file.write_bytes(file.read_bytes()[:5000])  # truncated, as by a full disk
+    for read in (sam_masks.sam_masks_file, sam_masks.sidecar_settings,
+                 lambda p: load_sam_masks(p, "all")):
+        with pytest.raises(SamMaskError, match="cannot be read .*--overwrite"):
+            read(path)
+    with pytest.raises(SamMaskError, match="cannot be read"):
+        _add(path)
+    monkeypatch.setattr(sam_masks, "track_episode",
+                        lambda predictor, frames, box, chunk: np.ones(frames.shape[:3], bool))
+    _add(path, overwrite=True)
+    assert load_sam_masks(path, "all").all()
+
+
 def test_missing_checkpoint_says_what_to_download_and_which_flag():
     pytest.importorskip("sam2")
     for checkpoint in ("checkpoints/sam2.1_hiera_tiny.pt", None):
