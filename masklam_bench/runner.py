@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -424,6 +425,7 @@ class _Run:
     progress: bool
     identity: dict[str, Any]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    mask_stats: dict[str, float] | None = None
 
     def record(self, key: str, seconds: float) -> None:
         """Keep how long a stage took (a resumed run keeps the original figures)."""
@@ -788,8 +790,28 @@ def _load_run(config: RunConfig, preset: Preset, run_dir: Path, progress: bool,
     timings_file = run_dir / "timings.json"
     timings = load_run_json(timings_file, "delete it (only the stages' recorded times go)") \
         if timings_file.exists() else {}
+    stats = None if masks["train"] is None else mask_stats(mask_label, masks["train"], train)
     return _Run(config, preset, cls, run_dir, data_dir, meta, train, test, train_s, test_s,
-                method, device, progress, identity, timings)
+                method, device, progress, identity, timings, stats)
+
+
+EMPTY_MASKS_WARNING = 0.5
+"""Share of train frames without an agent pixel above which a mask source is warned about."""
+
+
+def mask_stats(label: str, masks: np.ndarray, data: Any) -> dict[str, float]:
+    """How much of the agent a mask source leaves, beside the exact masks (recorded in the
+    result file); a warning when most frames are left with no agent pixel at all, where a
+    mask-weighted loss has nothing to weigh (``erode-R`` on a thin body)."""
+    exact = data.unpack_masks(np.arange(data.num_frames))
+    stats = {"empty_frames": float(np.mean(~masks.any(axis=(1, 2)))),
+             "agent_share": float(masks.mean()), "exact_agent_share": float(exact.mean())}
+    if stats["empty_frames"] > EMPTY_MASKS_WARNING:
+        print(f"warning: mask source {label} leaves {stats['empty_frames']:.0%} of the train "
+              f"frames without an agent pixel (agent share {stats['agent_share']:.2%} against "
+              f"{stats['exact_agent_share']:.2%} exact): a mask-weighted loss has nothing to "
+              "weigh there. The result records it (mask_stats).", file=sys.stderr)
+    return stats
 
 
 def run_identity(config: RunConfig, preset: Preset, cls: type[LatentActionMethod],
@@ -913,6 +935,7 @@ def _result(r: _Run, lam_log: dict[str, Any], probe_res: dict[str, Any],
                     # them too, so that it sits in its batch's leaderboard table.
                     "distractor_videos": distractor_videos()},
         "sam_masks": _sam_masks_record(r) if mask_label == "sam2" else None,
+        **({"mask_stats": r.mask_stats} if r.mask_stats is not None else {}),
         "code": {**git_state(), "method_sha256": identity["method_sha256"],
                  "method_files": [p.name for p in method_source_files(cls)],
                  "harness_sha256": identity["harness_sha256"]},

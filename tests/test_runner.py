@@ -651,8 +651,29 @@ def test_a_sam2_run_waits_for_its_masks_and_records_them(tmp_path, data_root, mo
     assert result["sam_masks"]["random_weights"] is True
     assert result["sam_masks"]["hole_filling"] == sam_masks._hole_filling()  # kernel or CPU
     assert result["method_label"] == "masklam[sam2]"
+    stats = result["mask_stats"]  # the whole frame: nothing empty, all of it "agent"
+    assert stats["empty_frames"] == 0.0 and stats["agent_share"] == 1.0
+    assert 0 < stats["exact_agent_share"] < 0.5
     records, problems = leaderboard.read_records(tmp_path / "results")
     assert records == [] and "SAM 2 masks of random weights" in problems[0]
+
+
+def test_a_mask_source_that_empties_most_frames_is_warned_about_and_recorded(capsys):
+    class Frames:  # the exact masks of 4 frames: one agent pixel each
+        num_frames = 4
+
+        def unpack_masks(self, index):
+            masks = np.zeros((len(index), 8, 8), bool)
+            masks[:, 3, 3] = True
+            return masks
+
+    eroded = np.zeros((4, 8, 8), bool)
+    eroded[0, 3, 3] = True  # 3 of 4 frames left without an agent pixel
+    stats = runner.mask_stats("erode-2", eroded, Frames())
+    assert stats == {"empty_frames": 0.75, "agent_share": 1 / 256, "exact_agent_share": 1 / 64}
+    assert "mask source erode-2 leaves 75% of the train frames without" in capsys.readouterr().err
+    runner.mask_stats("dilate-1", Frames().unpack_masks(range(4)), Frames())
+    assert capsys.readouterr().err == ""
 
 
 def test_clip_gradients_is_clip_grad_norm_bit_for_bit():
