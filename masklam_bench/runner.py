@@ -956,7 +956,7 @@ def _sam_masks_record(r: _Run) -> dict[str, Any]:
     (``random`` for random weights, which the leaderboard refuses), config and tracking settings."""
     settings = sidecar_settings(r.data_dir) or {}
     keep = ("checkpoint", "weights", "config", "image_size", "random_weights", "box", "chunk",
-            "hole_filling", "device", "sam2_version")
+            "hole_filling", "cpu_threads", "device", "sam2_version")
     record = {"sha256": r.identity["sam_masks_sha256"],
               **{k: settings[k] for k in keep if k in settings}}
     if os.path.isabs(str(record.get("checkpoint", ""))):  # a file's path, not a hub id

@@ -474,17 +474,25 @@ def _parse_box(box: Any) -> tuple[float, float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
-def _settings(info: dict[str, Any], box: Any, chunk: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs' masks the same: compared before resuming, stored in the sidecar."""
-    return {"format_version": FORMAT_VERSION,
+def _settings(info: dict[str, Any], box: Any, chunk: int, meta: dict[str, Any],
+              device: str) -> dict[str, Any]:
+    """What makes two runs' masks the same: compared before resuming, stored in the sidecar.
+
+    On the CPU that includes torch's thread count: SAM 2's kernels reduce in another order
+    with another count, which flipped a mask bit between 1 and 2 threads."""
+    import torch
+
+    threads = torch.get_num_threads() if torch.device(device).type == "cpu" else None
+    return {"format_version": FORMAT_VERSION, "cpu_threads": threads,
             "weights": info["checkpoint_sha256"] or info["checkpoint"], "config": info["config"],
             "image_size": info["image_size"], "random_weights": info["random_weights"],
             "box": list(box) if box is not None else "exact-mask-first-frame", "chunk": chunk,
             "hole_filling": _hole_filling(), "dataset_sha256": _dataset_fingerprint(meta)}
 
 
-_LATER_SETTINGS = ("hole_filling",)
-"""Settings that mask files made before 2026-12-04 do not record."""
+_LATER_SETTINGS = ("hole_filling", "cpu_threads")
+"""Settings that older mask files do not record (hole_filling: before 2026-12-04;
+cpu_threads: before 2026-12-05)."""
 
 
 def _hole_filling() -> str:
@@ -615,7 +623,7 @@ def _make_masks(folder: Path, meta: dict[str, Any], predictor: Any, info: dict[s
     """:func:`add_sam_masks` once the dataset is held and the model built."""
     import torch
 
-    settings = _settings(info, user_box, chunk, meta)
+    settings = _settings(info, user_box, chunk, meta, device)
     final, work = folder / SIDECAR_FILE, folder / PARTIAL_DIR
     if final.exists():
         try:

@@ -308,8 +308,11 @@ def test_a_second_process_on_the_same_dataset_is_refused(dataset, tmp_path):
 
 
 def test_a_setting_recorded_only_later_is_not_held_against_an_older_file(tmp_path):
-    new = {"chunk": 8, "hole_filling": "fill_small_holes"}
+    new = {"chunk": 8, "hole_filling": "fill_small_holes", "cpu_threads": 2}
     assert sam_masks._same_settings({"chunk": 8}, new, tmp_path, "finished", False)
+    with pytest.raises(sam_masks.SamMaskError, match=r"other settings \(cpu_threads\)"):
+        sam_masks._same_settings({"chunk": 8, "cpu_threads": 1}, new, tmp_path, "finished",
+                                 False)
     with pytest.raises(sam_masks.SamMaskError, match=r"other settings \(hole_filling\)"):
         sam_masks._same_settings({"chunk": 8, "hole_filling": "sam2-kernel"}, new, tmp_path,
                                  "finished", False)
