@@ -732,8 +732,10 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Preset]:
     task = get_task(config.task)
     cls = get_method(config.method)
     dim = 0 if cls.latent_is_action else config.latent_dim
+    # The mask source as its label: ERODE-2 and erode-2.0 are erode-2's run, resumed as one.
     config = dataclasses.replace(config, task=task.name, latent_dim=dim,
-                                 bf16=uses_bf16(config.bf16, config.device))
+                                 bf16=uses_bf16(config.bf16, config.device),
+                                 mask_source=parse_mask_source(config.mask_source).label)
     return config, apply_overrides(get_preset(config.preset), config.overrides)
 
 

@@ -724,3 +724,12 @@ def test_portable_path_names_no_folder_of_this_machine(tmp_path, monkeypatch):
     assert runner._portable_path("/elsewhere/runs/x") == ".../runs/x"
     monkeypatch.chdir("/")  # inside "/" is everything: still only the last two parts
     assert runner._portable_path(tmp_path / "data" / "cpu") == ".../data/cpu"
+
+
+def test_a_mask_source_spelled_another_way_is_the_same_run(tmp_path):
+    """ERODE-2 and erode-2.0 name erode-2's run and record it so: a resume in either spelling
+    finds the other's run folder instead of refusing it for other settings."""
+    resolved = [runner.resolve(_config(tmp_path, tmp_path, "masklam", mask_source=text))[0]
+                for text in ("erode-2", "ERODE-2", " erode-2.0 ")]
+    assert {c.mask_source for c in resolved} == {"erode-2"}
+    assert len({c.run_name for c in resolved}) == 1
