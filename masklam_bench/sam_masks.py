@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 SIDECAR_FILE = "sam_masks.hdf5"
 """Name of the sidecar file of SAM 2 masks inside a dataset folder."""
+SPEED_FILE = "sam_masks_speed.json"
+"""The seconds per frame of the run that finished the masks, beside the mask file and not in it,
+so that the same masks make the same file (and sha256), however their run was interrupted."""
 PARTIAL_DIR = ".sam_masks.partial"
 """Folder inside the dataset folder holding finished episodes of an unfinished run."""
 LOCK_FILE = ".sam_masks.lock"
@@ -554,7 +557,12 @@ def sidecar_settings(path: str | os.PathLike) -> dict[str, Any] | None:
     if not file.exists():
         return None
     attrs = _sidecar_attrs(file, folder)
-    return {**json.loads(attrs["settings"]), **json.loads(attrs.get("info", "{}"))}
+    try:
+        speed = json.loads((folder / SPEED_FILE).read_text())
+    except (OSError, ValueError):
+        speed = {}  # made before the file existed, or lost: only a timing
+    return {"seconds_per_frame": None, **(speed if isinstance(speed, dict) else {}),
+            **json.loads(attrs["settings"]), **json.loads(attrs.get("info", "{}"))}
 
 
 def _sidecar_attrs(file: Path, folder: Path) -> dict[str, Any]:
@@ -648,7 +656,7 @@ def _make_masks(folder: Path, meta: dict[str, Any], predictor: Any, info: dict[s
         lengths = [int(f[f"episode_{i}"].attrs["total_steps"]) + 1 for i in range(episodes)]
     todo = [i for i in range(episodes) if not _episode_file(work, i).exists()]
     extra = {"checkpoint": info["checkpoint"], "device": device, "sam2_version": _version("sam2"),
-             "torch_version": torch.__version__, "seconds_per_frame": None}
+             "torch_version": torch.__version__}
     bar = _progress(sum(lengths), sum(lengths) - sum(lengths[i] for i in todo), progress)
     seconds, frames_done = 0.0, 0
     try:
@@ -667,9 +675,10 @@ def _make_masks(folder: Path, meta: dict[str, Any], predictor: Any, info: dict[s
             bar.update(len(frames))
     finally:
         bar.close()
-    if frames_done:
-        extra["seconds_per_frame"] = seconds / frames_done
-    return _assemble(folder, work, settings, extra, episodes, size)
+    final = _assemble(folder, work, settings, extra, episodes, size)
+    atomic_write_json(folder / SPEED_FILE,
+                      {"seconds_per_frame": seconds / frames_done if frames_done else None})
+    return final
 
 
 def _version(package: str) -> str | None:

@@ -132,10 +132,18 @@ def test_interrupted_run_resumes_with_the_unfinished_episodes_only(reference, tm
         load_sam_masks(path, "all")
     spy = _Spy()
     monkeypatch.setattr(sam_masks, "track_episode", spy)
-    _add(path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference's count, a recorded setting
+    try:
+        _add(path)
+    finally:
+        torch.set_num_threads(threads)
     assert len(spy.masks) == EPISODES - 1  # episode 0 was kept
-    # Random weights are seeded, so the resumed run equals the uninterrupted one.
+    # Random weights are seeded, so the resumed run equals the uninterrupted one, file and all
+    # (its timing is kept beside it, not in it).
     assert np.array_equal(load_sam_masks(path, "all"), load_sam_masks(ref_path, "all"))
+    assert (path / SIDECAR_FILE).read_bytes() == (ref_path / SIDECAR_FILE).read_bytes()
+    assert sam_masks.sidecar_settings(path)["seconds_per_frame"] > 0
 
 
 def test_other_settings_need_overwrite(reference, tmp_path, monkeypatch):
