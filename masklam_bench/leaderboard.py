@@ -310,10 +310,15 @@ def _validate(data: Any) -> dict[str, Any]:
         raise _Malformed(f"dataset.distractor_videos must be a name such as "
                          f"{PROCEDURAL_VIDEOS!r} or {DAVIS_VIDEOS!r}, got {videos!r}")
     sam = data.get("sam_masks")
-    if isinstance(sam, dict) and sam.get("random_weights"):
+    if isinstance(sam, dict) and (sam.get("random_weights") or sam.get("checkpoint") == "random"):
         raise _Malformed("trained on SAM 2 masks of random weights (`masks --checkpoint random`, "
                          "a test of the plumbing, not a result); make the masks with a real "
                          "checkpoint and run again")
+    if data.get("mask_source") == "sam2" and not (
+            isinstance(sam, dict) and sam.get("random_weights") is False and sam.get("sha256")):
+        raise _Malformed("trained on SAM 2 masks but does not record which (sam_masks: their "
+                         "file's sha256 and random_weights false); run it again with this "
+                         "version of masklam-bench")
     record = dict(data)
     record["method_label"] = data.get("method_label") or data["method"]
     record["metrics"] = _validate_metrics(data["metrics"])

@@ -106,6 +106,9 @@ def test_read_records_skips_and_names_malformed_files(results):
     (lambda d: d["metrics"].update(probe_nmse="low"), "metrics.probe_nmse"),
     (lambda d: d.update(task="../evil"), "task"),
     (lambda d: d.update(latent_dim=0), "latent_dim must be positive"),
+    (lambda d: d.update(mask_source="sam2", sam_masks=None), "does not record which"),
+    (lambda d: d.update(mask_source="sam2", sam_masks={"sha256": "ab", "checkpoint": "random"}),
+     "SAM 2 masks of random weights"),
 ])
 def test_read_records_reports_each_kind_of_problem(tmp_path, mutate, reason):
     data = _result("cheetah-run", "lapo", 8, 0)
