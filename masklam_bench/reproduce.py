@@ -193,7 +193,7 @@ def _same(a: Any, b: Any) -> bool:
 def differences(recorded: dict[str, Any], reproduced: dict[str, Any]
                 ) -> tuple[list[tuple[str, Any, Any]], int]:
     """Fields that differ (name, recorded, reproduced) and how many were compared: every metric
-    but the speeds, and the dataset's sha256."""
+    but the speeds, the dataset's sha256 and, for a ``sam2`` run, its mask file's."""
     from masklam_bench.runner import TIME_DEPENDENT_METRICS
 
     old, new = recorded["metrics"], reproduced["metrics"]
@@ -201,6 +201,9 @@ def differences(recorded: dict[str, Any], reproduced: dict[str, Any]
              if k not in TIME_DEPENDENT_METRICS]
     pairs.append(("dataset.sha256", (recorded.get("dataset") or {}).get("sha256"),
                   (reproduced.get("dataset") or {}).get("sha256")))
+    if recorded.get("sam_masks") or reproduced.get("sam_masks"):  # the masks it trained on
+        pairs.append(("sam_masks.sha256", (recorded.get("sam_masks") or {}).get("sha256"),
+                      (reproduced.get("sam_masks") or {}).get("sha256")))
     return [(name, a, b) for name, a, b in pairs if not _same(a, b)], len(pairs)
 
 

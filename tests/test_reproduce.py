@@ -50,6 +50,10 @@ def test_speeds_are_not_compared_and_nan_equals_nan():
     diffs, _ = reproduce.differences(old, new)
     assert [name for name, _, _ in diffs] == ["metrics.return_id_episodes", "dataset.sha256"]
     assert "2 of" in reproduce.report("f.json", diffs, compared)
+    # A sam2 run: the SAM 2 mask file it trained on is compared too.
+    old["sam_masks"], new["sam_masks"] = {"sha256": "ab"}, {"sha256": "ef"}
+    diffs, more = reproduce.differences(old, new)
+    assert more == compared + 1 and ("sam_masks.sha256", "ab", "ef") in diffs
 
 
 def test_an_older_protocol_is_refused_and_the_current_one_passes(tmp_path):
