@@ -93,6 +93,8 @@ def parse_mask_source(text: str) -> MaskSource:
         raise _form_error(text, f"needs a whole radius from 1 to {_DISK_RADIUS_MAX}")
     if kind in _PROBABILITY_KINDS and not 0.0 <= value <= 1.0:
         raise _form_error(text, "needs a probability from 0 to 1")
+    if kind in _PROBABILITY_KINDS and value == 0.0:
+        return MaskSource("exact")  # nothing flipped or dropped: exact's run, not a row of its own
     return MaskSource(kind, value)
 
 

@@ -44,6 +44,7 @@ def test_parse_accepts_every_form_and_gives_canonical_labels():
     assert parse_mask_source(" Dilate-3 ").label == "dilate-3"
     assert parse_mask_source("flip-0.05").label == "flip-0.05"
     assert parse_mask_source("drop-1").label == "drop-1"
+    assert parse_mask_source("flip-0") == parse_mask_source("drop-0.0") == MaskSource("exact")
 
 
 @pytest.mark.parametrize("text,why", [
