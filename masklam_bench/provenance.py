@@ -65,8 +65,7 @@ def method_source_files(cls: type) -> list[Path]:
 
 def _unique_in_key_order(files: dict[str, Path]) -> list[Path]:
     """The files of ``files`` sorted by key, each once."""
-    ordered = [files[key] for key in sorted(files)]
-    return [path for i, path in enumerate(ordered) if path not in ordered[:i]]
+    return list(dict.fromkeys(files[key] for key in sorted(files)))
 
 
 def _has_source(klass: type) -> bool:

@@ -556,23 +556,22 @@ def sidecar_settings(path: str | os.PathLike) -> dict[str, Any] | None:
     file = folder / SIDECAR_FILE
     if not file.exists():
         return None
-    attrs = _sidecar_attrs(file, folder)
+    settings, attrs = _sidecar_attrs(file, folder)
     try:
         speed = json.loads((folder / SPEED_FILE).read_text())
     except (OSError, ValueError):
         speed = {}  # made before the file existed, or lost: only a timing
     return {"seconds_per_frame": None, **(speed if isinstance(speed, dict) else {}),
-            **json.loads(attrs["settings"]), **json.loads(attrs.get("info", "{}"))}
+            **settings, **json.loads(attrs.get("info", "{}"))}
 
 
-def _sidecar_attrs(file: Path, folder: Path) -> dict[str, Any]:
-    """The attributes of a mask file, or a SamMaskError when it cannot be read (truncated by a
-    full disk, say): the command that makes it again, with ``--overwrite``."""
+def _sidecar_attrs(file: Path, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings and the attributes of a mask file, or a SamMaskError when it cannot be read
+    (truncated by a full disk, say): the command that makes it again, with ``--overwrite``."""
     try:
         with h5py.File(file, "r") as f:
             attrs = dict(f.attrs)
-        json.loads(attrs["settings"])
-        return attrs
+        return json.loads(attrs["settings"]), attrs
     except (OSError, KeyError, ValueError) as err:
         raise SamMaskError(
             f"{file} cannot be read ({type(err).__name__}); make it again with `masklam-bench "
@@ -712,8 +711,7 @@ def sam_masks_file(dataset_path: str | os.PathLike) -> Path:
         why = ("has an unfinished SAM 2 mask run" if (folder / PARTIAL_DIR).exists()
                else "has no SAM 2 masks")
         raise _missing_masks_error(folder, why)
-    attrs = _sidecar_attrs(file, folder)
-    settings = json.loads(attrs["settings"])
+    settings, attrs = _sidecar_attrs(file, folder)
     complete = bool(attrs.get("complete"))
     if not complete or settings.get("format_version") != FORMAT_VERSION:
         raise _missing_masks_error(folder, f"has an incomplete or outdated {SIDECAR_FILE}")

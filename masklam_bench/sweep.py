@@ -382,7 +382,9 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
                       f"{f', {options.mem_gb} GB' if options.mem_gb else ''} per job"
                       + "".join(f", --{k}={v}" for k, v in options.slurm_params.items()),
              "local-submitit": "submitit's local executor"}[options.launcher]
-    stale = sum(1 for c in runs if result_path(c).exists() and stale_reason(c))
+    # Why each finished run is stale ("" if it is not; None for a run still to do): read once.
+    why = {c.run_name: stale_reason(c) if result_path(c).exists() else None for c in runs}
+    stale = sum(1 for reason in why.values() if reason)
     lines = [(f"{len(runs)} run(s) at preset {runs[0].preset}, "
               f"{len(runs) - len(pending) - stale} finished (skipped), "
               + (f"{stale} stale (not run again), " if stale else "")
@@ -390,9 +392,9 @@ def dry_run_text(runs: list[RunConfig], options: SweepOptions) -> str:
              (f"each run asks for {options.cpus_per_run} CPU(s) (torch threads, "
               f"OMP_NUM_THREADS) and {options.gpus_per_run:g} GPU(s), device {options.device}")]
     for c in runs:
-        why = stale_reason(c) if result_path(c).exists() else None
-        lines.append(f"  run  {c.run_name}" if why is None else f"  skip {c.run_name}" if not why
-                     else f"  stale {c.run_name} ({why}: not run again)")
+        reason = why[c.run_name]
+        lines.append(f"  run  {c.run_name}" if reason is None else f"  skip {c.run_name}"
+                     if not reason else f"  stale {c.run_name} ({reason}: not run again)")
     groups = datasets_of(pending)
     if groups:
         lines.append(f"{len(groups)} dataset job(s) first, {options.cpus_per_run} CPU(s) each:")

@@ -667,6 +667,10 @@ def test_a_mask_source_that_empties_most_frames_is_warned_about_and_recorded(cap
             masks[:, 3, 3] = True
             return masks
 
+        @property
+        def masks(self):  # packed as FrameData holds them
+            return np.packbits(self.unpack_masks(range(4)), axis=-1)
+
     eroded = np.zeros((4, 8, 8), bool)
     eroded[0, 3, 3] = True  # 3 of 4 frames left without an agent pixel
     stats = runner.mask_stats("erode-2", eroded, Frames())
